@@ -1,0 +1,52 @@
+"""The ``rkserve`` command line: one sub-command per job.
+
+Each sub-command is added by an ``_add_<name>(sub)`` function below and runs a
+``_cmd_<name>(args) -> int`` function; heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .errors import RkserveError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rkserve",
+        description="Inference daemon for Rockchip RK3566/RK3568 NPUs, and its tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"rkserve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_inspect,):
+        add(sub)
+    return parser
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="print the metadata of .rknn files (no runtime needed)")
+    p.add_argument("files", nargs="+", metavar="FILE.rknn")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    raise NotImplementedError
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RkserveError as exc:
+        print(f"rkserve {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

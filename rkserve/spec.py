@@ -1,0 +1,222 @@
+"""``model.yaml``: what a model is and how to feed and read it, validated at load.
+
+The schema is documented field by field in ``docs/MODELS.md``. Every error names the file
+and the dotted field, e.g. ``models/shapes/model.yaml: input.size: expected [height, width]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .errors import ConfigError
+
+TASKS = ("classification", "segmentation")
+SPEC_FILE = "model.yaml"
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    """How the ONNX twin wants its input (the .rknn takes raw NHWC uint8: mean/std are baked in)."""
+
+    file: str = "model.onnx"
+    layout: str = "nchw"  # nchw | nhwc
+    dtype: str = "float32"  # float32 | uint8
+    mean: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model folder, as described by its model.yaml."""
+
+    name: str
+    folder: Path
+    task: str
+    input_size: Tuple[int, int]  # (height, width)
+    color: str = "rgb"  # channel order the model was trained on: rgb | bgr
+    resize: str = "stretch"  # stretch | letterbox
+    output: str = "probabilities"  # probabilities | logits | class_map
+    output_layout: str = "nchw"  # segmentation scores: nchw [1,C,H,W] | nhwc [1,H,W,C]
+    label_offset: int = 0  # output index - label_offset = label index
+    top_k: int = 5
+    labels: Tuple[str, ...] = ()
+    palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
+    description: str = ""
+    rknn_file: str = "model.rknn"
+    onnx: OnnxInput = field(default_factory=OnnxInput)
+    convert: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rknn_path(self) -> Path:
+        return self.folder / self.rknn_file
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / self.onnx.file
+
+    @property
+    def spec_path(self) -> Path:
+        return self.folder / SPEC_FILE
+
+
+class _Reader:
+    """Typed access to one YAML mapping with errors that name the file and the field."""
+
+    def __init__(self, path: Path, data: Any, prefix: str = "") -> None:
+        self.path, self.prefix = path, prefix
+        if not isinstance(data, dict):
+            self.fail("", f"expected a mapping, got {type(data).__name__}")
+        self.data: Dict[str, Any] = data
+
+    def fail(self, key: str, why: str) -> None:
+        where = f"{self.prefix}{key}" if key else (self.prefix.rstrip(".") or "top level")
+        raise ConfigError(f"{self.path}: {where}: {why}")
+
+    def section(self, key: str) -> _Reader:
+        return _Reader(self.path, self.data.get(key) or {}, f"{self.prefix}{key}.")
+
+    def choice(self, key: str, choices: Sequence[str], default: Optional[str] = None) -> str:
+        value = self.data.get(key, default)
+        if value not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(key, f"expected an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.data.get(key, default)
+        if not isinstance(value, str):
+            self.fail(key, f"expected a string, got {value!r}")
+        return str(value)
+
+    def numbers(self, key: str, count: int, default: Any, positive: bool = False) -> Tuple[float, ...]:
+        value = self.data.get(key, default)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * count
+        ok = isinstance(value, (list, tuple)) and len(value) == count
+        ok = ok and all(_is_number(v) and (v > 0 or not positive) for v in value)
+        if not ok:
+            kind = "positive numbers" if positive else "numbers"
+            self.fail(key, f"expected {count} {kind} (or one for all), got {value!r}")
+        return tuple(float(v) for v in value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_spec(folder: Path) -> ModelSpec:
+    """Read and validate ``folder/model.yaml``; the folder name is the model name."""
+    folder = Path(folder)
+    path = folder / SPEC_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    top = _Reader(path, data)
+    task = top.choice("task", TASKS)
+    spec = ModelSpec(
+        name=folder.name,
+        folder=folder,
+        task=task,
+        description=top.text("description"),
+        rknn_file=top.section("rknn").text("file", "model.rknn"),
+        onnx=_onnx_input(top.section("onnx")),
+        convert=dict(top.data.get("convert") or {}),
+        labels=_labels(top, folder),
+        palette=_palette(top),
+        **_input_fields(top.section("input")),
+        **_output_fields(top.section("output"), task),
+    )
+    _check_files(top, spec)
+    return spec
+
+
+def _input_fields(section: _Reader) -> Dict[str, Any]:
+    size = section.data.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192 for v in size)
+    ):
+        section.fail("size", f"expected [height, width] in pixels (1..8192), got {size!r}")
+    return {
+        "input_size": (int(size[0]), int(size[1])),
+        "color": section.choice("color", ("rgb", "bgr"), "rgb"),
+        "resize": section.choice("resize", ("stretch", "letterbox"), "stretch"),
+    }
+
+
+def _output_fields(section: _Reader, task: str) -> Dict[str, Any]:
+    kinds = ("probabilities", "logits") + (("class_map",) if task == "segmentation" else ())
+    default = "probabilities" if task == "classification" else "logits"
+    return {
+        "output": section.choice("kind", kinds, default),
+        "output_layout": section.choice("layout", ("nchw", "nhwc"), "nchw"),
+        "label_offset": section.integer("label_offset", 0),
+        "top_k": section.integer("top_k", 5, minimum=1),
+    }
+
+
+def _onnx_input(section: _Reader) -> OnnxInput:
+    return OnnxInput(
+        file=section.text("file", "model.onnx"),
+        layout=section.choice("layout", ("nchw", "nhwc"), "nchw"),
+        dtype=section.choice("dtype", ("float32", "uint8"), "float32"),
+        mean=section.numbers("mean", 3, 0.0),  # type: ignore[arg-type]
+        std=section.numbers("std", 3, 1.0, positive=True),  # type: ignore[arg-type]
+    )
+
+
+def _labels(top: _Reader, folder: Path) -> Tuple[str, ...]:
+    name = top.text("labels")
+    if not name:
+        return ()
+    from .tasks.labels import read_labels
+
+    try:
+        return tuple(read_labels(folder / name))
+    except OSError as exc:
+        top.fail("labels", f"cannot read {folder / name}: {exc.strerror or exc}")
+    return ()
+
+
+def _palette(top: _Reader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
+    value = top.data.get("palette")
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in value
+    )
+    if not ok or not value:
+        top.fail("palette", "expected a list of [r, g, b] triples with values 0..255")
+    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in value)
+
+
+def _check_files(top: _Reader, spec: ModelSpec) -> None:
+    if not spec.rknn_path.is_file() and not spec.onnx_path.is_file():
+        top.fail(
+            "",
+            f"neither {spec.rknn_file} (rknn.file) nor {spec.onnx.file} (onnx.file) exists in "
+            f"{spec.folder}: a model needs at least one",
+        )
+
+
+def model_files(spec: ModelSpec) -> List[Path]:
+    """The files whose change means the model must be reloaded."""
+    paths = [spec.spec_path, spec.rknn_path, spec.onnx_path]
+    return [p for p in paths if p.exists()]
