@@ -98,7 +98,9 @@ class _Reader:
             self.fail(key, f"expected a string, got {value!r}")
         return str(value)
 
-    def numbers(self, key: str, count: int, default: Any, positive: bool = False) -> Tuple[float, ...]:
+    def numbers(
+        self, key: str, count: int, default: Any, positive: bool = False
+    ) -> Tuple[float, ...]:
         value = self.data.get(key, default)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value] * count

@@ -1,0 +1,99 @@
+"""A deterministic stand-in for the NPU, for tests, benchmarks and users' own tests.
+
+It takes what the NPU takes (``1xHxWx3 uint8``), sleeps ``latency_ms`` with the GIL
+released like a real NPU call, and answers with outputs of the model's shapes that depend
+on the input in a documented way:
+
+- classification: the winning class is ``sum(input bytes) % classes``;
+- segmentation: each pixel's class is its grey level split into ``classes`` equal bands.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import BackendError, ConfigError
+from ..spec import ModelSpec
+from ..tasks.classify import softmax
+from . import TensorSpec
+
+
+class FakeBackend:
+    name = "fake"
+    raw_input = True
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        latency_ms: float = 0.0,
+        classes: Optional[int] = None,
+        reuse_outputs: bool = False,
+        **_: Any,
+    ) -> None:
+        self.spec = spec
+        self.latency = latency_ms / 1000.0
+        self.classes = classes or len(spec.labels) + spec.label_offset
+        if self.classes < 1:
+            raise ConfigError(f"model {spec.name!r}: the fake backend needs labels or classes=N")
+        height, width = spec.input_size
+        self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
+        self.outputs = [TensorSpec("output", self._output_shape(), "float32")]
+        self.calls = 0
+        self._cached: Optional[List[np.ndarray]] = None
+        self._reuse = reuse_outputs
+
+    def _output_shape(self) -> tuple:
+        height, width = self.spec.input_size
+        if self.spec.task == "classification":
+            return (1, self.classes)
+        if self.spec.output == "class_map":
+            return (1, height, width)
+        if self.spec.output_layout == "nhwc":
+            return (1, height, width, self.classes)
+        return (1, self.classes, height, width)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        self._check(inputs)
+        self.calls += 1
+        started = time.perf_counter()
+        outputs = self._cached if self._cached is not None else self._compute(inputs[0])
+        if self._reuse:
+            self._cached = outputs
+        remaining = self.latency - (time.perf_counter() - started)
+        if remaining > 0:
+            time.sleep(remaining)
+        return outputs
+
+    def _check(self, inputs: Sequence[np.ndarray]) -> None:
+        want = self.inputs[0]
+        if len(inputs) != 1 or inputs[0].shape != want.shape or inputs[0].dtype != np.uint8:
+            got = [(list(i.shape), str(i.dtype)) for i in inputs]
+            raise BackendError(
+                f"fake backend expects one {list(want.shape)} uint8 input, got {got}"
+            )
+
+    def _compute(self, tensor: np.ndarray) -> List[np.ndarray]:
+        if self.spec.task == "classification":
+            return [self._scores(int(tensor.sum(dtype=np.uint64)) % self.classes)]
+        grey = tensor[0].mean(axis=2, dtype=np.float32)
+        classes = np.minimum(grey * (self.classes / 256.0), self.classes - 1).astype(np.uint8)
+        if self.spec.output == "class_map":
+            return [classes[None].astype(np.int64)]
+        onehot = (classes[None] == np.arange(self.classes, dtype=np.uint8)[:, None, None]).astype(
+            np.float32
+        )
+        if self.spec.output_layout == "nhwc":
+            onehot = np.ascontiguousarray(onehot.transpose(1, 2, 0))
+        return [onehot[None]]
+
+    def _scores(self, winner: int) -> np.ndarray:
+        logits = np.linspace(0.0, 1.0, self.classes, dtype=np.float32)[::-1].copy()
+        logits[winner] = 4.0
+        scores = softmax(logits) if self.spec.output == "probabilities" else logits
+        return scores[None]
+
+    def close(self) -> None:
+        self._cached = None

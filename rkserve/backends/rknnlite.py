@@ -1,0 +1,74 @@
+"""RKNNLite (rknn-toolkit-lite2) on the board's NPU.
+
+RKNNLite reports failure with return codes and ``None``, not exceptions, and logs the real
+reason itself; this wrapper turns each into a :class:`BackendError` that says what to check.
+One instance per runner thread: an RKNNLite object is not safe to call from two threads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import BackendError
+from ..spec import ModelSpec
+from . import TensorSpec
+
+LOAD_HINT = "is it an RKNN2 file? ('rkserve inspect' reads it)"
+INIT_HINT = (
+    "check the runtime log above: 'Invalid RKNN model version' means librknnrt is older than "
+    "the toolkit that built the model; 'does not match the RKNPU hardware version' means a "
+    "model for another SoC; 'failed to open rknpu module' means no access to /dev/dri/renderD129 "
+    "(groups video, render); 'rkserve doctor' checks all of these"
+)
+
+
+def _import_rknnlite() -> Callable[..., Any]:
+    try:
+        from rknnlite.api import RKNNLite
+    except ImportError as exc:
+        raise BackendError(
+            f"rknn-toolkit-lite2 is not importable ({exc}); install it on the board "
+            "(pip install rknn-toolkit-lite2) with /usr/lib/librknnrt.so present"
+        ) from None
+    return RKNNLite  # type: ignore[no-any-return]
+
+
+class RknnLiteBackend:
+    name = "rknnlite"
+    raw_input = True
+
+    def __init__(self, spec: ModelSpec, core_mask: Optional[int] = None, **_: Any) -> None:
+        self.path = spec.rknn_path
+        self._rknn = _import_rknnlite()(verbose=False)
+        try:
+            self._start(core_mask)
+        except BackendError:
+            self._rknn.release()
+            raise
+        height, width = spec.input_size
+        self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
+        self.outputs: List[TensorSpec] = []
+
+    def _start(self, core_mask: Optional[int]) -> None:
+        ret = self._rknn.load_rknn(str(self.path))
+        if ret != 0:
+            raise BackendError(f"load_rknn({self.path}) returned {ret}: {LOAD_HINT}")
+        # core_mask only exists on multi-core NPUs (RK3588/RK3576); RK3566/RK3568 reject it.
+        kwargs = {} if core_mask is None else {"core_mask": core_mask}
+        ret = self._rknn.init_runtime(**kwargs)
+        if ret != 0:
+            raise BackendError(f"init_runtime for {self.path} returned {ret}: {INIT_HINT}")
+
+    def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        outputs = self._rknn.inference(inputs=list(inputs), data_format="nhwc")
+        if outputs is None:
+            raise BackendError(
+                f"RKNNLite inference on {self.path.name} returned None "
+                "(the runtime logged the reason; 'failed to submit' points at the driver)"
+            )
+        return [np.asarray(o) for o in outputs]
+
+    def close(self) -> None:
+        self._rknn.release()

@@ -1,0 +1,76 @@
+"""The model repository: ``<models_dir>/<name>/model.yaml``; the folder name is the model name.
+
+A scan never raises for one bad model: each folder becomes an :class:`Entry` holding its
+spec or the reason it cannot be used, so the daemon serves the good ones and reports the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+from .errors import ConfigError
+from .spec import SPEC_FILE, ModelSpec, load_spec, model_files
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+Fingerprint = Tuple[Tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    folder: Path
+    spec: Optional[ModelSpec]
+    error: Optional[str]
+    fingerprint: Fingerprint  # changes when any of the model's files changes
+
+
+def fingerprint(folder: Path, spec: Optional[ModelSpec]) -> Fingerprint:
+    paths = model_files(spec) if spec else [folder / SPEC_FILE]
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        stamps.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
+def scan(models_dir: Path) -> Dict[str, Entry]:
+    """Every sub-folder holding a model.yaml, sorted by name."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ConfigError(f"models directory {models_dir} does not exist or is not a directory")
+    entries = {}
+    for folder in sorted(p for p in models_dir.iterdir() if (p / SPEC_FILE).is_file()):
+        entries[folder.name] = load_entry(folder)
+    return entries
+
+
+def load_entry(folder: Path) -> Entry:
+    try:
+        spec: Optional[ModelSpec] = load_spec(folder)
+        error = None
+    except ConfigError as exc:
+        spec, error = None, str(exc)
+    return Entry(folder.name, folder, spec, error, fingerprint(folder, spec))
+
+
+def open_engine(models_dir: Path, name: str, backend: str = "auto", **options: object) -> Engine:
+    """Load one model of a repository in-process: the engine without the daemon."""
+    from .backends import open_backend
+    from .engine import Engine
+    from .errors import UnknownModel
+
+    entries = scan(models_dir)
+    if name not in entries:
+        known = ", ".join(entries) or "none"
+        raise UnknownModel(f"no model named {name!r} in {models_dir} (models: {known})")
+    entry = entries[name]
+    if entry.spec is None:
+        raise ConfigError(entry.error or f"model {name!r} is invalid")
+    return Engine(entry.spec, open_backend(backend, entry.spec, **options))

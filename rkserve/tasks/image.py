@@ -1,0 +1,148 @@
+"""Image decoding and the model-input transforms shared by every task.
+
+Arrays are ``HxWx3 uint8`` in RGB order unless a name says otherwise. Nothing here knows
+about backends: the engine picks :func:`to_raw_input` (what the NPU takes) or
+:func:`to_onnx_input` (the ONNX twin's normalised tensor).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+from ..errors import BadImage, TooLarge
+
+MAX_PIXELS = 40_000_000  # ~ 8K x 5K; a 20000x20000 PNG is refused before decoding
+MIN_SIDE = 8  # smaller images carry no usable signal for any model we serve
+LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing uses
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the resized image sits inside the model input (for mapping results back)."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int = 0
+    pad_y: int = 0
+    width: int = 0  # resized content size inside the input
+    height: int = 0
+
+
+def image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` from a PNG or JPEG header, without decoding; None if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    pos = 2
+    while pos + 9 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return int(width), int(height)
+        pos += 2 + length
+    return None
+
+
+def check_pixels(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    if width * height > max_pixels:
+        raise TooLarge(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise BadImage(f"image is {width}x{height}; both sides must be at least {MIN_SIDE} px")
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` RGB. The pixel limit is checked before decoding."""
+    if not data:
+        raise BadImage("image is empty (0 bytes)")
+    size = image_size(data)
+    if size is not None:
+        check_pixels(size[0], size[1], max_pixels)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        head = bytes(data[:8])
+        raise BadImage(
+            f"cannot decode image ({len(data)} bytes starting {head!r}): not a JPEG/PNG/BMP or corrupt"
+        )
+    check_pixels(image.shape[1], image.shape[0], max_pixels)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_tensor(array: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A raw image tensor must be ``HxWx3 uint8`` (RGB)."""
+    if array.dtype != np.uint8:
+        raise BadImage(f"tensor dtype must be uint8, got {array.dtype}")
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise BadImage(f"tensor shape must be [height, width, 3], got {list(array.shape)}")
+    check_pixels(array.shape[1], array.shape[0], max_pixels)
+    return array
+
+
+def resize(
+    image: np.ndarray, size: Tuple[int, int], mode: str = "stretch"
+) -> Tuple[np.ndarray, Placement]:
+    """Resize to ``size=(height, width)``: a plain stretch (Rockchip's examples) or a letterbox."""
+    height, width = size
+    src_h, src_w = image.shape[:2]
+    if mode == "stretch":
+        out = (
+            image
+            if (src_h, src_w) == size
+            else cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+        )
+        return out, Placement(width / src_w, height / src_h, 0, 0, width, height)
+    scale = min(width / src_w, height / src_h)
+    new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+    pad_x, pad_y = (width - new_w) // 2, (height - new_h) // 2
+    out = np.full((height, width, 3), LETTERBOX_FILL, np.uint8)
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.resize(
+        image, (new_w, new_h), interpolation=cv2.INTER_LINEAR
+    )
+    return out, Placement(scale, scale, pad_x, pad_y, new_w, new_h)
+
+
+def to_model_colour(rgb: np.ndarray, colour: str) -> np.ndarray:
+    return rgb[:, :, ::-1] if colour == "bgr" else rgb
+
+
+def to_raw_input(image: np.ndarray) -> np.ndarray:
+    """``HxWx3 uint8`` → ``1xHxWx3 uint8`` NHWC: what RKNNLite takes (mean/std are in the model)."""
+    return np.ascontiguousarray(image)[None]
+
+
+def to_onnx_input(
+    image: np.ndarray,
+    layout: str,
+    dtype: str,
+    mean: Tuple[float, float, float],
+    std: Tuple[float, float, float],
+) -> np.ndarray:
+    """``HxWx3 uint8`` → the ONNX twin's input: ``(x - mean) / std`` as float32, NCHW or NHWC."""
+    if dtype == "uint8":
+        tensor = np.ascontiguousarray(image)
+    else:
+        tensor = (image.astype(np.float32) - np.float32(mean)) * (1.0 / np.float32(std))
+    if layout == "nchw":
+        tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
+    return tensor[None]

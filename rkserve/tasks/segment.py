@@ -1,0 +1,132 @@
+"""Segmentation post-processing: per-pixel argmax, class map back to the source, masks."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .image import Placement
+
+
+# Default colours (RGB) when a model gives no palette: the PASCAL VOC colour map.
+def voc_palette(count: int = 256) -> np.ndarray:
+    """The PASCAL VOC bit-interleaved colour map, ``[count, 3] uint8`` RGB."""
+    palette = np.zeros((count, 3), np.uint8)
+    for index in range(count):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def class_map(output: np.ndarray, kind: str = "logits", layout: str = "nchw") -> np.ndarray:
+    """Scores ``[1,C,H,W]`` (``nchw``) or ``[1,H,W,C]`` (``nhwc``), or a class map ``[1,H,W]``
+    (``kind="class_map"``) → ``HxW uint8`` class indices (argmax over the class axis)."""
+    if kind == "class_map":
+        return output.reshape(output.shape[-2:]).astype(np.uint8)
+    scores = output[0] if output.ndim == 4 else output
+    if layout == "nhwc":
+        return np.argmax(scores, axis=-1).astype(np.uint8)
+    return argmax_channels(scores)
+
+
+def argmax_channels(scores: np.ndarray) -> np.ndarray:
+    """Argmax over axis 0 of ``[C,H,W]`` → ``HxW uint8``; ties go to the lowest class.
+
+    One pass per class over contiguous planes instead of numpy's strided reduction.
+    """
+    best = scores[0].copy()
+    index = np.zeros(best.shape, np.uint8)
+    greater = np.empty(best.shape, bool)
+    for c in range(1, scores.shape[0]):
+        np.greater(scores[c], best, out=greater)
+        np.maximum(best, scores[c], out=best)
+        np.putmask(index, greater, c)
+    return index
+
+
+def to_source(classes: np.ndarray, placement: Placement, size: Tuple[int, int]) -> np.ndarray:
+    """A class map at model resolution → the source image's ``size=(height, width)`` (nearest)."""
+    crop = classes[
+        placement.pad_y : placement.pad_y + (placement.height or classes.shape[0]),
+        placement.pad_x : placement.pad_x + (placement.width or classes.shape[1]),
+    ]
+    height, width = size
+    if crop.shape == (height, width):
+        return crop
+    return cv2.resize(crop, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def class_stats(classes: np.ndarray, labels: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """Classes present, most pixels first: ``[{"index", "label", "pixels", "ratio"}]``."""
+    counts = np.bincount(classes.reshape(-1), minlength=1)
+    total = float(classes.size)
+    present = [int(i) for i in np.flatnonzero(counts)]
+    present.sort(key=lambda i: -counts[i])
+    return [
+        {
+            "index": i,
+            "label": labels[i] if i < len(labels) else "",
+            "pixels": int(counts[i]),
+            "ratio": float(counts[i]) / total,
+        }
+        for i in present
+    ]
+
+
+def palette_array(palette: Optional[Sequence[Tuple[int, int, int]]]) -> np.ndarray:
+    """A ``[256, 3] uint8`` RGB palette: the model's colours first, VOC colours after."""
+    table = voc_palette()
+    if palette:
+        table[: len(palette)] = np.asarray(palette, np.uint8)
+    return table
+
+
+def indexed_png(classes: np.ndarray, palette: np.ndarray, level: int = 1) -> bytes:
+    """An 8-bit indexed PNG: pixel values are class indices, and viewers show the colours."""
+    height, width = classes.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # filter byte 0 per row
+    rows[:, 1:] = classes
+    count = int(classes.max()) + 1 if classes.size else 1
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)),
+            _chunk(b"PLTE", palette[:count].tobytes()),
+            _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
+            _chunk(b"IEND", b""),
+        ]
+    )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def overlay(
+    image: np.ndarray, classes: np.ndarray, palette: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
+    """Blend class colours over an ``HxWx3`` RGB image; background (class 0) stays as it was."""
+    colours = palette[classes]
+    blended = cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
+    keep = classes == 0
+    blended[keep] = image[keep]
+    return blended
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
