@@ -34,7 +34,24 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import json
+
+    from .rknnfile import describe, read_rknn
+
+    found, failed = [], False
+    for path in args.files:
+        try:
+            info = read_rknn(path)
+        except RkserveError as exc:
+            print(f"rkserve inspect: error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        found.append(info)
+        if not args.json:
+            print(describe(info) + "\n", flush=True)
+    if args.json:
+        print(json.dumps([info.to_dict() for info in found], indent=2))
+    return 1 if failed else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
