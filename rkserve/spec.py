@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import yaml
 
@@ -73,7 +73,7 @@ class _Reader:
             self.fail("", f"expected a mapping, got {type(data).__name__}")
         self.data: Dict[str, Any] = data
 
-    def fail(self, key: str, why: str) -> None:
+    def fail(self, key: str, why: str) -> NoReturn:
         where = f"{self.prefix}{key}" if key else (self.prefix.rstrip(".") or "top level")
         raise ConfigError(f"{self.path}: {where}: {why}")
 

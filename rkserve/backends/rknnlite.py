@@ -7,12 +7,13 @@ One instance per runner thread: an RKNNLite object is not safe to call from two 
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import BackendError
 from ..spec import ModelSpec
+from ..rknnfile import read_rknn
 from . import TensorSpec
 
 LOAD_HINT = "is it an RKNN2 file? ('rkserve inspect' reads it)"
@@ -32,7 +33,7 @@ def _import_rknnlite() -> Callable[..., Any]:
             f"rknn-toolkit-lite2 is not importable ({exc}); install it on the board "
             "(pip install rknn-toolkit-lite2) with /usr/lib/librknnrt.so present"
         ) from None
-    return RKNNLite  # type: ignore[no-any-return]
+    return RKNNLite
 
 
 class RknnLiteBackend:
@@ -41,15 +42,15 @@ class RknnLiteBackend:
 
     def __init__(self, spec: ModelSpec, core_mask: Optional[int] = None, **_: Any) -> None:
         self.path = spec.rknn_path
+        info = read_rknn(self.path)  # a clear error for a non-RKNN or truncated file first
+        self.inputs = [TensorSpec(t.name, nhwc(t.shape), "uint8") for t in info.inputs]
+        self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
         self._rknn = _import_rknnlite()(verbose=False)
         try:
             self._start(core_mask)
         except BackendError:
             self._rknn.release()
             raise
-        height, width = spec.input_size
-        self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
-        self.outputs: List[TensorSpec] = []
 
     def _start(self, core_mask: Optional[int]) -> None:
         ret = self._rknn.load_rknn(str(self.path))
@@ -72,3 +73,11 @@ class RknnLiteBackend:
 
     def close(self) -> None:
         self._rknn.release()
+
+
+def nhwc(shape: Sequence[int]) -> Tuple[int, ...]:
+    """The runtime's NHWC view of an input the toolkit recorded as NCHW ``[1,C,H,W]``."""
+    shape = tuple(shape)
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+        return (shape[0], shape[2], shape[3], shape[1])
+    return shape

@@ -142,7 +142,9 @@ def to_onnx_input(
     if dtype == "uint8":
         tensor = np.ascontiguousarray(image)
     else:
-        tensor = (image.astype(np.float32) - np.float32(mean)) * (1.0 / np.float32(std))
+        tensor = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(
+            std, np.float32
+        )
     if layout == "nchw":
         tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
     return tensor[None]

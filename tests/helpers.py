@@ -1,0 +1,40 @@
+"""Shared test helpers: the real third-party data beside the repo, and model folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+DATA = Path(os.environ.get("RKSERVE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test with the reason."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path} (set RKSERVE_SHARED_DATA)")
+    return path
+
+
+def write_model(
+    folder: Path,
+    spec: Dict[str, Any],
+    onnx: Optional[Path] = None,
+    rknn: Optional[Path] = None,
+    labels: Optional[Path] = None,
+) -> Path:
+    """A model folder: model.yaml from ``spec``, files linked in (not copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source, name in ((onnx, "model.onnx"), (rknn, "model.rknn"), (labels, "labels.txt")):
+        if source is not None:
+            (folder / name).symlink_to(source)
+    if labels is not None:
+        spec = {"labels": "labels.txt", **spec}
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return folder
