@@ -71,6 +71,7 @@ class Board:
     rknn_server: Optional[str]
     toolkit_lite2: Optional[str]
     device: DeviceAccess
+    librknnrt_searched: Tuple[str, ...] = DEFAULT_LIBRKNNRT_PATHS  # relative to the root
 
     def runtime_info(self) -> Dict[str, str]:
         """Labels for ``rkserve_runtime_info``: every value a string, "unknown" if absent."""
@@ -98,6 +99,7 @@ def probe_board(
         rknn_server=probes.rknn_server_version(root),
         toolkit_lite2=probes.toolkit_lite2_version(),
         device=probes.npu_device(root),
+        librknnrt_searched=tuple(str(path) for path in librknnrt_paths),
     )
 
 
@@ -191,11 +193,11 @@ def _dotted(version: Version) -> str:
 def _check_librknnrt(board: Board) -> Check:
     if board.librknnrt_path is None:
         chip = (board.soc or "rk3566").upper()
+        searched = ", ".join(probes.shown(p.lstrip("/")) for p in board.librknnrt_searched)
         return Check(
             "librknnrt",
             FAIL,
-            "librknnrt.so not found in /usr/lib, /usr/lib64, /usr/local/lib or "
-            "/usr/lib/aarch64-linux-gnu: rknn-toolkit-lite2 fails with "
+            f"librknnrt.so not found (searched {searched}): rknn-toolkit-lite2 fails with "
             f"`Can not find dynamic library on {chip}!`",
             f"copy {SDK_RUNTIME} from Rockchip's rknn-toolkit2 release (the same version as "
             "the toolkit that builds your models) to /usr/lib/librknnrt.so",

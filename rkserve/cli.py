@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rkserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_inspect,):
+    for add in (_add_inspect, _add_doctor):
         add(sub)
     return parser
 
@@ -52,6 +52,36 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([info.to_dict() for info in found], indent=2))
     return 1 if failed else 0
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor", help="check the board's NPU stack and the models against it (no daemon)"
+    )
+    p.add_argument("--root", default="/", metavar="PATH", help="the board's filesystem root")
+    p.add_argument("--models", default="models", metavar="DIR", help="the model repository")
+    p.add_argument(
+        "--librknnrt",
+        action="append",
+        metavar="PATH",
+        help="where to look for librknnrt.so (repeatable; default: the standard lib dirs)",
+    )
+    p.add_argument("--strict", action="store_true", help="treat every warning as a failure")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .doctor import failed, render_table, run_doctor
+    from .probes import DEFAULT_LIBRKNNRT_PATHS
+
+    paths = args.librknnrt or DEFAULT_LIBRKNNRT_PATHS
+    report = run_doctor(Path(args.root), Path(args.models), paths, args.strict)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render_table(report))
+    return 1 if failed(report) else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,11 +8,13 @@ field notes is ``make_board(tmp, **BEFORE_UPDATE)``, then ``**AFTER_UPDATE``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
 import shutil
 import stat
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -113,6 +115,17 @@ def rknn_info(toolkit: str = "2.3.2", target: str = "rk3568", format_version: in
         inputs=(),
         outputs=(),
     )
+
+
+def write_rknn(path: Path, toolkit: str, target: str, format_version: int = 6) -> Path:
+    """A minimal .rknn: the header, an empty payload and the metadata JSON (data/README.md)."""
+    meta = json.dumps({"version": toolkit, "target_platform": [target]}).encode()
+    payload = bytes(64)
+    header = b"RKNN" + bytes(4) + struct.pack("<QQ", format_version, len(payload))
+    data = header + bytes(0x40 - len(header)) + payload + struct.pack("<Q", len(meta)) + meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
 
 
 def shared_rknn(name: str) -> Path:

@@ -219,6 +219,7 @@ def test_missing_librknnrt(tmp_path: Path) -> None:
     lib = by_name(board_checks(the_board))["librknnrt"]
     assert lib.status == FAIL
     assert "Can not find dynamic library on RK3568!" in lib.detail
+    assert "/usr/lib/aarch64-linux-gnu/librknnrt.so" in lib.detail
     assert "/usr/lib/librknnrt.so" in lib.fix
     toolkit = by_name(model_checks(the_board, rknn_info("2.3.2")))["toolkit"]
     assert toolkit.status == WARN and "not found" in toolkit.detail
