@@ -12,8 +12,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import BackendError
-from ..spec import ModelSpec
 from ..rknnfile import read_rknn
+from ..spec import ModelSpec
 from . import TensorSpec
 
 LOAD_HINT = "is it an RKNN2 file? ('rkserve inspect' reads it)"

@@ -1,0 +1,247 @@
+"""``rkserve serve`` and the commands that talk to a running daemon: infer, models, health."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .client import DEFAULT_ENDPOINT
+
+CLIENT_ENDPOINT = os.environ.get("RKSERVE_CLIENT_ENDPOINT", DEFAULT_ENDPOINT)
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    from .config import FIELDS
+
+    p = sub.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Serve the models of a repository over ZeroMQ. Settings come from --config, "
+        "then RKSERVE_* environment variables, then these flags.",
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML settings file (see docs/CONFIG.md)")
+    for name, f in FIELDS.items():
+        kind = type(f.default)
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(
+                flag,
+                dest=name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f.metadata["doc"],
+            )
+        else:
+            p.add_argument(
+                flag,
+                dest=name,
+                type=kind,
+                default=None,
+                metavar=name.upper(),
+                help=f"{f.metadata['doc']} (default {f.default!r})",
+            )
+    p.set_defaults(func=cmd_serve)
+
+
+def setup_logging(level: str) -> None:
+    # journald stamps each line itself; elsewhere add the time
+    fmt = (
+        "%(levelname)s %(message)s"
+        if os.environ.get("JOURNAL_STREAM")
+        else "%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .config import FIELDS, load_settings
+    from .server import Server
+
+    overrides = {name: getattr(args, name) for name in FIELDS}
+    settings = load_settings(args.config, overrides=overrides)
+    setup_logging(settings.log_level)
+    return Server(settings).run()
+
+
+def add_client_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="send images to a running daemon and print the results")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG files")
+    p.add_argument("--model", "-m", required=True, help="model name (see 'rkserve models')")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="classification: how many classes (default: the model's)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="segmentation: write the mask PNG here (a folder when several images)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="segmentation: write a JPEG of the classes over the image instead",
+    )
+    _client_options(p)
+    p.set_defaults(func=cmd_infer)
+    for name, text in (
+        ("models", "list the daemon's models and their state"),
+        ("health", "is the daemon live, and which models are ready"),
+    ):
+        q = sub.add_parser(name, help=text)
+        _client_options(q)
+        q.set_defaults(func=cmd_status)
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--endpoint",
+        "-e",
+        action="append",
+        metavar="ADDR",
+        help=f"daemon address; repeat for several boards (default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(args.endpoint or [CLIENT_ENDPOINT], timeout=args.timeout)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data: Any = client.models() if args.command == "models" else client.health()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.command == "models":
+        print(_models_table(data))
+    else:
+        print(_health_text(data))
+    return 0 if args.command == "models" or data.get("ready") else 1
+
+
+def _models_table(models: List[Dict[str, Any]]) -> str:
+    rows = [("MODEL", "TASK", "INPUT", "LABELS", "BACKEND", "STATE")]
+    notes = []
+    for m in models:
+        shape = "x".join(str(d) for d in m.get("input_shape", [])) or "-"
+        rows.append(
+            (
+                m["name"],
+                m.get("task", "-"),
+                shape,
+                str(m.get("labels", "-")),
+                m.get("backend", "-"),
+                m["state"],
+            )
+        )
+        if m.get("error"):
+            notes.append(f"  {m['name']}: {m['error']}")
+    return _table(rows) + ("\n" + "\n".join(notes) if notes else "")
+
+
+def _health_text(health: Dict[str, Any]) -> str:
+    lines = [f"live: {health['live']}  ready: {health['ready']}  status: {health['status']}"]
+    for name, m in health["models"].items():
+        lines.append(f"  {name}: {m['state']}" + (f" ({m['error']})" if m.get("error") else ""))
+    return "\n".join(lines)
+
+
+def _table(rows: List[Any]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    params: Dict[str, Any] = {}
+    if args.top_k is not None:
+        params["top_k"] = args.top_k
+    results = []
+    with _client(args) as client:
+        tasks = {m["name"]: m.get("task") for m in client.models()}
+        if tasks.get(args.model) == "segmentation":
+            params.update(
+                mask="png" if args.out and not args.overlay else "none", overlay=bool(args.overlay)
+            )
+        for image in args.images:
+            results.append((image, client.infer(args.model, Path(image).read_bytes(), **params)))
+    for image, reply in results:
+        if args.out and reply.task == "segmentation":
+            _write_mask(image, reply, args.out, several=len(results) > 1)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "image": i,
+                        "model": r.model,
+                        "task": r.task,
+                        "result": _jsonable(r.result),
+                        "timing_ms": r.timings,
+                    }
+                    for i, r in results
+                ],
+                indent=2,
+            )
+        )
+    else:
+        print("\n\n".join(_result_text(i, r) for i, r in results))
+    return 0
+
+
+def _write_mask(image: str, reply: Any, out: str, several: bool) -> None:
+    key, suffix = (
+        ("overlay", ".overlay.jpg") if "overlay" in reply.result else ("mask", ".mask.png")
+    )
+    target = Path(out)
+    if several or target.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        target = target / (Path(image).stem + suffix)
+    target.write_bytes(reply.result[key]["data"])
+    print(f"wrote {target}", file=sys.stderr)
+
+
+def _result_text(image: str, reply: Any) -> str:
+    t = reply.timings
+    stages = ", ".join(
+        f"{s} {t[s]:.1f}"
+        for s in ("queue", "decode", "preprocess", "inference", "postprocess")
+        if s in t
+    )
+    head = f"{image}: {reply.model} ({reply.task}), {t.get('total', 0):.1f} ms [{stages}]"
+    if reply.task == "classification":
+        rows = [("RANK", "INDEX", "SCORE", "LABEL")]
+        rows += [
+            (str(n), str(c["index"]), f"{c['score']:.4f}", c["label"])
+            for n, c in enumerate(reply.classes, 1)
+        ]
+    else:
+        head += f", {reply.result['width']}x{reply.result['height']}"
+        rows = [("INDEX", "PIXELS", "RATIO", "LABEL")]
+        rows += [
+            (str(c["index"]), str(c["pixels"]), f"{c['ratio']:.3f}", c["label"])
+            for c in reply.classes
+        ]
+    return head + "\n" + _table(rows)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes": len(value)}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value

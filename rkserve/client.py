@@ -1,0 +1,177 @@
+"""The Python client: one DEALER socket connected to one or more daemons (boards).
+
+ZeroMQ spreads requests over the connected endpoints; a request that times out is retried
+(a bounded number of times) and, with several endpoints, lands on another board. Errors
+come back as the same exception classes the server raised::
+
+    with Client(["tcp://board-1:5555", "tcp://board-2:5555"], timeout=5.0) as client:
+        top = client.classify("shapes", open("circle.jpg", "rb").read(), top_k=3)
+        print(top.result["classes"][0])
+
+One Client per thread: ZeroMQ sockets are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import zmq
+
+from . import protocol
+from .errors import BadRequest, Unavailable, from_code
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+@dataclass
+class InferResult:
+    model: str
+    task: str
+    result: Dict[str, Any]
+    timings: Dict[str, float] = field(default_factory=dict)
+    id: Any = None
+
+    @property
+    def classes(self) -> List[Dict[str, Any]]:
+        return list(self.result.get("classes", []))
+
+
+class Client:
+    def __init__(
+        self,
+        endpoints: Union[str, Sequence[str]] = DEFAULT_ENDPOINT,
+        timeout: float = 10.0,
+        retries: int = 1,
+        context: Optional[zmq.Context] = None,
+        curve: Optional[Dict[str, bytes]] = None,
+    ) -> None:
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not self.endpoints:
+            raise BadRequest("a Client needs at least one endpoint")
+        self.timeout = timeout
+        self.retries = retries
+        self._ctx = context or zmq.Context.instance()
+        self._curve = curve
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid()}-{id(self) & 0xFFFF:x}-"
+        self._sock: Optional[zmq.Socket] = None
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to endpoints that are connected
+            if self._curve:
+                sock.curve_secretkey = self._curve["secret"]
+                sock.curve_publickey = self._curve["public"]
+                sock.curve_serverkey = self._curve["server"]
+            for endpoint in self.endpoints:
+                sock.connect(endpoint)
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def call(self, message: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Send one request map, return the reply map; error replies raise their exception."""
+        request_id = f"{self._prefix}{next(self._ids)}"
+        payload = protocol.encode({"v": protocol.VERSION, "id": request_id, **message})
+        timeout = self.timeout if timeout is None else timeout
+        for _attempt in range(self.retries + 1):
+            reply = self._exchange(payload, request_id, timeout)
+            if reply is not None:
+                if not reply.get("ok"):
+                    error = reply.get("error") or {}
+                    raise from_code(
+                        str(error.get("code", "internal")), str(error.get("message", ""))
+                    )
+                return reply
+            self._reset()  # a lost reply must not be mistaken for the next one's
+        raise Unavailable(
+            f"no reply from {', '.join(self.endpoints)} within {timeout:g} s ({self.retries + 1} attempts)"
+        )
+
+    def _exchange(
+        self, payload: bytes, request_id: str, timeout: float
+    ) -> Optional[Dict[str, Any]]:
+        sock = self._socket()
+        try:
+            sock.send_multipart([b"", payload], flags=zmq.NOBLOCK)
+        except zmq.Again:  # no endpoint connected yet: wait for one within the timeout
+            if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
+                return None
+            sock.send_multipart([b"", payload])
+        until = time.monotonic() + timeout
+        while True:
+            left = until - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1):
+                return None
+            frames = sock.recv_multipart()
+            reply = protocol.decode_reply(frames[-1])
+            # one request is outstanding per socket: an error without an id (the server could
+            # not read ours) answers it; anything else with another id is a stale reply
+            if reply.get("id") == request_id or (reply.get("id") is None and not reply.get("ok")):
+                return reply
+
+    def _reset(self) -> None:
+        self.close()
+
+    # operations -------------------------------------------------------------------------
+    def health(self) -> Dict[str, Any]:
+        return self.call({"op": "health"})
+
+    def models(self) -> List[Dict[str, Any]]:
+        return list(self.call({"op": "models"})["models"])
+
+    def infer(
+        self,
+        model: str,
+        image: Union[bytes, np.ndarray],
+        deadline_ms: Optional[int] = None,
+        **params: Any,
+    ) -> InferResult:
+        """``image`` is encoded JPEG/PNG bytes, or an ``HxWx3 uint8`` RGB array."""
+        message: Dict[str, Any] = {"op": "infer", "model": model, "params": params}
+        if isinstance(image, np.ndarray):
+            message["tensor"] = protocol.encode_tensor(image)
+        else:
+            message["image"] = bytes(image)
+        if deadline_ms is not None:
+            message["deadline_ms"] = deadline_ms
+        reply = self.call(message)
+        return InferResult(
+            reply["model"],
+            reply["task"],
+            reply["result"],
+            reply.get("timing_ms", {}),
+            reply.get("id"),
+        )
+
+    def classify(
+        self, model: str, image: Union[bytes, np.ndarray], top_k: int = 5, **kw: Any
+    ) -> InferResult:
+        return self.infer(model, image, top_k=top_k, **kw)
+
+    def segment(
+        self,
+        model: str,
+        image: Union[bytes, np.ndarray],
+        mask: str = "png",
+        overlay: bool = False,
+        **kw: Any,
+    ) -> InferResult:
+        return self.infer(model, image, mask=mask, overlay=overlay, **kw)

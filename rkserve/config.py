@@ -1,0 +1,199 @@
+"""Daemon settings: the YAML file, then ``RKSERVE_*`` environment variables, then flags.
+
+Every setting is one field of :class:`Settings` with a one-line doc; ``docs/CONFIG.md``
+and ``rkserve serve --help`` are generated from the same place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    models_dir: str = dataclasses.field(
+        default="models", metadata={"doc": "folder of model folders (each with a model.yaml)"}
+    )
+    endpoint: str = dataclasses.field(
+        default="tcp://*:5555",
+        metadata={
+            "doc": "ZeroMQ address(es) to bind, comma-separated (tcp://HOST:PORT, ipc:///path)"
+        },
+    )
+    metrics_host: str = dataclasses.field(
+        default="0.0.0.0", metadata={"doc": "address the Prometheus exporter binds"}
+    )
+    metrics_port: int = dataclasses.field(
+        default=9464, metadata={"doc": "Prometheus exporter port; 0 turns the exporter off"}
+    )
+    backend: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "doc": "auto | rknnlite | onnx | fake (auto: the NPU where present, else onnxruntime)"
+        },
+    )
+    queue_size: int = dataclasses.field(
+        default=8,
+        metadata={
+            "doc": "requests a model may hold before the NPU; more are answered 'overloaded' at once"
+        },
+    )
+    deadline_ms: int = dataclasses.field(
+        default=5000,
+        metadata={
+            "doc": "default request deadline; work still queued past it is answered 'deadline_exceeded'"
+        },
+    )
+    drain_timeout_s: float = dataclasses.field(
+        default=10.0,
+        metadata={"doc": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"},
+    )
+    workers: int = dataclasses.field(
+        default=0, metadata={"doc": "CPU threads for decode/pre/post-processing; 0 = one per core"}
+    )
+    strict: bool = dataclasses.field(
+        default=False,
+        metadata={"doc": "refuse models on version warnings too, not only on failures"},
+    )
+    log_level: str = dataclasses.field(
+        default="info", metadata={"doc": "debug | info | warning | error"}
+    )
+    max_message_mb: float = dataclasses.field(
+        default=16.0,
+        metadata={
+            "doc": "largest request answered; larger ones get 'too_large' (4x this is dropped unread)"
+        },
+    )
+    max_pixels: int = dataclasses.field(
+        default=40_000_000,
+        metadata={"doc": "largest image (width x height) decoded; checked before decoding"},
+    )
+    runner_timeout_s: float = dataclasses.field(
+        default=30.0,
+        metadata={
+            "doc": "an inference running longer marks the model unhealthy and replaces its runner"
+        },
+    )
+    sysroot: str = dataclasses.field(
+        default="/",
+        metadata={
+            "doc": "root for board probes (/proc, /sys, /dev, /usr/lib); tests point it at a fixture tree"
+        },
+    )
+    fake_latency_ms: float = dataclasses.field(
+        default=0.0, metadata={"doc": "fake backend only: simulated NPU time per inference"}
+    )
+    curve_secret_key: str = dataclasses.field(
+        default="",
+        metadata={
+            "doc": "CURVE: the server's secret key file (from 'rkserve keys'); empty = no encryption"
+        },
+    )
+    curve_clients_dir: str = dataclasses.field(
+        default="",
+        metadata={"doc": "CURVE: folder of allowed clients' public key files, reloaded on SIGHUP"},
+    )
+
+    @property
+    def endpoints(self) -> list:
+        return [e.strip() for e in self.endpoint.split(",") if e.strip()]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+BACKENDS = ("auto", "rknnlite", "onnx", "fake")
+
+
+def _convert(name: str, value: Any, where: str) -> Any:
+    kind: Any = type(FIELDS[name].default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _from_file(path: Path) -> Dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {unknown}; see docs/CONFIG.md")
+    return {k: _convert(k, v, str(path)) for k, v in data.items()}
+
+
+def _from_env(environ: Mapping[str, str]) -> Dict[str, Any]:
+    found = {}
+    for name in FIELDS:
+        key = f"RKSERVE_{name.upper()}"
+        if key in environ:
+            found[name] = _convert(name, environ[key], f"environment {key}")
+    return found
+
+
+def load_settings(
+    path: Union[str, Path, None] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> Settings:
+    """File < environment < ``overrides`` (the CLI's flags; None values are ignored)."""
+    values: Dict[str, Any] = {}
+    if path is not None:
+        values.update(_from_file(Path(path)))
+    values.update(_from_env(os.environ if environ is None else environ))
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _convert(name, value, "command line")
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    problems = []
+    if settings.backend not in BACKENDS:
+        problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
+    if settings.log_level not in LOG_LEVELS:
+        problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if settings.queue_size < 1:
+        problems.append("queue_size must be at least 1")
+    if settings.deadline_ms < 1 or settings.drain_timeout_s < 0 or settings.runner_timeout_s <= 0:
+        problems.append("deadline_ms, drain_timeout_s and runner_timeout_s must be positive")
+    if not 0 <= settings.metrics_port <= 65535:
+        problems.append("metrics_port must be 0..65535")
+    if not settings.endpoints:
+        problems.append("endpoint must name at least one address")
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def describe_settings() -> str:
+    """The settings table for docs and ``--help``."""
+    lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
+    for name, f in FIELDS.items():
+        lines.append(
+            f"| `{name}` | `RKSERVE_{name.upper()}` | `{f.default!r}` | {f.metadata['doc']} |"
+        )
+    return "\n".join(lines)

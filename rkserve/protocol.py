@@ -1,0 +1,183 @@
+"""Wire protocol v1: one msgpack map per ZeroMQ message (after the ROUTER envelope).
+
+Documented for other languages in ``docs/PROTOCOL.md``. Decoding is strict: wrong types,
+missing fields and unknown keys are :class:`BadRequest` errors carrying the request id
+when it could be read, so the reply still reaches the right caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Union
+
+import msgpack
+import numpy as np
+
+from .errors import BadImage, BadRequest, RkserveError, TooLarge, UnsupportedVersion
+
+VERSION = 1
+OPS = ("infer", "models", "health")
+REQUEST_KEYS = {"v", "id", "op", "model", "image", "tensor", "params", "deadline_ms"}
+TENSOR_DTYPES = ("uint8",)
+MAX_ID_BYTES = 256
+
+
+@dataclass
+class Request:
+    id: Any
+    op: str
+    model: str = ""
+    image: Optional[bytes] = None
+    tensor: Optional[np.ndarray] = None
+    params: Dict[str, Any] = field(default_factory=dict)
+    deadline_ms: Optional[int] = None
+
+    @property
+    def input(self) -> Any:
+        return self.image if self.image is not None else self.tensor
+
+
+def _fail(error: RkserveError, request_id: Any) -> RkserveError:
+    error.request_id = request_id  # type: ignore[attr-defined]
+    return error
+
+
+def decode_request(payload: Union[bytes, memoryview], max_bytes: int) -> Request:
+    """Parse and validate one request; errors carry ``.request_id`` (None if unreadable)."""
+    if len(payload) > max_bytes:
+        raise _fail(
+            TooLarge(f"message of {len(payload)} bytes is over the limit of {max_bytes}"), None
+        )
+    try:
+        message = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise _fail(
+            BadRequest(f"message is not valid msgpack: {type(exc).__name__}: {exc}"), None
+        ) from None
+    if not isinstance(message, dict):
+        raise _fail(
+            BadRequest(f"message must be a msgpack map, got {type(message).__name__}"), None
+        )
+    request_id = _request_id(message.get("id"))
+    try:
+        return _request(message, request_id)
+    except RkserveError as exc:
+        raise _fail(exc, request_id) from None
+
+
+def _request_id(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, (str, bytes)) and len(value) <= MAX_ID_BYTES):
+        return value
+    return None
+
+
+def _request(message: Mapping[str, Any], request_id: Any) -> Request:
+    if message.get("v") != VERSION:
+        raise UnsupportedVersion(
+            f"protocol version {message.get('v')!r} is not supported; this server speaks v{VERSION}"
+        )
+    if "id" in message and request_id is None and message["id"] is not None:
+        raise BadRequest(
+            f"id must be an integer, or a string/bytes of at most {MAX_ID_BYTES} bytes"
+        )
+    unknown = sorted(str(k) for k in set(message) - REQUEST_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown fields {unknown}")
+    op = message.get("op")
+    if op not in OPS:
+        raise BadRequest(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    request = Request(id=request_id, op=op)
+    if op == "infer":
+        _infer_fields(message, request)
+    return request
+
+
+def _infer_fields(message: Mapping[str, Any], request: Request) -> None:
+    request.model = _typed(message, "model", str, "a string")
+    if not request.model:
+        raise BadRequest("infer needs a model name")
+    params = message.get("params", {})
+    if not isinstance(params, dict):
+        raise BadRequest(f"params must be a map, got {type(params).__name__}")
+    request.params = params
+    deadline = message.get("deadline_ms")
+    if deadline is not None and (
+        isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0
+    ):
+        raise BadRequest(f"deadline_ms must be a positive integer, got {deadline!r}")
+    request.deadline_ms = deadline
+    has_image, has_tensor = message.get("image") is not None, message.get("tensor") is not None
+    if has_image == has_tensor:
+        raise BadRequest("infer needs exactly one of image (encoded JPEG/PNG bytes) or tensor")
+    if has_image:
+        request.image = _typed(message, "image", bytes, "bytes (msgpack bin)")
+    else:
+        request.tensor = decode_tensor(message["tensor"])
+
+
+def _typed(message: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    value = message.get(key)
+    if not isinstance(value, kind):
+        raise BadRequest(f"{key} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def decode_tensor(value: Any) -> np.ndarray:
+    """``{"dtype": "uint8", "shape": [h, w, 3], "data": bin}`` → array (no copy)."""
+    if not isinstance(value, dict):
+        raise BadRequest("tensor must be a map with dtype, shape and data")
+    dtype, shape, data = value.get("dtype"), value.get("shape"), value.get("data")
+    if dtype not in TENSOR_DTYPES:
+        raise BadImage(f"tensor dtype must be one of {', '.join(TENSOR_DTYPES)}, got {dtype!r}")
+    if not (
+        isinstance(shape, list)
+        and 0 < len(shape) <= 4
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise BadImage(f"tensor shape must be a list of positive integers, got {shape!r}")
+    if not isinstance(data, bytes):
+        raise BadRequest("tensor data must be bytes (msgpack bin)")
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if len(data) != expected:
+        raise BadImage(f"tensor data is {len(data)} bytes; shape {shape} {dtype} needs {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def encode_tensor(array: np.ndarray) -> Dict[str, Any]:
+    return {
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "data": np.ascontiguousarray(array).tobytes(),
+    }
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def ok_reply(request_id: Any, body: Mapping[str, Any], timings: Mapping[str, float]) -> bytes:
+    return encode({"v": VERSION, "id": request_id, "ok": True, **body, "timing_ms": dict(timings)})
+
+
+def error_reply(
+    request_id: Any, error: RkserveError, timings: Optional[Mapping[str, float]] = None
+) -> bytes:
+    body = {"code": error.code, "message": error.message}
+    return encode(
+        {
+            "v": VERSION,
+            "id": request_id,
+            "ok": False,
+            "error": body,
+            "timing_ms": dict(timings or {}),
+        }
+    )
+
+
+def decode_reply(payload: bytes) -> Dict[str, Any]:
+    reply = msgpack.unpackb(payload, raw=False)
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise BadRequest("reply is not an rkserve v1 reply")
+    return reply
