@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
+from .cli_daemon import add_client_commands, add_serve
 from .errors import RkserveError
 
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rkserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_inspect, _add_doctor):
+    for add in (add_serve, add_client_commands, _add_inspect, _add_doctor, _add_convert):
         add(sub)
     return parser
 
@@ -82,6 +83,36 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     report = run_doctor(Path(args.root), Path(args.models), paths, args.strict)
     print(json.dumps(report.to_dict(), indent=2) if args.json else render_table(report))
     return 1 if failed(report) else 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a model folder's ONNX to .rknn with its recipe and accuracy gate (PC only)",
+        description="Build model.rknn with rknn-toolkit2 (its own environment: deploy/convert-env.sh), "
+        "compare it in the simulator with the float ONNX model on validation images, and write it "
+        "only if the gate in model.yaml (convert.gate) passes. Exit 0 accepted, 1 error, 3 refused.",
+    )
+    p.add_argument("model", metavar="MODEL_DIR", help="the model folder (holds model.yaml)")
+    p.add_argument("--onnx", metavar="FILE", help="the float ONNX model (default: onnx.file)")
+    p.add_argument("--output", metavar="FILE", help="where to write the .rknn (default: rknn.file)")
+    p.add_argument("--validation", metavar="DIR", help="validation images (default: samples/)")
+    p.add_argument("--target", choices=("rk3566", "rk3568", "rk3588", "rk3576", "rk3562"))
+    p.add_argument("--report", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--analysis", action="store_true", help="add the toolkit's per-layer analysis")
+    p.add_argument(
+        "--threshold",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a gate threshold, e.g. min_cosine=0.99 or min_top5_agreement=off (repeatable)",
+    )
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert_cli import run
+
+    return run(args)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
