@@ -1,0 +1,285 @@
+"""``rkserve convert``: ONNX → RKNN on a PC, with a quantization recipe and an accuracy gate.
+
+The recipe is the ``convert:`` section of ``model.yaml`` (documented in ``docs/CONVERT.md``)::
+
+    convert:
+      target_platform: rk3568
+      dataset: calib            # calibration images (folder or .txt list)
+      quantized_algorithm: normal
+      gate: {min_top1_agreement: 0.9, min_cosine: 0.98}
+
+This module validates the recipe; it imports neither rknn-toolkit2 nor onnxruntime, so the
+daemon's environment can use it. The conversion itself is
+:func:`rkserve.convert_flow.convert_model`, which runs inside ``.venv-convert``;
+:mod:`rkserve.convert_cli` gets the command there.
+
+Example::
+
+    >>> spec = load_spec(Path("models/shapes"))
+    >>> recipe = load_recipe(spec, target="rk3568")
+    >>> recipe.target_platforms, recipe.gate["min_top1_agreement"]
+    (('rk3568',), 0.9)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import ConfigError
+from .spec import ModelSpec
+
+PLATFORMS = ("rk3566", "rk3568", "rk3588", "rk3576", "rk3562")
+DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
+ALGORITHMS = ("normal", "kl_divergence", "mmse")
+METHODS = ("layer", "channel")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+GATES: Dict[str, Dict[str, Optional[float]]] = {
+    "classification": {"min_top1_agreement": 0.9, "min_top5_agreement": None, "min_cosine": 0.98},
+    "segmentation": {"min_pixel_agreement": 0.95, "min_miou": 0.8, "min_cosine": None},
+}
+_FIELDS = (
+    "target_platform",
+    "mean",
+    "std",
+    "quantize",
+    "quantized_dtype",
+    "quantized_algorithm",
+    "quantized_method",
+    "dataset",
+    "hybrid_fp16_layers",
+    "validation",
+    "gate",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated ``convert:`` section. Paths are absolute; mean/std in the model's colour order."""
+
+    target_platforms: Tuple[str, ...]
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    quantize: bool
+    quantized_dtype: str
+    quantized_algorithm: str
+    quantized_method: str
+    dataset: Optional[Path]
+    hybrid_fp16_layers: Tuple[str, ...]
+    validation: Path
+    gate: Dict[str, float] = field(default_factory=dict)  # only the thresholds in force
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "target_platform": list(self.target_platforms),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "quantize": self.quantize,
+            "quantized_dtype": self.quantized_dtype,
+            "quantized_algorithm": self.quantized_algorithm,
+            "quantized_method": self.quantized_method,
+            "dataset": str(self.dataset) if self.dataset else None,
+            "hybrid_fp16_layers": list(self.hybrid_fp16_layers),
+            "validation": str(self.validation),
+            "gate": dict(self.gate),
+        }
+
+
+class _Section:
+    """The ``convert:`` mapping, with errors naming the file and the dotted field."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.data: Mapping[str, Any] = spec.convert
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.spec.spec_path}: convert.{key}: {why}")
+
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        value = self.data.get(key, default)
+        if value not in choices:
+            raise self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    def triple(
+        self, key: str, default: Tuple[float, float, float], positive: bool
+    ) -> Tuple[float, float, float]:
+        value = self.data.get(key, default)
+        if _is_number(value):
+            value = [value] * 3
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 3
+            and all(_is_number(v) for v in value)
+        )
+        if not ok or (positive and min(value) <= 0):
+            kind = "positive numbers" if positive else "numbers"
+            raise self.fail(key, f"expected 3 {kind} in the model's colour order, got {value!r}")
+        return (float(value[0]), float(value[1]), float(value[2]))
+
+    def path(self, key: str, value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.fail(
+                key, f"expected a folder or .txt file relative to the model folder, got {value!r}"
+            )
+        path = (self.spec.folder / value).resolve()
+        if not path.exists():
+            raise self.fail(key, f"{path} does not exist")
+        return path
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_recipe(
+    spec: ModelSpec,
+    target: Optional[str] = None,
+    validation: Optional[Path] = None,
+    thresholds: Optional[Mapping[str, Optional[float]]] = None,
+) -> Recipe:
+    """Validate ``spec.convert``; ``target``, ``validation`` and ``thresholds`` override it."""
+    section = _Section(spec)
+    unknown = sorted(set(section.data) - set(_FIELDS))
+    if unknown:
+        raise section.fail(unknown[0], f"unknown field (known: {', '.join(_FIELDS)})")
+    _check_onnx_input(spec)
+    quantize = section.data.get("quantize", True)
+    if not isinstance(quantize, bool):
+        raise section.fail("quantize", f"expected true or false, got {quantize!r}")
+    dataset = _dataset(section, quantize)
+    return Recipe(
+        target_platforms=_platforms(section, target),
+        mean=section.triple("mean", spec.onnx.mean, positive=False),
+        std=section.triple("std", spec.onnx.std, positive=True),
+        quantize=quantize,
+        quantized_dtype=section.choice("quantized_dtype", DTYPES, "w8a8"),
+        quantized_algorithm=section.choice("quantized_algorithm", ALGORITHMS, "normal"),
+        quantized_method=section.choice("quantized_method", METHODS, "channel"),
+        dataset=dataset,
+        hybrid_fp16_layers=_layers(section, quantize),
+        validation=_validation(section, validation, dataset),
+        gate=_gate(section, thresholds or {}),
+    )
+
+
+def _check_onnx_input(spec: ModelSpec) -> None:
+    if spec.onnx.layout != "nchw" or spec.onnx.dtype != "float32":
+        raise ConfigError(
+            f"{spec.spec_path}: onnx: rknn-toolkit2 converts float32 NCHW ONNX inputs; this "
+            f"model declares {spec.onnx.dtype} {spec.onnx.layout.upper()} (export a float NCHW model)"
+        )
+
+
+def _platforms(section: _Section, override: Optional[str]) -> Tuple[str, ...]:
+    value = section.data.get("target_platform", "rk3568") if override is None else override
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(n in PLATFORMS for n in names):
+        raise section.fail(
+            "target_platform", f"expected one of {', '.join(PLATFORMS)} (or a list), got {value!r}"
+        )
+    return tuple(str(n) for n in names)
+
+
+def _dataset(section: _Section, quantize: bool) -> Optional[Path]:
+    value = section.data.get("dataset")
+    if value is None:
+        default = section.spec.folder / "calib"
+        if not quantize:
+            return None
+        if not default.is_dir():
+            raise section.fail(
+                "dataset", "required to quantize (a folder of calibration images, or a .txt list)"
+            )
+        return default.resolve()
+    path = section.path("dataset", value)
+    if not list_images(path):
+        raise section.fail("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return path
+
+
+def _layers(section: _Section, quantize: bool) -> Tuple[str, ...]:
+    value = section.data.get("hybrid_fp16_layers", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise section.fail(
+            "hybrid_fp16_layers", f"expected a list of layer output names, got {value!r}"
+        )
+    if value and not quantize:
+        raise section.fail("hybrid_fp16_layers", "only meaningful with quantize: true")
+    return tuple(value)
+
+
+def _validation(section: _Section, override: Optional[Path], dataset: Optional[Path]) -> Path:
+    if override is not None:
+        path = Path(override).resolve()
+        where = f"--validation {override}"
+    elif "validation" in section.data:
+        path = section.path("validation", section.data["validation"])
+        where = f"{section.spec.spec_path}: convert.validation"
+    else:
+        samples = section.spec.folder / "samples"
+        path = samples.resolve() if samples.is_dir() else dataset  # type: ignore[assignment]
+        where = f"{section.spec.spec_path}: convert.validation (default samples/ or the dataset)"
+        if path is None:
+            raise section.fail(
+                "validation", "required: no samples/ folder and no dataset to validate on"
+            )
+    if not path.exists() or not list_images(path):
+        raise ConfigError(f"{where}: no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+    return path
+
+
+def _gate(section: _Section, overrides: Mapping[str, Optional[float]]) -> Dict[str, float]:
+    known = GATES[section.spec.task]
+    value = section.data.get("gate") or {}
+    if not isinstance(value, dict):
+        raise section.fail("gate", f"expected a mapping of thresholds, got {value!r}")
+    names = ", ".join(known)
+    for name in value:
+        if name not in known:
+            raise section.fail(f"gate.{name}", f"unknown for {section.spec.task} (known: {names})")
+    for name in overrides:
+        if name not in known:
+            raise ConfigError(
+                f"--threshold {name}: unknown for {section.spec.task} (known: {names})"
+            )
+    merged: Dict[str, Any] = {**known, **value, **overrides}
+    for name, threshold in merged.items():
+        if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
+            raise section.fail(
+                f"gate.{name}", f"expected a number in 0..1 (or null), got {threshold!r}"
+            )
+    return {k: float(v) for k, v in merged.items() if v is not None}
+
+
+def parse_thresholds(items: Sequence[str]) -> Dict[str, Optional[float]]:
+    """``["min_cosine=0.99", "min_top5_agreement=off"]`` → ``{"min_cosine": 0.99, ...: None}``."""
+    out: Dict[str, Optional[float]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--threshold {item!r}: expected NAME=VALUE, e.g. min_cosine=0.99")
+        if text.strip().lower() in ("off", "none", "null"):
+            out[name.strip()] = None
+            continue
+        try:
+            out[name.strip()] = float(text)
+        except ValueError:
+            raise ConfigError(
+                f"--threshold {item!r}: {text!r} is not a number (or 'off')"
+            ) from None
+    return out
+
+
+def list_images(source: Path) -> List[Path]:
+    """The images of a folder (sorted) or of a .txt list (one path per line, relative to it)."""
+    if source.is_dir():
+        return sorted(
+            p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+    if source.suffix == ".txt" and source.is_file():
+        lines = source.read_text(encoding="utf-8").splitlines()
+        return [(source.parent / line.strip()).resolve() for line in lines if line.strip()]
+    return []

@@ -1,0 +1,121 @@
+"""How close the converted model is to its float ONNX twin, and the gate that refuses it.
+
+Pure functions on the two models' raw outputs for the same validation images. Each metric
+``name`` is gated by the threshold ``min_<name>`` of the recipe's ``gate:`` section:
+
+- ``top1_agreement``: share of images whose top-1 class is the same (classification);
+- ``top5_agreement``: mean overlap of the two top-5 sets, ``|A ∩ B| / 5`` (k = 5, or the number
+  of classes if fewer);
+- ``pixel_agreement``: share of pixels whose argmax class is the same (segmentation);
+- ``miou``: mean IoU of the quantized argmax map against the float one, over every class that
+  appears in either map across the whole validation set;
+- ``cosine``: mean cosine similarity of the raw outputs, flattened.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+Pair = Tuple[str, np.ndarray, np.ndarray]  # (image name, float output, quantized output)
+Rows = List[Dict[str, Any]]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays of the same size (1.0 when both are all zeros)."""
+    x = a.astype(np.float64).ravel()
+    y = b.astype(np.float64).ravel()
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    if norm == 0.0:
+        return 1.0 if not x.any() and not y.any() else 0.0
+    return float(np.dot(x, y) / norm)
+
+
+def top_k(scores: np.ndarray, k: int) -> List[int]:
+    """Indices of the ``k`` highest of ``scores`` (any shape with one non-unit axis), best first."""
+    flat = scores.astype(np.float64).ravel()
+    return [int(i) for i in np.argsort(-flat, kind="stable")[:k]]
+
+
+def class_map(output: np.ndarray, layout: str) -> np.ndarray:
+    """``[1,C,H,W]`` (nchw) or ``[1,H,W,C]`` (nhwc) scores, or a ``[1,H,W]`` class map → ``HxW``."""
+    if output.ndim == 4:
+        axis = 1 if layout == "nchw" else 3
+        return np.asarray(output.argmax(axis=axis)[0])
+    if output.ndim == 3:
+        return np.asarray(output[0]).astype(np.int64)
+    raise ValueError(f"a segmentation output must be 3-D or 4-D, got shape {list(output.shape)}")
+
+
+def compare_classification(pairs: Sequence[Pair]) -> Tuple[Rows, Dict[str, float]]:
+    """Per-image rows and the metrics ``top1_agreement``, ``top5_agreement``, ``cosine``."""
+    rows: Rows = []
+    for name, ref, out in pairs:
+        k = min(5, ref.size)
+        ref_top, out_top = top_k(ref, k), top_k(out, k)
+        rows.append(
+            {
+                "image": name,
+                "float_top1": ref_top[0],
+                "float_score": float(ref.ravel()[ref_top[0]]),
+                "quant_top1": out_top[0],
+                "quant_score": float(out.ravel()[out_top[0]]),
+                "top1_agree": ref_top[0] == out_top[0],
+                "top5_overlap": len(set(ref_top) & set(out_top)) / k,
+                "cosine": cosine(ref, out),
+            }
+        )
+    metrics = {
+        "top1_agreement": _mean([float(r["top1_agree"]) for r in rows]),
+        "top5_agreement": _mean([r["top5_overlap"] for r in rows]),
+        "cosine": _mean([r["cosine"] for r in rows]),
+    }
+    return rows, metrics
+
+
+def compare_segmentation(
+    pairs: Sequence[Pair], layout: str, scores: bool = True
+) -> Tuple[Rows, Dict[str, float]]:
+    """Per-image rows and ``pixel_agreement``, ``miou`` (and ``cosine`` when outputs are scores)."""
+    rows: Rows = []
+    inter: Dict[int, int] = {}
+    union: Dict[int, int] = {}
+    same = total = 0
+    for name, ref, out in pairs:
+        ref_map, out_map = class_map(ref, layout), class_map(out, layout)
+        agree = int(np.count_nonzero(ref_map == out_map))
+        same, total = same + agree, total + ref_map.size
+        for cls in np.union1d(np.unique(ref_map), np.unique(out_map)).tolist():
+            a, b = ref_map == cls, out_map == cls
+            inter[cls] = inter.get(cls, 0) + int(np.count_nonzero(a & b))
+            union[cls] = union.get(cls, 0) + int(np.count_nonzero(a | b))
+        row: Dict[str, Any] = {"image": name, "pixel_agreement": agree / ref_map.size}
+        row["float_classes"] = np.unique(ref_map).tolist()
+        if scores:
+            row["cosine"] = cosine(ref, out)
+        rows.append(row)
+    metrics = {
+        "pixel_agreement": same / total if total else 0.0,
+        "miou": _mean([inter[c] / union[c] for c in union]),
+    }
+    if scores:
+        metrics["cosine"] = _mean([r["cosine"] for r in rows])
+    return rows, metrics
+
+
+def check_gate(metrics: Mapping[str, float], gate: Mapping[str, float]) -> List[str]:
+    """One message per threshold not met, e.g. ``top1_agreement 0.700 < min_top1_agreement 0.900``."""
+    failures = []
+    for key, threshold in gate.items():
+        name = key[len("min_") :]
+        value = metrics.get(name)
+        if value is None:
+            failures.append(f"{name} was not measured but {key} is set to {threshold:.3f}")
+        elif value < threshold:
+            failures.append(f"{name} {value:.3f} < {key} {threshold:.3f}")
+    return failures
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
