@@ -413,6 +413,36 @@ def test_a_wrong_std_is_refused_and_writes_no_model(tmp_path, converter):
     assert "Verdict: **REFUSED**" in (folder / "conversion_report.refused.md").read_text()
 
 
+@pytest.mark.convert
+@pytest.mark.slow
+def test_deeplabv3_segmentation_converts_with_the_default_gate(tmp_path, converter):
+    from rkserve.rknnfile import read_rknn
+
+    spec = {
+        "task": "segmentation",
+        "input": {"size": 257},
+        "output": {"kind": "logits", "layout": "nchw"},
+        "onnx": {"mean": 127.5, "std": 127.5},
+        "convert": {
+            "dataset": str(shared("images", "imagenet_val")),
+            "validation": str(shared("images")),
+        },
+    }
+    onnx = shared("onnx", "deeplabv3_257_voc_fp32.onnx")
+    labels = shared("labels", "st_labels_pascalvoc.txt")
+    folder = write_model(tmp_path / "deeplabv3", spec, onnx=onnx, labels=labels)
+    report_file = tmp_path / "report.json"
+    done = _cli(str(folder), "--report", str(report_file), env={})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_rknn(folder / "model.rknn").outputs[0].shape == (1, 21, 257, 257)
+    report = json.loads(report_file.read_text())
+    assert report["gate"] == {"min_pixel_agreement": 0.95, "min_miou": 0.8}
+    cyclist = next(r for r in report["images"] if r["image"] == "deeplabv3_test_image.jpg")
+    assert cyclist["float_classes"] == [0, 2, 15]  # background, bicycle, person
+    assert cyclist["pixel_agreement"] > 0.98
+    assert "| deeplabv3_test_image.jpg |" in (folder / "conversion_report.md").read_text()
+
+
 def _demo(name: str) -> Path:
     folder = ROOT / "models" / name
     if not (folder / "model.onnx").is_file():
