@@ -1,0 +1,58 @@
+# rkserve developer entry points. `make help` lists them.
+#   make serve   set up .venv and run the daemon on the demo models (onnx backend on a PC)
+#   make test    set up everything and run the whole suite on CPython 3.8 and 3.11
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY311 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3.11) $(shell command -v python3.11) $(shell command -v python3))
+PY38  ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.8*/bin/python3.8) $(shell command -v python3.8))
+VENV  ?= .venv
+VENV38 ?= .venv38
+PYTEST_ARGS ?=
+
+.PHONY: help serve venv venv38 lint test test38 test311 convert-env demo-models clean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+	@echo "  make lint         ruff + mypy"
+	@echo "  make convert-env  the rknn-toolkit2 converter environment (.venv-convert)"
+	@echo "  make demo-models  retrain the demo models (needs torch; see models/*/README.md)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PY311) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(VENV38)/.installed: pyproject.toml
+	@test -n "$(PY38)" || { echo "CPython 3.8 not found (pyenv install 3.8, or PY38=/path/to/python3.8)"; exit 1; }
+	$(PY38) -m venv $(VENV38)
+	$(VENV38)/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+venv38: $(VENV38)/.installed
+
+serve: venv
+	$(VENV)/bin/rkserve serve $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check rkserve tests deploy benchmarks
+	$(VENV)/bin/ruff format --check rkserve tests deploy benchmarks
+	$(VENV)/bin/mypy
+
+convert-env:
+	deploy/convert-env.sh
+
+test311: venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test38: venv38
+	$(VENV38)/bin/python -m pytest -m "not convert" $(PYTEST_ARGS)
+
+test: venv venv38 convert-env lint test38 test311
+
+demo-models:
+	$(PY311) deploy/train_demo_models.py
+
+clean:
+	rm -rf $(VENV) $(VENV38) .venv-convert .pytest_cache .mypy_cache .ruff_cache
