@@ -121,9 +121,11 @@ def test_start_and_reload_commands() -> None:
 
 
 def test_stop_timeout_covers_the_drain() -> None:
+    from rkserve.config import FIELDS
+
+    default = FIELDS["drain_timeout_s"].default
     config = yaml.safe_load((REPO / "deploy" / "rkserve.yaml").read_text())
-    drain = config["drain_timeout_s"]
-    assert drain == 10  # the daemon's default, written out in the example config
+    drain = max(default, config["drain_timeout_s"])
     assert _seconds(_unit_settings()["Service.TimeoutStopSec"][0]) >= drain + 3
 
 
@@ -148,3 +150,30 @@ def test_hardening_leaves_the_npu_reachable() -> None:
     assert unit["Service.NoNewPrivileges"] == ["yes"]
     families = unit["Service.RestrictAddressFamilies"][0].split()
     assert families == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
+
+
+def test_example_config_and_environment_are_valid_settings() -> None:
+    """deploy/rkserve.yaml and the names in rkserve.env are what the daemon accepts."""
+    from rkserve.config import FIELDS, load_settings
+
+    example = REPO / "deploy" / "rkserve.yaml"
+    settings = load_settings(example, environ={})
+    assert settings.models_dir == "/var/lib/rkserve/models"
+    commented = [
+        line.lstrip("#").strip()
+        for line in example.read_text().splitlines()
+        if line.startswith("#") and ": " in line and line[1:2].islower()
+    ]
+    assert commented, "the example lists the less common settings, commented out"
+    for line in commented:
+        assert line.split(":")[0] in FIELDS, line
+    assignments = [
+        line.lstrip("#").strip()
+        for line in (REPO / "systemd" / "rkserve.env").read_text().splitlines()
+        if line.startswith("#RKSERVE_")
+    ]
+    environ = dict(line.split("=", 1) for line in assignments)
+    assert len(environ) >= 5
+    for key in environ:
+        assert key[len("RKSERVE_") :].lower() in FIELDS, key
+    load_settings(example, environ=environ)
