@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .backends import Backend
-from .errors import BadRequest, ConfigError
+from .errors import BackendError, BadRequest, ConfigError
 from .spec import ModelSpec
 from .tasks import classify, image, segment
 
@@ -109,6 +109,10 @@ class Engine:
         started = time.perf_counter()
         outputs = self.backend.run(prepared.tensors)
         prepared.timings["inference"] = _elapsed_ms(started)
+        if not outputs or any(o is None for o in outputs):
+            raise BackendError(
+                f"{self.backend.name} backend returned no outputs for {self.spec.name!r}"
+            )
         return outputs
 
     def finish(self, prepared: Prepared, outputs: Sequence[np.ndarray]) -> Result:

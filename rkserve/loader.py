@@ -216,6 +216,7 @@ class Loader:
             self.hosts = hosts
             self._publish(hosts, removed=[])
             log.info("model %s: runner replaced", host.name)
+            host.stop(timeout=self.settings.drain_timeout_s)  # the old runner, once unwedged
 
         threading.Thread(target=replace, name=f"replace-{host.name}", daemon=True).start()
 

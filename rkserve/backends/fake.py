@@ -6,11 +6,18 @@ on the input in a documented way:
 
 - classification: the winning class is ``sum(input bytes) % classes``;
 - segmentation: each pixel's class is its grey level split into ``classes`` equal bands.
+
+Faults can be injected while it runs, from another process, by writing a word into the file
+``fault_file`` (default ``<model folder>/fake-fault``): ``raise`` (a runtime error),
+``none`` (the runtime returns None, as RKNNLite does), ``hang`` (the call does not return
+until the file changes), ``leak:<bytes>`` (each call keeps that much memory, like the known
+RKNNLite per-call leak). No file, no fault.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -31,9 +38,12 @@ class FakeBackend:
         latency_ms: float = 0.0,
         classes: Optional[int] = None,
         reuse_outputs: bool = False,
+        fault_file: Optional[str] = None,
         **_: Any,
     ) -> None:
         self.spec = spec
+        self.fault_file = Path(fault_file) if fault_file else spec.folder / "fake-fault"
+        self.leaked: List[bytes] = []
         self.latency = latency_ms / 1000.0
         self.classes = classes or len(spec.labels) + spec.label_offset
         if self.classes < 1:
@@ -58,6 +68,9 @@ class FakeBackend:
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         self._check(inputs)
         self.calls += 1
+        fault = self._fault()
+        if fault and self._inject(fault):
+            return None  # type: ignore[return-value]  # what a broken runtime hands back
         started = time.perf_counter()
         outputs = self._cached if self._cached is not None else self._compute(inputs[0])
         if self._reuse:
@@ -66,6 +79,23 @@ class FakeBackend:
         if remaining > 0:
             time.sleep(remaining)
         return outputs
+
+    def _fault(self) -> str:
+        try:
+            return self.fault_file.read_text().strip()
+        except OSError:
+            return ""
+
+    def _inject(self, fault: str) -> bool:
+        """Apply an injected fault; True when the call must return None."""
+        if fault == "raise":
+            raise BackendError("fake backend: injected runtime failure")
+        if fault == "hang":
+            while self._fault() == "hang":
+                time.sleep(0.05)
+        elif fault.startswith("leak:"):
+            self.leaked.append(bytes(int(fault[5:])))
+        return fault == "none"
 
     def _check(self, inputs: Sequence[np.ndarray]) -> None:
         want = self.inputs[0]
