@@ -12,12 +12,13 @@ The simulator only runs a model built in the same session, so everything happens
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
@@ -50,6 +51,7 @@ class Progress:
         self.timings: Dict[str, float] = {}
 
     def say(self, text: str) -> None:
+        _flush_toolkit_output()
         self.stream.write(f"==> [{time.monotonic() - self.started:6.1f}s] {text}\n")
         self.stream.flush()
 
@@ -60,6 +62,13 @@ class Progress:
         yield
         self.timings[name] = round(time.monotonic() - start, 3)
         self.say(f"{name}: done in {self.timings[name]:.1f}s")
+
+
+def _flush_toolkit_output() -> None:
+    """The toolkit's C code buffers stdout when it is a pipe: flush it so our lines stay in order."""
+    sys.stdout.flush()
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
 
 
 @dataclass
