@@ -262,7 +262,7 @@ install_models() {
         cp -R "$folder" "$(r "$MODELS")/"
         count=$((count + 1))
     done
-    staging || chown -R "$SERVICE_USER:$SERVICE_USER" "$(r "$MODELS")"
+    staging || chown -R "$SERVICE_USER:" "$(r "$MODELS")" # "user:" = and its login group
     changed created "$MODELS/ ($count demo model(s) from $SRC/models)"
     record data "$MODELS"
 }

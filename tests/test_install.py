@@ -277,3 +277,55 @@ def test_venv_from_a_wheel(src: Path, tmp_path: Path) -> None:
     assert stamp.startswith(f"wheel {wheel.name} ")
     second = run(src, *args).stdout
     assert "rkserve: unchanged" in second, second
+
+
+def _can_unshare() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("useradd"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+# Runs in a private mount namespace over copies of /etc, /opt and /var/lib: useradd,
+# groupadd, chown and userdel act for real, and nothing outside the namespace changes.
+REAL_INSTALL = """
+set -eu
+mount --make-rprivate /
+mount --bind "$ETC_COPY" /etc
+mount -t tmpfs none /opt
+mount -t tmpfs none /var/lib
+# Hide a running systemd: systemctl must not reach this machine's service manager.
+if [ -d /run/systemd ]; then mount -t tmpfs none /run/systemd; fi
+"$INSTALL" --no-venv
+echo "groups: $(id -nG rkserve)"
+echo "models owner: $(stat -c %U:%G /var/lib/rkserve/models/demo/model.yaml)"
+echo "second: $("$INSTALL" --no-venv | tail -n 1)"
+"$INSTALL" --purge
+getent passwd rkserve || echo "user removed"
+ls -A /opt /var/lib
+"""
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs root and unshare -m (mount namespaces)")
+def test_real_install_in_a_private_mount_namespace(src: Path, tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    subprocess.run(["cp", "-a", "/etc", str(etc)], check=True)
+    env = {**clean_env(), "ETC_COPY": str(etc), "INSTALL": str(src / "deploy/install.sh")}
+    result = subprocess.run(
+        ["unshare", "-m", "bash", "-c", REAL_INSTALL],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "created    user rkserve" in out
+    groups = out.split("groups: ", 1)[1].split("\n", 1)[0].split()
+    assert {"rkserve", "video", "render"} <= set(groups)
+    assert "models owner: rkserve:rkserve" in out
+    assert "second: rkserve: unchanged (everything was already in place)" in out
+    assert "removed    user rkserve" in out and "user removed" in out
+    assert "skipped    systemctl (systemd is not running here)" in out
+    assert out.rstrip().endswith("/var/lib:")  # both directories left empty
+    assert "rkserve:" not in (etc / "passwd").read_text()  # purged from the copy too
