@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .client import DEFAULT_ENDPOINT
-
-CLIENT_ENDPOINT = os.environ.get("RKSERVE_CLIENT_ENDPOINT", DEFAULT_ENDPOINT)
+# No numpy/zmq at import time: `rkserve --version`, `doctor` and `convert` must start without them.
+CLIENT_ENDPOINT = os.environ.get("RKSERVE_CLIENT_ENDPOINT", "tcp://127.0.0.1:5555")
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:

@@ -25,7 +25,7 @@ import zmq
 from . import protocol
 from .errors import BadRequest, Unavailable, from_code
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # the same as the CLI's default
 
 
 @dataclass
