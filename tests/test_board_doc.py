@@ -39,7 +39,7 @@ def test_documented_paths_match_the_unit_and_installer() -> None:
     installer = (REPO / "deploy" / "install.sh").read_text()
     for path in ("/opt/rkserve/venv", "/etc/rkserve/rkserve.yaml", "/etc/rkserve/rkserve.env"):
         assert path in doc and path in unit
-    for setting in ("WatchdogSec=30s", "TimeoutStopSec=15s", "TimeoutStartSec=120s"):
+    for setting in ("WatchdogSec=30s", "TimeoutStopSec=20s", "TimeoutStartSec=120s"):
         assert setting in unit and setting.split("=")[0] in doc
     assert "STATE=/var/lib/rkserve" in installer and "/var/lib/rkserve/models" in doc
     assert "MANIFEST=$STATE/.install-manifest" in installer
