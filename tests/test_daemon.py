@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from daemon import Daemon, fake_models
+from helpers import MODELS, shared, write_model
 
 from rkserve import repository
 from rkserve.errors import BadImage, DeadlineExceeded, Overloaded, UnknownModel
@@ -304,5 +305,57 @@ def test_sighup_reloads_new_changed_and_removed_models(tmp_path, models):
             assert client.segment("seg", jpeg()).task == "segmentation"
             with pytest.raises(UnknownModel):
                 client.classify("cls", jpeg())
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def real_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("real")
+    write_model(
+        folder / "models" / "mobilenet",
+        {"task": "classification", "input": {"size": 224}, "onnx": {"mean": 127, "std": 127.5}},
+        onnx=shared("onnx", "mobilenet_v2_1.0_224_dequant_fp32.onnx"),
+        labels=shared("labels", "synset.txt"),
+    )
+    write_model(
+        folder / "models" / "deeplab",
+        {"task": "segmentation", "input": {"size": 257}, "onnx": {"mean": 127.5, "std": 127.5}},
+        onnx=shared("onnx", "deeplabv3_257_voc_fp32.onnx"),
+        labels=shared("labels", "st_labels_pascalvoc.txt"),
+    )
+    for demo in ("shapes", "shapes-seg"):
+        if (MODELS / demo / "model.yaml").exists():
+            shutil.copytree(MODELS / demo, folder / "models" / demo)
+    return folder
+
+
+def test_real_models_over_the_daemon_match_the_engine(real_models):
+    models = real_models / "models"
+    d = Daemon(real_models, models, "--backend", "onnx").start(timeout=60)
+    try:
+        with d.client(timeout=30) as client:
+            bell = shared("images", "bell.jpg").read_bytes()
+            remote = client.classify("mobilenet", bell, top_k=5)
+            assert remote.classes[0]["index"] == 494
+            assert (
+                remote.result
+                == repository.open_engine(models, "mobilenet", backend="onnx")
+                .infer(bell, {"top_k": 5})
+                .result
+            )
+            cyclist = shared("images", "deeplabv3_test_image.jpg").read_bytes()
+            remote = client.segment("deeplab", cyclist, mask="png", overlay=True)
+            local = repository.open_engine(models, "deeplab", backend="onnx").infer(
+                cyclist, {"mask": "png", "overlay": True}
+            )
+            assert remote.result == local.result
+            assert [c["label"] for c in remote.classes] == ["background", "bicycle", "person"]
+            for demo in ("shapes", "shapes-seg"):
+                if (models / demo).exists():
+                    engine = repository.open_engine(models, demo, backend="onnx")
+                    for sample in sorted((models / demo / "samples").glob("*.jpg")):
+                        data = sample.read_bytes()
+                        assert client.infer(demo, data).result == engine.infer(data).result
     finally:
         assert d.stop() == 0
