@@ -16,89 +16,51 @@ import yaml
 from .errors import ConfigError
 
 
+def _setting(default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    models_dir: str = dataclasses.field(
-        default="models", metadata={"doc": "folder of model folders (each with a model.yaml)"}
+    models_dir: str = _setting("models", "folder of model folders (each with a model.yaml)")
+    endpoint: str = _setting(
+        "tcp://*:5555", "ZeroMQ address(es) to bind, comma-separated (tcp://HOST:PORT, ipc:///path)"
     )
-    endpoint: str = dataclasses.field(
-        default="tcp://*:5555",
-        metadata={
-            "doc": "ZeroMQ address(es) to bind, comma-separated (tcp://HOST:PORT, ipc:///path)"
-        },
+    metrics_host: str = _setting("0.0.0.0", "address the Prometheus exporter binds")
+    metrics_port: int = _setting(9464, "Prometheus exporter port; 0 turns the exporter off")
+    backend: str = _setting(
+        "auto", "auto | rknnlite | onnx | fake (auto: the NPU where present, else onnxruntime)"
     )
-    metrics_host: str = dataclasses.field(
-        default="0.0.0.0", metadata={"doc": "address the Prometheus exporter binds"}
+    queue_size: int = _setting(
+        8, "requests a model may hold before the NPU; more are answered 'overloaded' at once"
     )
-    metrics_port: int = dataclasses.field(
-        default=9464, metadata={"doc": "Prometheus exporter port; 0 turns the exporter off"}
+    deadline_ms: int = _setting(
+        5000, "default request deadline; work still queued past it is answered 'deadline_exceeded'"
     )
-    backend: str = dataclasses.field(
-        default="auto",
-        metadata={
-            "doc": "auto | rknnlite | onnx | fake (auto: the NPU where present, else onnxruntime)"
-        },
+    drain_timeout_s: float = _setting(
+        10.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish"
     )
-    queue_size: int = dataclasses.field(
-        default=8,
-        metadata={
-            "doc": "requests a model may hold before the NPU; more are answered 'overloaded' at once"
-        },
+    workers: int = _setting(0, "CPU threads for decode/pre/post-processing; 0 = one per core")
+    strict: bool = _setting(False, "refuse models on version warnings too, not only on failures")
+    log_level: str = _setting("info", "debug | info | warning | error")
+    max_message_mb: float = _setting(
+        16.0, "largest request answered; larger ones get 'too_large' (4x this is dropped unread)"
     )
-    deadline_ms: int = dataclasses.field(
-        default=5000,
-        metadata={
-            "doc": "default request deadline; work still queued past it is answered 'deadline_exceeded'"
-        },
+    max_pixels: int = _setting(
+        40_000_000, "largest image (width x height) decoded; checked before decoding"
     )
-    drain_timeout_s: float = dataclasses.field(
-        default=10.0,
-        metadata={"doc": "on SIGTERM/SIGINT, how long in-flight requests may take to finish"},
+    runner_timeout_s: float = _setting(
+        30.0, "an inference running longer marks the model unhealthy and replaces its runner"
     )
-    workers: int = dataclasses.field(
-        default=0, metadata={"doc": "CPU threads for decode/pre/post-processing; 0 = one per core"}
+    sysroot: str = _setting(
+        "/", "root for board probes (/proc, /sys, /dev, /usr/lib); tests point it at a fixture tree"
     )
-    strict: bool = dataclasses.field(
-        default=False,
-        metadata={"doc": "refuse models on version warnings too, not only on failures"},
+    fake_latency_ms: float = _setting(0.0, "fake backend only: simulated NPU time per inference")
+    curve_secret_key: str = _setting(
+        "", "CURVE: the server's secret key file (from 'rkserve keys'); empty = no encryption"
     )
-    log_level: str = dataclasses.field(
-        default="info", metadata={"doc": "debug | info | warning | error"}
-    )
-    max_message_mb: float = dataclasses.field(
-        default=16.0,
-        metadata={
-            "doc": "largest request answered; larger ones get 'too_large' (4x this is dropped unread)"
-        },
-    )
-    max_pixels: int = dataclasses.field(
-        default=40_000_000,
-        metadata={"doc": "largest image (width x height) decoded; checked before decoding"},
-    )
-    runner_timeout_s: float = dataclasses.field(
-        default=30.0,
-        metadata={
-            "doc": "an inference running longer marks the model unhealthy and replaces its runner"
-        },
-    )
-    sysroot: str = dataclasses.field(
-        default="/",
-        metadata={
-            "doc": "root for board probes (/proc, /sys, /dev, /usr/lib); tests point it at a fixture tree"
-        },
-    )
-    fake_latency_ms: float = dataclasses.field(
-        default=0.0, metadata={"doc": "fake backend only: simulated NPU time per inference"}
-    )
-    curve_secret_key: str = dataclasses.field(
-        default="",
-        metadata={
-            "doc": "CURVE: the server's secret key file (from 'rkserve keys'); empty = no encryption"
-        },
-    )
-    curve_clients_dir: str = dataclasses.field(
-        default="",
-        metadata={"doc": "CURVE: folder of allowed clients' public key files, reloaded on SIGHUP"},
+    curve_clients_dir: str = _setting(
+        "", "CURVE: folder of allowed clients' public key files, reloaded on SIGHUP"
     )
 
     @property
