@@ -186,11 +186,13 @@ class Server:
         if not envelope:
             return  # not from a ROUTER peer; nothing to answer
         started = time.perf_counter()
-        request_id = None
+        request_id, model = None, ""
         try:
             request = protocol.decode_request(frames[-1].buffer, self.max_bytes)
             request_id = request.id
             if request.op == "infer":
+                # errors count under the model only if it is one of ours: clients choose names
+                model = request.model if request.model in self.loader.hosts else ""
                 self._admit(envelope, request)
                 return
             body = self._status_body(request.op)
@@ -199,7 +201,7 @@ class Server:
             )
         except RkserveError as exc:
             request_id = getattr(exc, "request_id", request_id)
-            self.metrics.requests.labels("", exc.code).inc()
+            self.metrics.requests.labels(model, exc.code).inc()
             reply = protocol.error_reply(
                 request_id, exc, {"total": (time.perf_counter() - started) * 1000}
             )
