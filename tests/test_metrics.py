@@ -177,7 +177,7 @@ def test_request_counters_and_stage_histograms_count_exactly_what_was_sent(
 
 def test_inflight_and_queue_depth_rise_while_requests_wait(tmp_path: Path) -> None:
     models = fake_models(tmp_path / "models")
-    d = Daemon(tmp_path, models, "--backend", "fake", "--fake-latency-ms", "400").start()
+    d = Daemon(tmp_path, models, "--backend", "fake", "--fake-latency-ms", "800").start()
     try:
 
         def one(seed: int) -> None:
