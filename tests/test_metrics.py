@@ -211,14 +211,12 @@ def test_inflight_and_queue_depth_rise_while_requests_wait(tmp_path: Path) -> No
 # --- the board: NPU gauges, runtime versions, refused models ------------------------------
 
 
-def synthetic_model(
-    folder: Path, toolkit: str, target: str, format_version: int = 6, classes: int = 10
-) -> Path:
+def synthetic_model(folder: Path, toolkit: str, target: str, format_version: int = 6) -> Path:
     """A classifier folder with a minimal .rknn (32x32 input, 10 scores) the double runs."""
     folder.mkdir(parents=True, exist_ok=True)
     meta = {**SYNTHETIC_META, "version": toolkit, "target_platform": [target]}
     (folder / "model.rknn").write_bytes(container(format_version, b"", meta))
-    (folder / "labels.txt").write_text("".join(f"class {i}\n" for i in range(classes)))
+    (folder / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))
     spec = "task: classification\nlabels: labels.txt\ninput: {size: 32}\n"
     (folder / "model.yaml").write_text(spec)
     return folder
