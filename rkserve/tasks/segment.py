@@ -94,7 +94,7 @@ def to_source(classes: np.ndarray, placement: Placement, size: Tuple[int, int]) 
 
 def class_stats(classes: np.ndarray, labels: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Classes present, most pixels first: ``[{"index", "label", "pixels", "ratio"}]``."""
-    counts = np.bincount(classes.reshape(-1), minlength=1)
+    counts = class_counts(classes)
     total = float(classes.size)
     present = [int(i) for i in np.flatnonzero(counts)]
     present.sort(key=lambda i: -counts[i])
@@ -107,6 +107,23 @@ def class_stats(classes: np.ndarray, labels: Sequence[str] = ()) -> List[Dict[st
         }
         for i in present
     ]
+
+
+def class_counts(classes: np.ndarray) -> np.ndarray:
+    """Pixels per class of an ``HxW uint8`` map → ``[256] int64``.
+
+    ``cv2.calcHist`` is twice as fast as ``np.bincount`` (which widens every pixel to
+    intp first); its float32 bins are exact up to 2**24 pixels, so larger maps go in slices.
+    """
+    counts = np.zeros(256, np.int64)
+    flat = classes.reshape(1, -1)
+    for start in range(0, flat.shape[1], _EXACT_FLOAT32):
+        part = flat[:, start : start + _EXACT_FLOAT32]
+        counts += cv2.calcHist([part], [0], None, [256], [0, 256]).reshape(-1).astype(np.int64)
+    return counts
+
+
+_EXACT_FLOAT32 = 1 << 24
 
 
 def palette_array(palette: Optional[Sequence[Tuple[int, int, int]]]) -> np.ndarray:
@@ -128,10 +145,17 @@ def indexed_png(classes: np.ndarray, palette: np.ndarray, level: int = 1) -> byt
             b"\x89PNG\r\n\x1a\n",
             _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)),
             _chunk(b"PLTE", palette[:count].tobytes()),
-            _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)),
+            _chunk(b"IDAT", _deflate(rows, level)),
             _chunk(b"IEND", b""),
         ]
     )
+
+
+def _deflate(rows: np.ndarray, level: int) -> bytes:
+    # run-length matching suits class maps: faster than the default strategy at level 1 and
+    # smaller (a 1920x1080 mask: 4.2 ms and 110 kB against 5.6 ms and 174 kB)
+    packer = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return packer.compress(rows.data) + packer.flush()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -142,11 +166,15 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def overlay(
     image: np.ndarray, classes: np.ndarray, palette: np.ndarray, alpha: float = 0.5
 ) -> np.ndarray:
-    """Blend class colours over an ``HxWx3`` RGB image; background (class 0) stays as it was."""
-    colours = palette[classes]
+    """Blend class colours over an ``HxWx3`` RGB image; background (class 0) stays as it was.
+
+    ``palette`` is ``[N, 3] uint8`` RGB (N <= 256; classes past N are drawn black)."""
+    table = np.zeros((256, 1, 3), np.uint8)
+    table[: len(palette), 0] = palette[:256]
+    colours = cv2.LUT(cv2.merge([classes, classes, classes]), table)
     blended = cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
-    keep = classes == 0
-    blended[keep] = image[keep]
+    background = np.equal(classes, 0).view(np.uint8)
+    cv2.copyTo(image, background, blended)  # masked copies in cv2 are ~4x numpy's
     return blended
 
 
