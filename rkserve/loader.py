@@ -224,7 +224,8 @@ class Loader:
         for name in removed:
             self.metrics.remove_model(name)
         for name, host in hosts.items():
-            self.metrics.set_model(name, host.ready, host.info if host.ready else None)
+            depth = (lambda h=host: float(h.pending)) if host.ready else None
+            self.metrics.set_model(name, host.ready, host.info if host.ready else None, depth)
         ready = [n for n, h in hosts.items() if h.ready]
         problems = [f"{n}: {h.state}" for n, h in hosts.items() if not h.ready]
         self._event = f"serving {len(ready)}/{len(hosts)} models" + (

@@ -10,7 +10,7 @@ import contextlib
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -106,8 +106,17 @@ class Metrics:
             if stage in STAGES:
                 self.duration.labels(model, stage).observe(ms / 1000.0)
 
-    def set_model(self, model: str, ready: bool, info: Optional[Mapping[str, str]] = None) -> None:
+    def set_model(
+        self,
+        model: str,
+        ready: bool,
+        info: Optional[Mapping[str, str]] = None,
+        depth: Optional[Callable[[], float]] = None,
+    ) -> None:
+        """A model's state; ``depth`` is read at scrape time for ``rkserve_queue_depth``."""
         self.ready.labels(model).set(1 if ready else 0)
+        if depth is not None:
+            self.queue_depth.labels(model).set_function(depth)
         if info is not None:
             self._clear_info(model)
             self.model_info.labels(model=model, **info).set(1)

@@ -49,7 +49,6 @@ class Server:
             max_workers=settings.workers or os.cpu_count() or 2, thread_name_prefix="cpu"
         )
         self.inflight = 0
-        self._inflight_lock = threading.Lock()
         self._local = threading.local()
         self._push_sockets: List[zmq.Socket] = []
         self._push_lock = threading.Lock()
@@ -133,6 +132,9 @@ class Server:
                 self._on_request(self.frontend.recv_multipart(copy=False))
             else:
                 self.frontend.send_multipart(self.replies.recv_multipart(copy=False), copy=False)
+                # counted here, on the thread that sends it, so a drain that sees 0 has sent all
+                self.inflight -= 1
+                self.metrics.inflight.dec()
 
     def _housekeeping(self, next_ping: float) -> float:
         event = self.loader.take_event()
@@ -235,10 +237,8 @@ class Server:
         host.admit()
         deadline_ms = request.deadline_ms or self.settings.deadline_ms
         job = Job(envelope, request, time.monotonic() + deadline_ms / 1000.0, self._answer)
-        with self._inflight_lock:
-            self.inflight += 1
+        self.inflight += 1  # admitted jobs not yet answered; main thread only
         self.metrics.inflight.inc()
-        self.metrics.queue_depth.labels(host.name).set(host.pending)
         self.pool.submit(self._prepare, host, job, params)
 
     # CPU pool ---------------------------------------------------------------------------
@@ -282,13 +282,7 @@ class Server:
             else protocol.error_reply(request_id, error, timings)
         )
         self.metrics.observe(job.request.model, "ok" if error is None else error.code, timings)
-        host = self.loader.hosts.get(job.request.model)
-        if host is not None:
-            self.metrics.queue_depth.labels(host.name).set(host.pending)
         self._send_reply([*job.envelope, payload])
-        with self._inflight_lock:
-            self.inflight -= 1
-        self.metrics.inflight.dec()
 
     def _send_reply(self, frames: List[bytes]) -> None:
         sock = getattr(self._local, "sock", None)
