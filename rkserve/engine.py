@@ -18,6 +18,7 @@ import numpy as np
 
 from .backends import Backend
 from .errors import BackendError, BadRequest, ConfigError
+from .protocol import show
 from .spec import ModelSpec
 from .tasks import classify, image, segment
 
@@ -72,18 +73,21 @@ class Engine:
     def parse_params(self, raw: Optional[Mapping[str, Any]] = None) -> Params:
         """Validate the wire's ``params`` map; unknown keys are an error (typos must not pass)."""
         raw = dict(raw or {})
-        unknown = sorted(set(raw) - {"top_k", "mask", "overlay"})
+        # keys may mix str and bytes (msgpack allows both): sort their names, not the keys
+        unknown = sorted(str(k)[:40] for k in set(raw) - {"top_k", "mask", "overlay"})[:10]
         if unknown:
             raise BadRequest(f"unknown params {unknown}; known: top_k, mask, overlay")
         top_k = raw.get("top_k", self.spec.top_k)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
-            raise BadRequest(f"params.top_k must be an integer 1..1000, got {top_k!r}")
+            raise BadRequest(f"params.top_k must be an integer 1..1000, got {show(top_k)}")
         mask = raw.get("mask", "png")
         if mask not in MASK_FORMATS:
-            raise BadRequest(f"params.mask must be one of {', '.join(MASK_FORMATS)}, got {mask!r}")
+            raise BadRequest(
+                f"params.mask must be one of {', '.join(MASK_FORMATS)}, got {show(mask)}"
+            )
         overlay = raw.get("overlay", False)
         if not isinstance(overlay, bool):
-            raise BadRequest(f"params.overlay must be true or false, got {overlay!r}")
+            raise BadRequest(f"params.overlay must be true or false, got {show(overlay)}")
         return Params(top_k, mask, overlay)
 
     def prepare(self, data: ImageInput, params: Params) -> Prepared:

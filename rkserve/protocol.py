@@ -20,6 +20,8 @@ OPS = ("infer", "models", "health")
 REQUEST_KEYS = {"v", "id", "op", "model", "image", "tensor", "params", "deadline_ms"}
 TENSOR_DTYPES = ("uint8",)
 MAX_ID_BYTES = 256
+SHOW_CHARS = 60  # how much of a client's value an error message quotes
+MAX_ERROR_CHARS = 2000  # error replies never grow with the request
 
 
 @dataclass
@@ -35,6 +37,28 @@ class Request:
     @property
     def input(self) -> Any:
         return self.image if self.image is not None else self.tensor
+
+
+def show(value: Any) -> str:
+    """A client's value for an error message: short, and never the repr of a whole structure
+    (a 1 MB field must not come back 4x larger; a 1000-deep array must not recurse)."""
+    if isinstance(value, dict):
+        return f"a map of {len(value)} entries"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} items"
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:SHOW_CHARS])
+        return text if len(value) <= SHOW_CHARS else f"{text}... ({len(value)} long)"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:SHOW_CHARS]
+    return f"a {type(value).__name__}"
+
+
+def _names(keys: Any) -> str:
+    """Sorted, truncated key names (keys may mix str and bytes)."""
+    names = sorted(str(k)[:SHOW_CHARS] for k in keys)
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return f"{names[:10]}{more}"
 
 
 def _fail(error: RkserveError, request_id: Any) -> RkserveError:
@@ -68,26 +92,29 @@ def decode_request(payload: Union[bytes, memoryview], max_bytes: int) -> Request
 def _request_id(value: Any) -> Any:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int) or (isinstance(value, (str, bytes)) and len(value) <= MAX_ID_BYTES):
+    if isinstance(value, int) or (isinstance(value, bytes) and len(value) <= MAX_ID_BYTES):
+        return value
+    if isinstance(value, str) and len(value.encode("utf-8")[: MAX_ID_BYTES + 1]) <= MAX_ID_BYTES:
         return value
     return None
 
 
 def _request(message: Mapping[str, Any], request_id: Any) -> Request:
-    if message.get("v") != VERSION:
+    version = message.get("v")
+    if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
         raise UnsupportedVersion(
-            f"protocol version {message.get('v')!r} is not supported; this server speaks v{VERSION}"
+            f"protocol version {show(version)} is not supported; this server speaks v{VERSION}"
         )
     if "id" in message and request_id is None and message["id"] is not None:
         raise BadRequest(
             f"id must be an integer, or a string/bytes of at most {MAX_ID_BYTES} bytes"
         )
-    unknown = sorted(str(k) for k in set(message) - REQUEST_KEYS)
+    unknown = set(message) - REQUEST_KEYS
     if unknown:
-        raise BadRequest(f"unknown fields {unknown}")
+        raise BadRequest(f"unknown fields {_names(unknown)}")
     op = message.get("op")
     if op not in OPS:
-        raise BadRequest(f"op must be one of {', '.join(OPS)}, got {op!r}")
+        raise BadRequest(f"op must be one of {', '.join(OPS)}, got {show(op)}")
     request = Request(id=request_id, op=op)
     if op == "infer":
         _infer_fields(message, request)
@@ -106,7 +133,7 @@ def _infer_fields(message: Mapping[str, Any], request: Request) -> None:
     if deadline is not None and (
         isinstance(deadline, bool) or not isinstance(deadline, int) or deadline <= 0
     ):
-        raise BadRequest(f"deadline_ms must be a positive integer, got {deadline!r}")
+        raise BadRequest(f"deadline_ms must be a positive integer, got {show(deadline)}")
     request.deadline_ms = deadline
     has_image, has_tensor = message.get("image") is not None, message.get("tensor") is not None
     if has_image == has_tensor:
@@ -130,16 +157,18 @@ def decode_tensor(value: Any) -> np.ndarray:
         raise BadRequest("tensor must be a map with dtype, shape and data")
     dtype, shape, data = value.get("dtype"), value.get("shape"), value.get("data")
     if dtype not in TENSOR_DTYPES:
-        raise BadImage(f"tensor dtype must be one of {', '.join(TENSOR_DTYPES)}, got {dtype!r}")
+        raise BadImage(f"tensor dtype must be one of {', '.join(TENSOR_DTYPES)}, got {show(dtype)}")
     if not (
         isinstance(shape, list)
         and 0 < len(shape) <= 4
         and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
     ):
-        raise BadImage(f"tensor shape must be a list of positive integers, got {shape!r}")
+        raise BadImage(f"tensor shape must be a list of positive integers, got {show(shape)}")
     if not isinstance(data, bytes):
         raise BadRequest("tensor data must be bytes (msgpack bin)")
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    expected = np.dtype(dtype).itemsize
+    for size in shape:  # Python integers: a product over 2**64 must not wrap around
+        expected *= size
     if len(data) != expected:
         raise BadImage(f"tensor data is {len(data)} bytes; shape {shape} {dtype} needs {expected}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -164,7 +193,10 @@ def ok_reply(request_id: Any, body: Mapping[str, Any], timings: Mapping[str, flo
 def error_reply(
     request_id: Any, error: RkserveError, timings: Optional[Mapping[str, float]] = None
 ) -> bytes:
-    body = {"code": error.code, "message": error.message}
+    message = error.message
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    body = {"code": error.code, "message": message}
     return encode(
         {
             "v": VERSION,

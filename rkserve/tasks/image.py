@@ -34,33 +34,60 @@ class Placement:
 
 
 def image_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """``(width, height)`` from a PNG or JPEG header, without decoding; None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+    """``(width, height)`` from a PNG, JPEG or BMP header, without decoding; None if unknown.
+
+    Only images whose size is known this way are decoded: the header is read the way the
+    decoder reads it, so the decoder cannot find a larger size than the one checked.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
         return int(width), int(height)
     if data[:2] == b"\xff\xd8":
         return _jpeg_size(data)
+    if data[:2] == b"BM" and len(data) >= 26:
+        return _bmp_size(data)
     return None
 
 
 def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """The first SOFn's size, walking the markers strictly: libjpeg skips stray bytes (and
+    ``FF 00``) between markers, so anything but a marker here could hide another SOF."""
     pos = 2
-    while pos + 9 <= len(data):
+    while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
             pos += 2
             continue
+        if marker in (0x00, 0xD8, 0xD9, 0xDA):  # not a marker, SOI again, EOI or SOS first
+            return None
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            return None
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            if pos + 9 > len(data):
+                return None
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return int(width), int(height)
         pos += 2 + length
     return None
+
+
+def _bmp_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """BITMAPCOREHEADER (12 bytes: 16-bit sides) or a later header (signed 32-bit sides;
+    a negative height means top-down rows)."""
+    (header,) = struct.unpack("<I", data[14:18])
+    if header == 12:
+        width, height = struct.unpack("<HH", data[18:22])
+    elif header >= 36:
+        width, height = struct.unpack("<ii", data[18:26])
+    else:
+        return None
+    return abs(int(width)), abs(int(height))
 
 
 def check_pixels(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
@@ -77,16 +104,24 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if not data:
         raise BadImage("image is empty (0 bytes)")
     size = image_size(data)
-    if size is not None:
-        check_pixels(size[0], size[1], max_pixels)
+    if size is None:  # never let a decoder allocate for a size nobody checked
+        raise _undecodable(data)
+    check_pixels(size[0], size[1], max_pixels)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        head = bytes(data[:8])
+        raise _undecodable(data)
+    if sorted(image.shape[:2]) != sorted(size):  # EXIF orientation may swap the sides
         raise BadImage(
-            f"cannot decode image ({len(data)} bytes starting {head!r}): not a JPEG/PNG/BMP or corrupt"
+            f"image header says {size[0]}x{size[1]} but it decodes to {image.shape[1]}x{image.shape[0]}"
         )
-    check_pixels(image.shape[1], image.shape[0], max_pixels)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _undecodable(data: bytes) -> BadImage:
+    return BadImage(
+        f"cannot decode image ({len(data)} bytes starting {bytes(data[:8])!r}): "
+        "not a JPEG/PNG/BMP or corrupt"
+    )
 
 
 def check_tensor(array: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
