@@ -22,7 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rkserve {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (add_serve, add_client_commands, _add_inspect, _add_doctor, _add_convert):
+    for add in (
+        add_serve,
+        add_client_commands,
+        _add_inspect,
+        _add_doctor,
+        _add_convert,
+        _add_bench,
+    ):
         add(sub)
     return parser
 
@@ -111,6 +118,82 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert_cli import run
+
+    return run(args)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure a running daemon: throughput and latency per concurrency or request rate",
+        description="Send requests to a running daemon in steps (a closed loop per --concurrency, "
+        "or an open loop per --rate) and report per step the throughput, client latency "
+        "percentiles, errors by code and the daemon's mean time per stage. "
+        "Exit 1 when any request failed.",
+    )
+    p.add_argument(
+        "--endpoint", "-e", action="append", metavar="ADDR", help="daemon address (repeatable)"
+    )
+    p.add_argument("--model", "-m", required=True, help="model name (see 'rkserve models')")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument(
+        "--images", nargs="+", metavar="FILE", help="image files or globs, sent in turn"
+    )
+    given.add_argument(
+        "--tensor", metavar="HxW", help="send a raw HxWx3 tensor (default: the model's input size)"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="request params, e.g. mask=none (repeatable)",
+    )
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        default="1,2,4,8,16",
+        metavar="N,N",
+        help="closed-loop workers per step (default 1,2,4,8,16); with --rate: the most requests in flight",
+    )
+    p.add_argument("--rate", metavar="R,R", help="open loop: requests per second per step")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument(
+        "--duration",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds measured per step (default 5)",
+    )
+    amount.add_argument(
+        "--requests",
+        type=int,
+        metavar="N",
+        help="requests measured per step, instead of --duration",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="unmeasured seconds before each step (default 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for a reply (default 10)",
+    )
+    p.add_argument("--deadline-ms", type=int, metavar="MS", help="the requests' deadline_ms")
+    p.add_argument("--csv", metavar="FILE", help="also write one row per step as CSV")
+    p.add_argument(
+        "--json", metavar="FILE", help="also write the plan, the machine and the steps as JSON"
+    )
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench_cli import run
 
     return run(args)
 

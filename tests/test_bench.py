@@ -2,17 +2,112 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
 import numpy as np
 import pytest
+from daemon import Daemon, fake_models
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from rkserve.bench import percentile
+from rkserve.bench_report import COLUMNS
 from rkserve.tasks import segment
+
+STAGE_COLUMNS = [c for c in COLUMNS if c.startswith("server_")]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    models = fake_models(tmp_path / "models")
+    d = Daemon(
+        tmp_path, models, "--backend", "fake", "--fake-latency-ms", "2", "--queue-size", "32"
+    )
+    yield d.start()
+    assert d.stop() == 0, d.log()
+
+
+def bench(daemon, tmp_path, *args):
+    """``rkserve bench`` in a subprocess → (exit code, CSV rows, JSON document, output)."""
+    out_csv, out_json = tmp_path / "bench.csv", tmp_path / "bench.json"
+    command = [sys.executable, "-m", "rkserve", "bench", "-e", daemon.endpoint, *args]
+    command += ["--warmup", "0.2", "--csv", str(out_csv), "--json", str(out_json)]
+    proc = subprocess.run(
+        command, env=daemon.env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path)
+    )
+    output = proc.stdout + proc.stderr
+    assert out_csv.exists() and out_json.exists(), output
+    with out_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == COLUMNS
+        rows = list(reader)
+    return proc.returncode, rows, json.loads(out_json.read_text()), output
+
+
+def test_bench_closed_loop_counts_every_request(daemon, tmp_path):
+    image = tmp_path / "a.jpg"
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 255, (60, 80, 3), np.uint8))
+    code, rows, doc, output = bench(
+        daemon, tmp_path, "-m", "cls", "--images", str(tmp_path / "*.jpg"),
+        "-c", "1,4", "--requests", "60", "--param", "top_k=2",
+    )  # fmt: skip
+    assert code == 0, output
+    assert [int(r["concurrency"]) for r in rows] == [1, 4]
+    for row, step in zip(rows, doc["steps"]):
+        assert int(row["requests"]) == int(row["ok"]) == 60 and int(row["errors"]) == 0
+        assert row["error_codes"] == "" and step["errors"] == {}
+        p50, p90, p99 = (float(row[f"latency_p{p}_ms"]) for p in (50, 90, 99))
+        assert 2.0 <= p50 <= p90 <= p99 <= float(row["latency_max_ms"])  # the NPU takes 2 ms
+        assert float(row["throughput_rps"]) * float(row["seconds"]) == pytest.approx(60, rel=0.01)
+        assert all(float(row[c]) >= 0 for c in STAGE_COLUMNS)
+        assert float(row["server_inference_ms"]) >= 2.0
+        assert float(row["server_total_ms"]) <= p50 * 2
+    assert doc["plan"]["inputs"] == [{"image_bytes": image.stat().st_size}]
+    assert doc["plan"]["params"] == {"top_k": 2} and doc["machine"]["cores"]
+    assert "req/s" in output and "p99" in output
+
+
+def test_bench_open_loop_and_errors_by_code(daemon, tmp_path):
+    (tmp_path / "models" / "seg" / "fake-fault").write_text("raise")
+    code, rows, doc, output = bench(
+        daemon, tmp_path, "-m", "seg", "--tensor", "24x32", "--rate", "100,200",
+        "-c", "4", "--requests", "40", "--param", "mask=none",
+    )  # fmt: skip
+    assert code == 1, output  # failed requests make the run fail
+    assert [float(r["rate"]) for r in rows] == [100.0, 200.0]
+    for row, step in zip(rows, doc["steps"]):
+        assert int(row["requests"]) == 40 and int(row["ok"]) == 0
+        assert row["error_codes"] == "backend_error=40" and step["errors"] == {"backend_error": 40}
+        assert row["latency_p50_ms"] == "" and step["latency_ms"]["p50"] is None
+        # 40 requests due 10 ms (5 ms) apart take about 0.4 s (0.2 s)
+        assert 0.3 < float(row["seconds"]) * float(row["rate"]) / 40 < 2.0
+    assert doc["plan"]["inputs"] == [{"tensor_shape": [24, 32, 3]}]
+
+
+def test_bench_refuses_an_unknown_model_and_missing_images(daemon, tmp_path):
+    base = [sys.executable, "-m", "rkserve", "bench", "-e", daemon.endpoint, "--duration", "1"]
+    for extra, message in (
+        (["-m", "nope"], "no model named 'nope'"),
+        (["-m", "cls", "--images", str(tmp_path / "none*.jpg")], "no image file matches"),
+        (["-m", "cls", "--concurrency", "0,2"], "values must be positive"),
+    ):
+        proc = subprocess.run(
+            base + extra, env=daemon.env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert [percentile(values, p) for p in (1, 50, 90, 99, 100)] == [1, 50, 90, 99, 100]
+    assert percentile([7.0], 99) == 7.0
 
 
 @st.composite

@@ -1,0 +1,142 @@
+"""``rkserve bench``: command-line arguments → a :class:`~rkserve.bench.Plan`, run it, report."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from . import protocol
+from .bench import Plan, Step, run_plan
+from .bench_report import describe_plan, table_header, table_row, write_csv, write_json
+from .errors import BadRequest, UnknownModel
+
+CLIENT_BUSY = 0.8  # cores: above this the bench process may be what limits a step
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli_daemon import CLIENT_ENDPOINT
+
+    plan = plan_from_args(args, args.endpoint or [CLIENT_ENDPOINT])
+    print(describe_plan(plan), file=sys.stderr)
+    print(table_header(), flush=True)
+    steps = list(run_plan(plan, on_step=lambda step: print(table_row(step), flush=True)))
+    for note in notes(steps):
+        print(f"note: {note}", file=sys.stderr)
+    if args.csv:
+        write_csv(Path(args.csv), steps)
+    if args.json:
+        write_json(Path(args.json), plan, steps)
+    return 0 if all(step.ok == step.requests for step in steps) else 1
+
+
+def notes(steps: Sequence[Step]) -> List[str]:
+    """Where the bench itself, not the daemon, may have limited a step."""
+    found = []
+    for step in steps:
+        if step.client_cpu > CLIENT_BUSY:
+            found.append(
+                f"at concurrency {step.concurrency} the bench process used {step.client_cpu:.2f} "
+                "cores; its own GIL may limit that step (run several bench processes, or bench "
+                "from another machine)"
+            )
+        if step.rate and step.send_lag_ms > max(1.0, 1000.0 / step.rate):
+            found.append(
+                f"at {step.rate:g} req/s requests left up to {step.send_lag_ms:.1f} ms late (p99): "
+                f"all {step.concurrency} workers were waiting for replies; raise --concurrency "
+                "to keep the rate (latencies count from when requests were due)"
+            )
+    return found
+
+
+def plan_from_args(args: argparse.Namespace, endpoints: Sequence[str]) -> Plan:
+    inputs = _inputs(args, endpoints)
+    return Plan(
+        endpoints=list(endpoints),
+        model=args.model,
+        inputs=inputs,
+        params=parse_params(args.param or []),
+        concurrency=parse_list(args.concurrency, int, "--concurrency"),
+        rates=parse_list(args.rate, float, "--rate") if args.rate else (),
+        duration=args.duration,
+        requests=args.requests or 0,
+        warmup=args.warmup,
+        timeout=args.timeout,
+        deadline_ms=args.deadline_ms,
+    )
+
+
+def parse_list(text: str, kind: type, flag: str) -> List[Any]:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadRequest(
+            f"{flag}: expected a comma-separated list of numbers, got {text!r}"
+        ) from None
+    if not values or any(v <= 0 for v in values):
+        raise BadRequest(f"{flag}: values must be positive, got {text!r}")
+    return values
+
+
+def parse_params(pairs: Sequence[str]) -> Dict[str, Any]:
+    """``["mask=none", "top_k=3"]`` → ``{"mask": "none", "top_k": 3}`` (values read as JSON
+    when they parse, else as strings)."""
+    params: Dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def _inputs(args: argparse.Namespace, endpoints: Sequence[str]) -> List[Dict[str, Any]]:
+    if args.images:
+        return [{"image": Path(p).read_bytes()} for p in expand_images(args.images)]
+    if args.tensor:
+        height, width = parse_size(args.tensor)
+    else:
+        height, width = _model_size(args.model, endpoints, args.timeout)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return [{"tensor": protocol.encode_tensor(pixels)}]
+
+
+def expand_images(patterns: Sequence[str]) -> List[str]:
+    """Files and glob patterns → the files, in order (each pattern must match a file)."""
+    found: List[str] = []
+    for pattern in patterns:
+        magic = any(c in pattern for c in "*?[")
+        files = [
+            m for m in (sorted(glob.glob(pattern)) if magic else [pattern]) if Path(m).is_file()
+        ]
+        if not files:
+            raise BadRequest(f"--images: no image file matches {pattern!r}")
+        found.extend(files)
+    return found
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) > 0 and int(width) > 0):
+        raise BadRequest(f"--tensor expects HEIGHTxWIDTH, e.g. 224x224; got {text!r}")
+    return int(height), int(width)
+
+
+def _model_size(model: str, endpoints: Sequence[str], timeout: float) -> Tuple[int, int]:
+    from .client import Client
+
+    with Client(endpoints, timeout=timeout) as client:
+        models = {m["name"]: m for m in client.models()}
+    if model not in models:
+        raise UnknownModel(f"no model named {model!r} (models: {', '.join(models) or 'none'})")
+    height, width = models[model].get("input_shape", [224, 224, 3])[:2]
+    return int(height), int(width)
