@@ -4,7 +4,7 @@ In the spirit of Triton's perf_analyzer: a step is either a closed loop (``concu
 workers, each sending its next request when the last one is answered) or an open loop
 (requests due at a fixed ``rate``, sent by up to ``concurrency`` workers; latency counts
 from when a request was due, so a stalled server cannot hide its queue). Each step warms up,
-then measures a duration or a number of requests::
+then measures a duration (the answers inside the window count) or a number of requests::
 
     plan = Plan(["tcp://board:5555"], "shapes", [{"image": jpeg}], concurrency=[1, 4])
     for step in run_plan(plan):
@@ -98,18 +98,20 @@ class Schedule:
         self._lock = threading.Lock()
 
     def next(self) -> Optional[Tuple[float, bool]]:
-        """``(due, measured)`` for the next request, or None when the step is over."""
+        """``(due, keep)`` for the next request, or None when the step is over. A timed step
+        keeps every sample (those answered inside the window count); a counted step keeps
+        exactly ``requests`` sent after the warm-up."""
         with self._lock:
             due = self.start + self.index / self.rate if self.rate else time.perf_counter()
             self.index += 1
+            if not self.counted:
+                return (due, True) if due < self.until else None
             if due < self.measure_from:
                 return due, False
-            if self.counted:
-                if self.left == 0:
-                    return None
-                self.left -= 1
-                return due, True
-            return (due, True) if due < self.until else None
+            if self.left == 0:
+                return None
+            self.left -= 1
+            return due, True
 
 
 def run_plan(plan: Plan, on_step: Optional[Callable[[Step], None]] = None) -> Iterator[Step]:
@@ -141,10 +143,15 @@ def run_step(
         worker.start()
     _sleep_until(schedule.measure_from)
     cpu = _cpu_seconds()
+    if not schedule.counted:
+        _sleep_until(schedule.until)
+        cpu = _cpu_seconds() - cpu
     for worker in workers:
         worker.join()
-    cpu = _cpu_seconds() - cpu
-    return summarize(concurrency, rate, samples, cpu)
+    if schedule.counted:
+        return summarize(concurrency, rate, samples, _cpu_seconds() - cpu)
+    window = (schedule.measure_from, schedule.until)
+    return summarize(concurrency, rate, samples, cpu, window)
 
 
 def _work(
@@ -164,11 +171,11 @@ def _work(
             ticket = schedule.next()
             if ticket is None:
                 return
-            due, measured = ticket
+            due, keep = ticket
             _sleep_until(due)
             sample = _send(client, messages[index % len(messages)], due)
             index += 1
-            if measured:
+            if keep:
                 samples.append(sample)  # list.append is atomic under the GIL
     finally:
         client.close()
@@ -196,17 +203,24 @@ def _cpu_seconds() -> float:
 
 
 def summarize(
-    concurrency: int, rate: Optional[float], samples: Sequence[Sample], cpu_seconds: float
+    concurrency: int,
+    rate: Optional[float],
+    samples: Sequence[Sample],
+    cpu_seconds: float,
+    window: Optional[Tuple[float, float]] = None,
 ) -> Step:
-    """Aggregate one step's samples (only those sent in the measured window)."""
+    """Aggregate one step. With a ``window`` (a timed step) the requests answered inside it
+    count, and throughput is their number over its length, as perf_analyzer does; without
+    one (a counted step) all samples count, and throughput is the rate of answers between
+    the first and the last (so a deep pipeline's fill and drain do not dilute it)."""
+    if window is not None:
+        samples = [s for s in samples if window[0] <= s.done <= window[1]]
     ok = [s for s in samples if s.code == "ok"]
     errors: Dict[str, int] = {}
     for s in samples:
         if s.code != "ok":
             errors[s.code] = errors.get(s.code, 0) + 1
-    # from the first send, not the first due time: a rate the bench could not keep is not
-    # reported as throughput
-    seconds = (max(s.done for s in samples) - min(s.sent for s in samples)) if samples else 0.0
+    seconds, throughput = _rate(samples, len(ok), window)
     latencies = sorted((s.done - s.due) * 1000.0 for s in ok)
     lags = sorted((s.sent - s.due) * 1000.0 for s in samples) if rate else []
     return Step(
@@ -216,12 +230,30 @@ def summarize(
         ok=len(ok),
         errors=errors,
         seconds=seconds,
-        throughput=len(ok) / seconds if seconds > 0 else 0.0,
+        throughput=throughput,
         latency_ms=latency_summary(latencies),
         server_ms=_stage_means(ok),
         client_cpu=cpu_seconds / seconds if seconds > 0 else 0.0,
         send_lag_ms=percentile(lags, 99) if lags else 0.0,
     )
+
+
+def _rate(
+    samples: Sequence[Sample], ok: int, window: Optional[Tuple[float, float]]
+) -> Tuple[float, float]:
+    """``(seconds, ok answers per second)``."""
+    if window is not None:
+        seconds = window[1] - window[0]
+        return seconds, ok / seconds if seconds > 0 else 0.0
+    if not samples:
+        return 0.0, 0.0
+    done = sorted(s.done for s in samples)
+    if len(done) == 1:
+        seconds = done[0] - samples[0].sent
+        return seconds, ok / seconds if seconds > 0 else 0.0
+    seconds = done[-1] - done[0]
+    intervals = (len(done) - 1) * ok / len(done)  # answer intervals that ended in success
+    return seconds, intervals / seconds if seconds > 0 else 0.0
 
 
 def latency_summary(sorted_ms: Sequence[float]) -> Dict[str, float]:

@@ -65,7 +65,8 @@ def test_bench_closed_loop_counts_every_request(daemon, tmp_path):
         assert row["error_codes"] == "" and step["errors"] == {}
         p50, p90, p99 = (float(row[f"latency_p{p}_ms"]) for p in (50, 90, 99))
         assert 2.0 <= p50 <= p90 <= p99 <= float(row["latency_max_ms"])  # the NPU takes 2 ms
-        assert float(row["throughput_rps"]) * float(row["seconds"]) == pytest.approx(60, rel=0.01)
+        # a counted step: the answer rate between the first and the last answer
+        assert float(row["throughput_rps"]) * float(row["seconds"]) == pytest.approx(59, rel=0.01)
         assert all(float(row[c]) >= 0 for c in STAGE_COLUMNS)
         assert float(row["server_inference_ms"]) >= 2.0
         assert float(row["server_total_ms"]) <= p50 * 2
@@ -89,6 +90,17 @@ def test_bench_open_loop_and_errors_by_code(daemon, tmp_path):
         # 40 requests due 10 ms (5 ms) apart take about 0.4 s (0.2 s)
         assert 0.3 < float(row["seconds"]) * float(row["rate"]) / 40 < 2.0
     assert doc["plan"]["inputs"] == [{"tensor_shape": [24, 32, 3]}]
+
+
+def test_bench_timed_steps_count_the_answers_inside_the_window(daemon, tmp_path):
+    code, rows, doc, output = bench(daemon, tmp_path, "-m", "cls", "-c", "2", "--duration", "1")
+    assert code == 0, output
+    (row,) = rows
+    assert float(row["seconds"]) == 1.0 and int(row["requests"]) == int(row["ok"]) > 20
+    assert float(row["throughput_rps"]) == int(row["ok"])  # answers in one second
+    # two workers and a 2 ms NPU: at most one answer per 2 ms
+    assert float(row["throughput_rps"]) <= 500
+    assert doc["plan"]["inputs"] == [{"tensor_shape": [32, 32, 3]}]  # the model's input size
 
 
 def test_bench_refuses_an_unknown_model_and_missing_images(daemon, tmp_path):
