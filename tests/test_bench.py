@@ -189,12 +189,14 @@ def test_overlay_equals_the_plain_numpy_blend():
 
 def test_indexed_png_decodes_to_the_class_map():
     rng = np.random.default_rng(7)
-    classes = np.repeat(rng.integers(0, 19, (40, 1)), 300, axis=1).astype(np.uint8)
+    classes = rng.integers(0, 19, (40, 300)).astype(np.uint8)
+    classes[10:20] = classes[9]  # repeated rows, as nearest-neighbour scaling makes
     png = segment.indexed_png(classes, segment.palette_array(None))
     start = png.index(b"IDAT") + 4
     (length,) = struct.unpack(">I", png[start - 8 : start - 4])
     rows = np.frombuffer(zlib.decompress(png[start : start + length]), np.uint8)
     rows = rows.reshape(classes.shape[0], classes.shape[1] + 1)
-    assert (rows[:, 0] == 0).all() and (rows[:, 1:] == classes).all()
+    assert (rows[:, 0] == 2).all()  # the "Up" filter: each byte minus the one above
+    assert (np.cumsum(rows[:, 1:], axis=0, dtype=np.uint8) == classes).all()
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
     assert (decoded == segment.palette_array(None)[classes]).all()

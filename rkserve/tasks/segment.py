@@ -137,8 +137,7 @@ def palette_array(palette: Optional[Sequence[Tuple[int, int, int]]]) -> np.ndarr
 def indexed_png(classes: np.ndarray, palette: np.ndarray, level: int = 1) -> bytes:
     """An 8-bit indexed PNG: pixel values are class indices, and viewers show the colours."""
     height, width = classes.shape
-    rows = np.zeros((height, width + 1), np.uint8)  # filter byte 0 per row
-    rows[:, 1:] = classes
+    rows = _up_filtered(classes)
     count = int(classes.max()) + 1 if classes.size else 1
     return b"".join(
         [
@@ -151,9 +150,24 @@ def indexed_png(classes: np.ndarray, palette: np.ndarray, level: int = 1) -> byt
     )
 
 
+def _up_filtered(classes: np.ndarray) -> np.ndarray:
+    """PNG scanlines with the "Up" filter (type 2: each byte minus the one above, mod 256).
+
+    Masks are class maps scaled up with nearest-neighbour, so most rows repeat the row
+    above and filter to zeros; run-length deflate then makes them almost free."""
+    height, width = classes.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 2
+    if height:
+        rows[0, 1:] = classes[0]
+        np.subtract(classes[1:], classes[:-1], out=rows[1:, 1:])
+    return rows
+
+
 def _deflate(rows: np.ndarray, level: int) -> bytes:
-    # run-length matching suits class maps: faster than the default strategy at level 1 and
-    # smaller (a 1920x1080 mask: 4.2 ms and 110 kB against 5.6 ms and 174 kB)
+    # Up-filtered masks at 1920x1080, level 1, against unfiltered rows and the default
+    # strategy: shapes 2.8 ms / 7 kB (2.7 ms / 16 kB), noisy classes 6.7 ms / 341 kB
+    # (15 ms / 395 kB), a smooth map of 19 classes 3.4 ms / 30 kB (5.9 ms / 174 kB)
     packer = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
     return packer.compress(rows.data) + packer.flush()
 
