@@ -14,6 +14,7 @@ import msgpack
 import numpy as np
 
 from .errors import BadImage, BadRequest, RkserveError, TooLarge, UnsupportedVersion
+from .msgcheck import check_message
 
 VERSION = 1
 OPS = ("infer", "models", "health")
@@ -73,7 +74,10 @@ def decode_request(payload: Union[bytes, memoryview], max_bytes: int) -> Request
             TooLarge(f"message of {len(payload)} bytes is over the limit of {max_bytes}"), None
         )
     try:
+        check_message(payload)  # before unpackb: its error paths leak (msgpack < 1.2)
         message = msgpack.unpackb(payload, raw=False)
+    except BadRequest as exc:
+        raise _fail(exc, None) from None
     except Exception as exc:  # msgpack raises several unrelated types
         raise _fail(
             BadRequest(f"message is not valid msgpack: {type(exc).__name__}: {exc}"), None

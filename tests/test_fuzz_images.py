@@ -39,13 +39,17 @@ def engine(tmp_path_factory):
 
 
 def decoded(data: bytes, engine: Engine) -> Any:
-    """The property, checked on ``decode_image`` and on ``Engine.prepare`` alike."""
+    """The property, checked on ``decode_image`` and on ``Engine.prepare`` alike: a small
+    image or a specific error, and never a large allocation on the way (the peak RSS)."""
+    peak = _peak_rss_mb()
     try:
         rgb = image.decode_image(data, MAX_PIXELS)
     except (BadImage, TooLarge) as exc:
+        assert _peak_rss_mb() - peak < 64
         with pytest.raises(type(exc)):
             engine.prepare(data, Params())
         return exc
+    assert _peak_rss_mb() - peak < 64
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
     height, width = rgb.shape[:2]
     assert width * height <= MAX_PIXELS and min(width, height) >= image.MIN_SIDE
@@ -141,6 +145,26 @@ def test_absurd_declared_dimensions(engine, kind, width, height, body):
         assert isinstance(result, BadImage) and not isinstance(result, TooLarge)
 
 
+def with_chunk_length(png: bytes, index: int, length: int) -> bytes:
+    """``png`` with the declared length of its ``index``-th chunk replaced."""
+    pos = 8
+    for _ in range(index):
+        pos += 12 + struct.unpack_from(">I", png, pos)[0]
+    return png[:pos] + struct.pack(">I", length) + png[pos + 4 :]
+
+
+@FUZZ
+@given(st.integers(min_value=1, max_value=3), st.integers(min_value=0, max_value=2**32 - 1))
+def test_png_chunk_lengths(engine, index, length):
+    png = encode(".png", 40, 30, 0)
+    chunks = 0
+    pos = 8
+    while pos < len(png):
+        chunks += 1
+        pos += 12 + struct.unpack_from(">I", png, pos)[0]
+    decoded(with_chunk_length(png, min(index, chunks - 1), length), engine)
+
+
 @FUZZ
 @given(
     st.sampled_from(FORMATS),
@@ -218,6 +242,11 @@ REGRESSIONS = [
     ),
     pytest.param(
         b"P6\n30000 30000\n255\n" + b"\x00" * 64, BadImage, id="ppm-30000x30000-unchecked"
+    ),
+    pytest.param(
+        with_chunk_length(encode(".png", 40, 30, 0), 1, 3959426617),
+        BadImage,
+        id="png-40x30-declaring-a-3.9GB-IDAT:3.8GB-and-4s-in-OpenCV-5-before-the-fix",
     ),
     pytest.param(
         b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 30000 +X 30000\n" + b"\x00" * 64,
