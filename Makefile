@@ -35,9 +35,11 @@ venv38: $(VENV38)/.installed
 serve: venv
 	$(VENV)/bin/rkserve serve $(ARGS)
 
+LINTED := $(wildcard rkserve tests deploy benchmarks)
+
 lint: venv
-	$(VENV)/bin/ruff check rkserve tests deploy benchmarks
-	$(VENV)/bin/ruff format --check rkserve tests deploy benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
 convert-env:

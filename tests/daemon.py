@@ -58,7 +58,7 @@ class Daemon:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Daemon:
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process lifetime
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT)
         )
