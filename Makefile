@@ -1,6 +1,7 @@
 # rkserve developer entry points. `make help` lists them.
 #   make serve   set up .venv and run the daemon on the demo models (onnx backend on a PC)
 #   make test    set up everything and run the whole suite on CPython 3.8 and 3.11
+#   make bench   run benchmarks/run.py (a few minutes) and rewrite docs/BENCHMARKS.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -10,7 +11,7 @@ VENV  ?= .venv
 VENV38 ?= .venv38
 PYTEST_ARGS ?=
 
-.PHONY: help serve venv venv38 lint test test38 test311 convert-env demo-models clean
+.PHONY: help serve venv venv38 lint test test38 test311 convert-env demo-models bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -52,6 +53,9 @@ test38: venv38
 	$(VENV38)/bin/python -m pytest -m "not convert" $(PYTEST_ARGS)
 
 test: venv venv38 convert-env lint test38 test311
+
+bench: venv
+	$(VENV)/bin/python benchmarks/run.py $(ARGS)
 
 demo-models:
 	$(PY311) deploy/train_demo_models.py

@@ -1,0 +1,176 @@
+"""What the benchmark scripts share: a daemon in a subprocess, fake model folders, test
+images, latency statistics and the report's building blocks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rkserve import demo  # noqa: E402
+from rkserve.client import Client  # noqa: E402
+from rkserve.errors import RkserveError  # noqa: E402
+
+DEMO_MODELS = ROOT / "models"
+
+
+@dataclass
+class Target:
+    """One goal of the brief and what this run measured against it."""
+
+    name: str
+    measured: str
+    goal: str
+    met: Optional[bool]  # None: not applicable here
+    note: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    body: List[str] = field(default_factory=list)  # markdown lines
+    targets: List[Target] = field(default_factory=list)
+    figures: Dict[str, Any] = field(default_factory=dict)  # raw numbers for --json
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """``rkserve serve`` in a subprocess on a free loopback TCP port."""
+
+    def __init__(self, models: Path, *flags: str) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.args = [sys.executable, "-m", "rkserve", "serve", "--models-dir", str(models)]
+        self.args += ["--endpoint", self.endpoint, "--metrics-port", "0", "--log-level", "warning"]
+        self.args += list(flags)
+        self.proc: Optional[subprocess.Popen] = None
+        # the daemon's log; a pipe nobody reads could fill up and block it
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
+        self.ready_after = 0.0
+
+    def start(self, timeout: float = 120.0) -> Daemon:
+        """Start and wait until health says ready; ``ready_after`` is the seconds it took."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(self.args, env=env, cwd=str(ROOT), stderr=self.log)
+        with Client(self.endpoint, timeout=0.2, retries=0) as client:
+            while time.perf_counter() - started < timeout:
+                if self.proc.poll() is not None:
+                    self.log.seek(0)
+                    log = self.log.read().decode(errors="replace")
+                    raise RuntimeError(f"daemon exited with {self.proc.returncode}: {log}")
+                try:
+                    if client.health().get("ready"):
+                        self.ready_after = time.perf_counter() - started
+                        return self
+                except RkserveError:
+                    time.sleep(0.005)
+        raise RuntimeError(f"daemon not ready within {timeout} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc/<pid>/status")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def fake_model(root: Path, name: str, task: str, size: int, classes: int) -> Path:
+    """A model folder the fake backend serves: ``classes`` labels, a square input."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labels.txt").write_text("".join(f"class{i}\n" for i in range(classes)))
+    (folder / "model.onnx").write_bytes(b"placeholder: the fake backend never reads it")
+    (folder / "model.yaml").write_text(
+        f"task: {task}\nlabels: labels.txt\ninput: {{size: {size}}}\n"
+    )
+    return folder
+
+
+def demo_models() -> List[str]:
+    """The demo models present in ``models/`` with an ONNX file (trained by someone)."""
+    found = []
+    for name in ("shapes", "shapes-seg"):
+        if (DEMO_MODELS / name / "model.yaml").is_file() and any(
+            (DEMO_MODELS / name).glob("*.onnx")
+        ):
+            found.append(name)
+    return found
+
+
+def jpeg(folder: Path, width: int, height: int, task: str = "segmentation") -> Path:
+    """A synthetic-shapes JPEG of exactly ``width`` x ``height`` (quality 90)."""
+    (path,) = demo.write_samples(
+        task, folder / f"{width}x{height}", 1, seed=11, size=(height, width)
+    )
+    return path
+
+
+def median_ms(seconds: Sequence[float]) -> float:
+    return statistics.median(seconds) * 1000.0
+
+
+def time_calls(call: Callable[[], Any], count: int, warmup: int = 5) -> List[float]:
+    """Seconds per call, ``count`` calls after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def best_ms(call: Callable[[], Any], repeat: int = 15) -> float:
+    """The fastest of ``repeat`` calls: the least disturbed by other jobs on the machine."""
+    return min(time_calls(call, repeat, warmup=2)) * 1000.0
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def ratio(value: float) -> str:
+    return f"{value:.2f}x"
