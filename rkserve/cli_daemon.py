@@ -111,12 +111,28 @@ def _client_options(p: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--curve-client-key",
+        metavar="FILE",
+        help="CURVE: this client's secret key file (from 'rkserve keys'); with --curve-server-key",
+    )
+    p.add_argument(
+        "--curve-server-key", metavar="FILE", help="CURVE: the daemon's public key file (.key)"
+    )
 
 
 def _client(args: argparse.Namespace) -> Any:
     from .client import Client
+    from .errors import ConfigError
 
-    return Client(args.endpoint or [CLIENT_ENDPOINT], timeout=args.timeout)
+    curve = None
+    if args.curve_client_key or args.curve_server_key:
+        if not (args.curve_client_key and args.curve_server_key):
+            raise ConfigError("--curve-client-key and --curve-server-key go together")
+        from .security import curve_keys
+
+        curve = curve_keys(args.curve_client_key, args.curve_server_key)
+    return Client(args.endpoint or [CLIENT_ENDPOINT], timeout=args.timeout, curve=curve)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -56,6 +56,10 @@ class Settings:
         "/", "root for board probes (/proc, /sys, /dev, /usr/lib); tests point it at a fixture tree"
     )
     fake_latency_ms: float = _setting(0.0, "fake backend only: simulated NPU time per inference")
+    gc_every: int = _setting(
+        16,
+        "NPU runners: collect garbage every N inferences (the runtime's per-call cycles); 0 = off",
+    )
     curve_secret_key: str = _setting(
         "", "CURVE: the server's secret key file (from 'rkserve keys'); empty = no encryption"
     )
@@ -139,6 +143,8 @@ def _validate(settings: Settings) -> None:
         problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {settings.backend!r}")
     if settings.log_level not in LOG_LEVELS:
         problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if settings.gc_every < 0:
+        problems.append("gc_every must be 0 (off) or more")
     if settings.queue_size < 1:
         problems.append("queue_size must be at least 1")
     if settings.deadline_ms < 1 or settings.drain_timeout_s < 0 or settings.runner_timeout_s <= 0:

@@ -24,6 +24,7 @@ from .errors import (
     Overloaded,
     RkserveError,
 )
+from .memory import GcGuard
 from .protocol import Request
 from .repository import Entry
 
@@ -148,15 +149,22 @@ class ModelHost:
 
     # runner thread
     def start(
-        self, submit: Callable[..., Any], finish: Callable[[Job, List[np.ndarray]], None]
+        self,
+        submit: Callable[..., Any],
+        finish: Callable[[Job, List[np.ndarray]], None],
+        guard: Optional[GcGuard] = None,
     ) -> None:
+        """Run the queue on a thread; ``guard`` frees the runtime's garbage between calls."""
         self._thread = threading.Thread(
-            target=self._run, args=(submit, finish), name=f"npu-{self.name}", daemon=True
+            target=self._run, args=(submit, finish, guard), name=f"npu-{self.name}", daemon=True
         )
         self._thread.start()
 
     def _run(
-        self, submit: Callable[..., Any], finish: Callable[[Job, List[np.ndarray]], None]
+        self,
+        submit: Callable[..., Any],
+        finish: Callable[[Job, List[np.ndarray]], None],
+        guard: Optional[GcGuard],
     ) -> None:
         while True:
             job = self._queue.get()
@@ -173,6 +181,8 @@ class ModelHost:
             outputs = self._infer(job)
             if outputs is not None:
                 submit(finish, job, outputs)
+            if guard is not None:
+                guard.tick()
 
     def _infer(self, job: Job) -> Optional[List[np.ndarray]]:
         assert self.engine is not None and job.prepared is not None

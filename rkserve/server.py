@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import zmq
 
-from . import protocol, repository
+from . import memory, protocol, repository, security
 from .backends import open_backend
 from .config import Settings
 from .engine import Engine
@@ -57,6 +57,8 @@ class Server:
         self.draining = False
         self.bound: List[str] = []
         self.metrics_port: Optional[int] = None
+        self.curve: Optional[security.CurveServer] = None
+        self.gc_guard = memory.GcGuard(settings.gc_every)
 
     # lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -68,7 +70,15 @@ class Server:
             self.close()
 
     def startup(self) -> None:
+        memory.pin_mmap_threshold()
+        self.curve = security.curve_server(
+            self.settings.curve_secret_key, self.settings.curve_clients_dir
+        )
+        if self.curve is not None:
+            self.curve.start(self.ctx)  # before binding: no handshake escapes the check
         self.frontend = self.ctx.socket(zmq.ROUTER)
+        if self.curve is not None:
+            self.curve.apply(self.frontend)
         self.frontend.setsockopt(zmq.LINGER, 2000)  # let replies flush at exit, then give up
         self.frontend.setsockopt(
             zmq.MAXMSGSIZE, 4 * self.max_bytes
@@ -122,6 +132,8 @@ class Server:
             if self.should_reload:
                 self.should_reload = False
                 self.notifier.reloading("reloading models")
+                if self.curve is not None:
+                    self.curve.reload()
                 self.loader.reload(self._install_hosts)
             self.loader.watch_runners()
             next_ping = self._housekeeping(next_ping)
@@ -141,6 +153,8 @@ class Server:
         if event:
             self.notifier.ready(event)
             log.info("%s", event)
+            if self.gc_guard.every:
+                memory.settle()  # models (re)loaded: freeze them, so collections stay cheap
         now = time.monotonic()
         interval = self.notifier.watchdog_interval
         if interval and now >= next_ping and self.loader.healthy():
@@ -180,6 +194,8 @@ class Server:
         with self._push_lock:
             for sock in self._push_sockets:
                 sock.close(linger=0)
+        if self.curve is not None:
+            self.curve.stop()
         self.ctx.destroy(linger=1000)
 
     # requests ---------------------------------------------------------------------------
@@ -207,6 +223,13 @@ class Server:
             reply = protocol.error_reply(
                 request_id, exc, {"total": (time.perf_counter() - started) * 1000}
             )
+        except Exception as exc:  # a bug costs one `internal` reply, never the frontend thread
+            log.exception("request handling crashed")
+            error = InternalError(f"request handling crashed: {type(exc).__name__}")
+            self.metrics.requests.labels(model, error.code).inc()
+            reply = protocol.error_reply(
+                request_id, error, {"total": (time.perf_counter() - started) * 1000}
+            )
         self.frontend.send_multipart([*envelope, reply])
 
     def _status_body(self, op: str) -> Dict[str, Any]:
@@ -231,7 +254,7 @@ class Server:
         host = self.loader.hosts.get(request.model)
         if host is None:
             known = ", ".join(self.loader.hosts) or "none"
-            raise UnknownModel(f"no model named {request.model!r} (models: {known})")
+            raise UnknownModel(f"no model named {protocol.show(request.model)} (models: {known})")
         assert host.engine is not None or not host.ready
         params = host.engine.parse_params(request.params) if host.engine else None
         host.admit()
@@ -300,7 +323,7 @@ class Server:
         """Start runners for hosts the loader just loaded (called on the loader thread)."""
         for host in hosts.values():
             if host.ready:
-                host.start(self.pool.submit, functools.partial(self._finish, host))
+                host.start(self.pool.submit, functools.partial(self._finish, host), self.gc_guard)
 
 
 def raise_deadline(job: Job) -> None:

@@ -10,8 +10,10 @@ on the input in a documented way:
 Faults can be injected while it runs, from another process, by writing a word into the file
 ``fault_file`` (default ``<model folder>/fake-fault``): ``raise`` (a runtime error),
 ``none`` (the runtime returns None, as RKNNLite does), ``hang`` (the call does not return
-until the file changes), ``leak:<bytes>`` (each call keeps that much memory, like the known
-RKNNLite per-call leak). No file, no fault.
+until the file changes), ``leak:<bytes>`` (each call keeps that much memory for good),
+``cycle-leak:<bytes>`` (each call leaves that much in a reference cycle that only the cycle
+collector frees, held until the next call as a runtime holds its last buffers: like
+RKNNLite's ~42 kB per call). No file, no fault.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class FakeBackend:
         self.spec = spec
         self.fault_file = Path(fault_file) if fault_file else spec.folder / "fake-fault"
         self.leaked: List[bytes] = []
+        self._last_buffers: Optional[List[Any]] = None
         self.latency = latency_ms / 1000.0
         self.classes = classes or len(spec.labels) + spec.label_offset
         if self.classes < 1:
@@ -95,6 +98,10 @@ class FakeBackend:
                 time.sleep(0.05)
         elif fault.startswith("leak:"):
             self.leaked.append(bytes(int(fault[5:])))
+        elif fault.startswith("cycle-leak:"):
+            buffers: List[Any] = [b"\xa5" * int(fault[11:])]  # touched pages, not lazy zeros
+            buffers.append(buffers)
+            self._last_buffers = buffers  # the previous call's cycle becomes garbage
         return fault == "none"
 
     def _check(self, inputs: Sequence[np.ndarray]) -> None:
