@@ -40,10 +40,11 @@ class Prepared:
     """A request after decode and preprocess, ready for the NPU."""
 
     tensors: List[np.ndarray]
-    source: np.ndarray
+    source: Optional[np.ndarray]  # the decoded image, kept only when an overlay is drawn on it
     placement: image.Placement
     params: Params
     timings: Dict[str, float] = field(default_factory=dict)
+    size: Tuple[int, int] = (0, 0)  # the source image's (height, width)
 
 
 @dataclass
@@ -107,7 +108,13 @@ class Engine:
             onnx = self.spec.onnx
             tensor = image.to_onnx_input(resized, onnx.layout, onnx.dtype, onnx.mean, onnx.std)
         timings["preprocess"] = _elapsed_ms(started)
-        return Prepared([tensor], rgb, placement, params, timings)
+        # a queued request holds its model input, not a full-size image it no longer needs:
+        # 16 queued 40-megapixel JPEGs of 1 kB each once took the daemon to 2 GB
+        keep = self.task == "segmentation" and params.overlay
+        height, width = rgb.shape[:2]
+        return Prepared(
+            [tensor], rgb if keep else None, placement, params, timings, (height, width)
+        )
 
     def run(self, prepared: Prepared) -> List[np.ndarray]:
         started = time.perf_counter()
@@ -143,8 +150,7 @@ class Engine:
         return {"classes": top}
 
     def _segmentation(self, output: np.ndarray, prepared: Prepared) -> Dict[str, Any]:
-        source = prepared.source
-        height, width = source.shape[:2]
+        height, width = prepared.size
         at_model = segment.class_map(output, self.spec.output, self.spec.output_layout)
         classes = segment.to_source(at_model, prepared.placement, (height, width))
         result: Dict[str, Any] = {
@@ -163,6 +169,8 @@ class Engine:
                 "data": classes.tobytes(),
             }
         if params.overlay:
+            source = prepared.source
+            assert source is not None
             result["overlay"] = {
                 "format": "jpeg",
                 "data": segment.encode_jpeg(segment.overlay(source, classes, self.palette)),

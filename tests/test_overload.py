@@ -19,6 +19,7 @@ import pytest
 import zmq
 from daemon import Daemon, fake_models
 from test_fuzz_daemon import rss_kb
+from test_fuzz_images import jpeg_with_size
 
 LATENCY_MS = 20.0
 CAPACITY = 1000.0 / LATENCY_MS  # requests/s through the model's one NPU runner
@@ -141,3 +142,45 @@ def test_twice_the_capacity_every_request_answered_accepted_ones_in_time(daemon)
     assert accepted[-1] <= DEADLINE_MS + SLACK_MS
     assert rss_after - rss_before < 20 * 1024
     assert after_rate > 0.8 * before_rate
+
+
+def test_a_burst_of_tiny_images_that_decode_huge_keeps_memory_bounded(tmp_path):
+    """1 kB JPEGs that decode to 9.9 megapixels (30 MB each), 40 at once on two models.
+
+    Admission bounds what is held: 2 x queue_size requests, each keeping only its model
+    input once preprocessed; decoding itself peaks at ~2x an image per CPU worker. Before
+    the engine dropped the decoded image after preprocessing, 16 queued requests held
+    16 x 30 MB (and 1.9 GB at the default 40 megapixels)."""
+    flags = ["--backend", "fake", "--fake-latency-ms", "100", "--workers", "2"]
+    flags += ["--max-pixels", "10000000"]
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), *flags).start()
+    try:
+        bomb = jpeg_with_size(3000, 3300)
+        assert len(bomb) < 2000
+        base = rss_kb(d.proc.pid)
+        socks = []
+        for n in range(40):
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(d.endpoint)
+            model, params = ("cls", {}) if n % 2 else ("seg", {"mask": "none"})
+            message = {"v": 1, "id": n, "op": "infer", "model": model, "image": bomb}
+            sock.send_multipart([b"", msgpack.packb({**message, "params": params})])
+            socks.append(sock)
+        codes = Counter()
+        for sock in socks:
+            assert sock.poll(60000)
+            reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+            codes["ok" if reply["ok"] else reply["error"]["code"]] += 1
+            sock.close()
+        peak = peak_rss_kb(d.proc.pid)
+        print(f"\n{dict(codes)}; RSS {base / 1024:.0f} MB, peak {peak / 1024:.0f} MB")
+        assert codes["ok"] >= 16 and set(codes) <= {"ok", "overloaded"}
+        assert peak - base < 250 * 1024  # 2 workers x ~2 x 30 MB, plus slack; was ~600 MB
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def peak_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))

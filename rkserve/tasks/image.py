@@ -132,7 +132,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise BadImage(
             f"image header says {size[0]}x{size[1]} but it decodes to {image.shape[1]}x{image.shape[0]}"
         )
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
 
 
 def _undecodable(data: bytes) -> BadImage:
