@@ -188,6 +188,21 @@ def raw_call(endpoint: str, payload: bytes, timeout_ms: int = 5000):
             "too_large",
         ),
     ],
+    ids=[
+        "not-msgpack",
+        "not-a-map",
+        "model-not-a-string",
+        "no-image-or-tensor",
+        "image-as-text",
+        "bad-params",
+        "unknown-op",
+        "version-2",
+        "unknown-field",
+        "unknown-model",
+        "undecodable-image",
+        "float-tensor",
+        "oversized",
+    ],
 )
 def test_malformed_messages_get_coded_errors_and_the_daemon_keeps_serving(daemon, message, code):
     reply = raw_call(daemon.endpoint, message)
