@@ -138,6 +138,7 @@ def test_a_hung_runtime_is_replaced_while_the_other_models_keep_serving(daemon, 
     daemon.wait(lambda h: h["models"]["cls"]["ready"], timeout=10)
     with daemon.client() as client:
         assert client.infer("cls", CLS).task == "classification"
+    print(f"\nseg during the hang: {len(others)} requests, slowest {max(others) * 1000:.0f} ms")
     assert max(others) < 1.0, max(others)
     assert "model cls: runner replaced" in daemon.log()
     assert settles(daemon, "rkserve_inflight_requests", 0.0)
