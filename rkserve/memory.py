@@ -17,6 +17,13 @@ Two things make a long-running rkserve grow without leaking a single Python obje
   that are kept: measured, a stream of 1 MB messages took the daemon from 69 to 185 MB.
   :func:`pin_mmap_threshold` restores the fixed 128 kB threshold (RSS stayed at 68 MB);
   buffers above it are mapped and unmapped, a few page faults each.
+- **...but not every request's buffers.** With the threshold pinned, glibc also trims a
+  heap as soon as the buffer at its top is freed, so each request faults its decoded image
+  and scratch arrays in afresh: ~700 page faults for a 640x480 JPEG and ~4,000 for a
+  1920x1080 one, measured at 1 ms and 15 ms of a PC core (decode time doubled).
+  :func:`keep_top_pad` keeps 8 MB free at the top of each heap instead: the faults go (for
+  buffers up to 8 MB), 1080p throughput at 4 concurrent requests went from 59 to 107 req/s
+  on 2 cores, and RSS rose once by ~16 MB, the slack of the heaps in use.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ import platform
 import time
 
 log = logging.getLogger("rkserve")
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3  # glibc's mallopt parameter numbers
 MMAP_THRESHOLD = 128 * 1024  # glibc's own initial value
+TOP_PAD = 8 * 1024 * 1024  # covers a decoded 1920x1080 RGB image (6 MB)
 
 
 class GcGuard:
@@ -77,3 +85,15 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
     if not done:
         log.warning("could not pin the malloc mmap threshold; memory may grow with large messages")
     return done
+
+
+def keep_top_pad(pad: int = TOP_PAD) -> bool:
+    """Keep ``pad`` bytes free at the top of each malloc heap, so the buffers of one request
+    reuse the pages of the last (unless ``MALLOC_TOP_PAD_`` already sets it)."""
+    if "MALLOC_TOP_PAD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_TOP_PAD, pad))
+    except (OSError, AttributeError):
+        return False

@@ -71,6 +71,7 @@ class Server:
 
     def startup(self) -> None:
         memory.pin_mmap_threshold()
+        memory.keep_top_pad()
         self.curve = security.curve_server(
             self.settings.curve_secret_key, self.settings.curve_clients_dir
         )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import platform
 import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from rkserve import memory
 from rkserve.bench import percentile
 from rkserve.bench_report import COLUMNS
 from rkserve.tasks import segment
@@ -114,6 +117,42 @@ def test_bench_refuses_an_unknown_model_and_missing_images(daemon, tmp_path):
             base + extra, env=daemon.env, capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
+def minor_faults(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the top pad is a glibc setting")
+@pytest.mark.parametrize("pad", ["daemon's", "0"])
+def test_requests_reuse_memory_instead_of_faulting_it_in(tmp_path, pad):
+    models = fake_models(tmp_path / "models")
+    env = {} if pad == "daemon's" else {"MALLOC_TOP_PAD_": pad}  # glibc's default trimming
+    d = Daemon(tmp_path, models, "--backend", "fake", env=env).start()
+    image = np.random.default_rng(2).integers(0, 255, (480, 640, 3), np.uint8)
+    # 25 kB on the wire (messages over 128 kB are still mapped afresh), 900 kB decoded
+    jpeg = cv2.imencode(".jpg", cv2.GaussianBlur(image, (0, 0), 8))[1].tobytes()
+    try:
+        with d.client() as client:
+            for _ in range(20):
+                client.infer("cls", jpeg)
+            before = minor_faults(d.proc.pid)
+            for _ in range(100):
+                client.infer("cls", jpeg)
+            per_request = (minor_faults(d.proc.pid) - before) / 100
+    finally:
+        assert d.stop() == 0, d.log()
+    if pad == "daemon's":
+        assert per_request < 20
+    else:
+        assert per_request > 200  # the decoded image is mapped afresh every time
+
+
+def test_keep_top_pad_respects_the_environment(monkeypatch):
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert memory.keep_top_pad() is False
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    assert memory.keep_top_pad() is (platform.libc_ver()[0] == "glibc")
 
 
 def test_percentile_is_nearest_rank():
