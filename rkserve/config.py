@@ -44,10 +44,11 @@ class Settings:
     strict: bool = _setting(False, "refuse models on version warnings too, not only on failures")
     log_level: str = _setting("info", "debug | info | warning | error")
     max_message_mb: float = _setting(
-        16.0, "largest request answered; larger ones get 'too_large' (4x this is dropped unread)"
+        8.0, "largest request answered; larger ones get 'too_large' (4x this is dropped unread)"
     )
     max_pixels: int = _setting(
-        40_000_000, "largest image (width x height) decoded; checked before decoding"
+        16_000_000,
+        "largest image (width x height) decoded, checked before decoding; a decode needs ~7 bytes a pixel",
     )
     runner_timeout_s: float = _setting(
         30.0, "an inference running longer marks the model unhealthy and replaces its runner"

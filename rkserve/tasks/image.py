@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import BadImage, TooLarge
 
-MAX_PIXELS = 40_000_000  # ~ 8K x 5K; a 20000x20000 PNG is refused before decoding
+MAX_PIXELS = 16_000_000  # 16 MP (4608x3456); the daemon's max_pixels setting overrides it
 MIN_SIDE = 8  # smaller images carry no usable signal for any model we serve
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing uses
 
