@@ -155,6 +155,21 @@ def test_keep_top_pad_respects_the_environment(monkeypatch):
     assert memory.keep_top_pad() is (platform.libc_ver()[0] == "glibc")
 
 
+def test_onnx_backend_threads_sleep_instead_of_spinning(tmp_path):
+    from helpers import shared
+
+    from rkserve.backends import open_backend
+    from rkserve.spec import load_spec
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.onnx").symlink_to(shared("onnx", "mobilenet_v2_1.0_224_dequant_fp32.onnx"))
+    (folder / "model.yaml").write_text("task: classification\ninput: {size: 224}\n")
+    backend = open_backend("onnx", load_spec(folder))
+    options = backend._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert [percentile(values, p) for p in (1, 50, 90, 99, 100)] == [1, 50, 90, 99, 100]
