@@ -124,10 +124,12 @@ def minor_faults(pid: int) -> int:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the top pad is a glibc setting")
-@pytest.mark.parametrize("pad", ["daemon's", "0"])
-def test_requests_reuse_memory_instead_of_faulting_it_in(tmp_path, pad):
+@pytest.mark.parametrize("malloc", ["daemon's", "128 kB"])
+def test_requests_reuse_memory_instead_of_faulting_it_in(tmp_path, malloc):
     models = fake_models(tmp_path / "models")
-    env = {} if pad == "daemon's" else {"MALLOC_TOP_PAD_": pad}  # glibc's default trimming
+    # "128 kB": a fixed 128 kB mmap threshold and glibc's default trimming, as before
+    old = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TOP_PAD_": "131072"}
+    env = {} if malloc == "daemon's" else old
     d = Daemon(tmp_path, models, "--backend", "fake", env=env).start()
     image = np.random.default_rng(2).integers(0, 255, (480, 640, 3), np.uint8)
     # 25 kB on the wire (messages over 128 kB are still mapped afresh), 900 kB decoded
@@ -142,7 +144,7 @@ def test_requests_reuse_memory_instead_of_faulting_it_in(tmp_path, pad):
             per_request = (minor_faults(d.proc.pid) - before) / 100
     finally:
         assert d.stop() == 0, d.log()
-    if pad == "daemon's":
+    if malloc == "daemon's":
         assert per_request < 20
     else:
         assert per_request > 200  # the decoded image is mapped afresh every time
