@@ -97,6 +97,10 @@ class Daemon:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def minor_faults(self) -> int:
+        """Page faults served without I/O so far: memory mapped in afresh."""
+        return int(Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -112,6 +116,18 @@ class Daemon:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time all processes have used on this machine (``/proc/stat``; steal included)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def fake_model(root: Path, name: str, task: str, size: int, classes: int) -> Path:
@@ -135,6 +151,17 @@ def demo_models() -> List[str]:
         ):
             found.append(name)
     return found
+
+
+def demo_repository(work: Path, names: Sequence[str]) -> Path:
+    """A model folder holding links to just these demo models (a half-written one beside
+    them must not keep the daemon from being ready)."""
+    folder = work / "demo-models"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if not (folder / name).exists():
+            (folder / name).symlink_to(DEMO_MODELS / name, target_is_directory=True)
+    return folder
 
 
 def jpeg(folder: Path, width: int, height: int, task: str = "segmentation") -> Path:

@@ -8,6 +8,7 @@ client, a single process of threads, is not what limits a fast daemon.
 
 from __future__ import annotations
 
+import resource
 import statistics
 import subprocess
 import sys
@@ -20,11 +21,11 @@ from typing import Any, Callable, Dict, List, Tuple
 import msgpack
 import zmq
 from common import (
-    DEMO_MODELS,
     Daemon,
     Section,
     Target,
     demo_models,
+    demo_repository,
     fake_model,
     jpeg,
     median_ms,
@@ -92,7 +93,8 @@ def reply_size(endpoint: str, model: str, image: bytes) -> Tuple[int, int]:
 def _model(work: Path) -> Tuple[Path, str, str, str]:
     """(models folder, model name, backend, description)."""
     if "shapes" in demo_models():
-        return DEMO_MODELS, "shapes", "auto", "the demo model `models/shapes` (ONNX on a PC)"
+        models = demo_repository(work, ["shapes"])
+        return models, "shapes", "auto", "the demo model `models/shapes` (ONNX on a PC)"
     fake_model(work / "models", "cls", "classification", 224, 1000)
     return work / "models", "cls", "fake", "a fake-backend classifier at 224x224 (no NPU time)"
 
@@ -159,6 +161,22 @@ def interleaved(calls: Dict[str, Call], rounds: int = 12, per_round: int = 100) 
     }
 
 
+def inprocess_faults(call: Callable[[], Any], count: int = 200) -> float:
+    """Minor page faults per call in this process."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        call()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / count
+
+
+def daemon_faults(daemon: Daemon, call: Callable[[], Any], count: int = 200) -> float:
+    """Minor page faults per request in the daemon."""
+    before = daemon.minor_faults()
+    for _ in range(count):
+        call()
+    return (daemon.minor_faults() - before) / count
+
+
 def pool_call(pool: ThreadPoolExecutor, engine: Any, image: bytes) -> Call:
     return lambda: dict(pool.submit(engine.infer, image).result().timings)
 
@@ -183,6 +201,10 @@ def run(work: Path) -> Section:
                     "bare": echo.round_trip,
                 }
             )
+            faults = {
+                "engine": inprocess_faults(lambda: engine.infer(image)),
+                "daemon": daemon_faults(daemon, lambda: client.call(message)),
+            }
         finally:
             client.close()
             echo.close()
@@ -201,6 +223,7 @@ def run(work: Path) -> Section:
         "request_bytes": sizes[0],
         "reply_bytes": sizes[1],
         "daemon_stages_ms": srv,
+        "page_faults_per_request": faults,
         "outside_ms": outside,
         **clients,
     }
@@ -229,12 +252,19 @@ def run(work: Path) -> Section:
         "Where it goes, per stage (medians, ms; the daemon's from its `timing_ms`):",
         "",
         *table(
-            ["", *stages, "hand-offs (`queue`)", "outside the daemon's clock"],
+            ["", *stages, "hand-offs (`queue`)", "outside the daemon's clock", "page faults"],
             [
-                ["engine", *(f"{engine_st.get(s, 0):.3f}" for s in stages), "", ""],
+                [
+                    "engine",
+                    *(f"{engine_st.get(s, 0):.3f}" for s in stages),
+                    "",
+                    "",
+                    f"{faults['engine']:.0f}",
+                ],
                 [
                     "engine on a pool thread",
                     *(f"{pooled_st.get(s, 0):.3f}" for s in stages),
+                    "",
                     "",
                     "",
                 ],
@@ -243,6 +273,7 @@ def run(work: Path) -> Section:
                     *(f"{srv.get(s, 0):.3f}" for s in stages),
                     f"{srv.get('queue', 0):.3f}",
                     f"{outside:.3f}",
+                    f"{faults['daemon']:.0f}",
                 ],
             ],
         ),
@@ -250,9 +281,12 @@ def run(work: Path) -> Section:
         "`queue` is the daemon's four thread hand-offs (frontend → CPU pool → NPU runner → "
         "CPU pool → frontend); *outside* is client p50 minus the daemon's median total: client "
         "encode/decode, transport, and the frontend's parsing before the clock starts and its "
-        "forwarding of the reply. The stages themselves run slower in the daemon than in a "
-        "tight in-process loop: each request's decode lands on whichever pool thread (and "
-        "core) is free, with cold caches, and the client shares the machine's cores.",
+        "forwarding of the reply. *page faults*: minor faults per request (memory mapped in "
+        "afresh). The stages run somewhat slower in the daemon than in a tight in-process "
+        "loop: each request's decode lands on whichever pool thread (and core) is free, with "
+        "cold caches, and the client shares the machine's cores. Before the malloc settings "
+        "in `rkserve/memory.py` (see the profiles) the daemon took ~700 page faults per "
+        "request here and its decode was ~1 ms slower than in-process.",
         "",
         "**Is the bench client the bottleneck?** A fake 32x32 classifier with no NPU time, "
         "as fast as the daemon goes (best of two alternated runs each):",

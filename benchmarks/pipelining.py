@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from common import Daemon, Section, Target, best_ms, fake_model, jpeg, ratio, table
+from common import (
+    Daemon,
+    Section,
+    Target,
+    best_ms,
+    busy_cpu_seconds,
+    fake_model,
+    jpeg,
+    ratio,
+    table,
+)
 
 from rkserve import repository
 from rkserve.bench import Plan, Step, run_plan
@@ -48,9 +58,11 @@ def serial_rps(models: Path, name: str, npu_ms: float, image: bytes, seconds: fl
 
 def sweep(
     daemon: Daemon, name: str, image: bytes, requests: int, warmup: float
-) -> List[Tuple[Step, float]]:
-    """One step per concurrency, each a counted step (its answer rate is exact however deep
-    the pipeline), with the cores the daemon used meanwhile."""
+) -> List[Tuple[Step, float, float]]:
+    """One counted step per concurrency (its answer rate is exact however deep the
+    pipeline), with the cores the daemon used meanwhile and the cores left to it: all of
+    them minus what other processes (this bench included) used."""
+    cores = os.cpu_count() or 1
     steps = []
     for concurrency in CONCURRENCY:
         plan = Plan(
@@ -62,10 +74,12 @@ def sweep(
             warmup=warmup,
             timeout=60.0,
         )
-        cpu, started = daemon.cpu_seconds(), time.perf_counter()
+        mine, busy, started = daemon.cpu_seconds(), busy_cpu_seconds(), time.perf_counter()
         (step,) = run_plan(plan)
-        cores = (daemon.cpu_seconds() - cpu) / (time.perf_counter() - started)
-        steps.append((step, cores))
+        seconds = time.perf_counter() - started
+        used = (daemon.cpu_seconds() - mine) / seconds
+        others = (busy_cpu_seconds() - busy) / seconds - used
+        steps.append((step, used, max(0.0, cores - others)))
     return steps
 
 
@@ -75,16 +89,20 @@ def run_model(work: Path, model: Tuple[Any, ...], images: Dict[str, bytes]) -> D
     fake_model(models, name, task, size, classes)
     results: Dict[str, Any] = {}
     flags = ("--backend", "fake", "--fake-latency-ms", str(npu_ms), "--queue-size", "32")
+    seconds = 1.5 if npu_ms < 50 else 2.5
     with Daemon(models, *flags) as daemon:
         for label, image in images.items():
+            # the serial loop runs just before and after the sweep (the daemon idle), so
+            # that both see about the same share of a shared machine
+            before = serial_rps(models, name, npu_ms, image, seconds)
             measured = sweep(daemon, name, image, requests, warmup)
+            after = serial_rps(models, name, npu_ms, image, seconds)
             results[label] = {
-                "steps": [step for step, _ in measured],
-                "daemon_cores": [cores for _, cores in measured],
+                "steps": [step for step, _, _ in measured],
+                "daemon_cores": [used for _, used, _ in measured],
+                "cores_left": [left for _, _, left in measured],
+                "serial": (before + after) / 2,
             }
-    seconds = 3.0 if npu_ms < 50 else 4.0
-    for label, image in images.items():  # the daemon has stopped: the serial loop runs alone
-        results[label]["serial"] = serial_rps(models, name, npu_ms, image, seconds)
     cores = os.cpu_count() or 1
     for entry in results.values():
         first = entry["steps"][0].server_ms
@@ -152,6 +170,7 @@ def run(work: Path) -> Section:
                 "serial_rps": r["serial"],
                 "rps": [s.throughput for s in r["steps"]],
                 "daemon_cores": r["daemon_cores"],
+                "cores_left": r["cores_left"],
             }
             for label, r in results.items()
         }
@@ -161,9 +180,11 @@ def run(work: Path) -> Section:
     section.body += [
         "*% of bound*: throughput over `min(1/t_npu, cores/t_cpu)`, t_cpu being decode + "
         "preprocess + postprocess as the daemon reports them at concurrency 1 (uncontended). "
-        "*% of bound, cores got*: the same with the cores the daemon process actually used "
-        "in that step instead of all of them (this machine is shared). "
-        "*x serial*: throughput over the serial loop's. *NPU busy*: throughput x t_npu. "
+        "*cores left*: the machine's cores minus the CPU other processes used during the "
+        "step (/proc/stat; the bench client counts as other, and so do other people's jobs "
+        "on this shared machine); *% of bound with cores left* uses those in the bound. "
+        "*x serial*: throughput over the serial loop's (run just before and after the sweep, "
+        "mean). *NPU busy*: throughput x t_npu. "
         f"*CPU stages busy*: throughput x the CPU stages' time at that concurrency / {cores} "
         "cores: how much of the machine the pool kept busy. *daemon cores*: CPU the daemon "
         "process used (all threads, /proc). Stage columns are the daemon's means in ms. "
@@ -200,7 +221,7 @@ def _model_table(
 ) -> List[str]:
     bound, serial = r["bound"], r["serial"]
     rows = []
-    for step, daemon_cores in zip(r["steps"], r["daemon_cores"]):
+    for step, daemon_cores, left in zip(r["steps"], r["daemon_cores"], r["cores_left"]):
         srv = step.server_ms
         cpu_ms = sum(srv.get(s, 0.0) for s in CPU_STAGES)
         rows.append(
@@ -208,7 +229,8 @@ def _model_table(
                 step.concurrency,
                 f"{step.throughput:.1f}",
                 f"{100 * step.throughput / bound:.0f}%",
-                f"{100 * step.throughput / got_bound(r, npu_ms, daemon_cores):.0f}%",
+                f"{left:.2f}",
+                f"{100 * step.throughput / got_bound(r, npu_ms, left):.0f}%",
                 ratio(step.throughput / serial),
                 f"{100 * step.throughput * npu_ms / 1000:.0f}%",
                 f"{100 * step.throughput * cpu_ms / 1000 / cores:.0f}%",
@@ -230,7 +252,8 @@ def _model_table(
                 "conc",
                 "req/s",
                 "% of bound",
-                "% of bound, cores got",
+                "cores left",
+                "% of bound with cores left",
                 "x serial",
                 "NPU busy",
                 "CPU stages busy",
@@ -250,21 +273,26 @@ def _model_table(
     ]
 
 
-def got_bound(r: Dict[str, Any], npu_ms: float, daemon_cores: float) -> float:
-    """The bound with the cores the daemon actually got from a shared machine."""
-    return min(1000.0 / npu_ms, daemon_cores * 1000.0 / r["t_cpu_ms"])
+def got_bound(r: Dict[str, Any], npu_ms: float, cores: float) -> float:
+    """The bound with the cores other processes left to the daemon on a shared machine."""
+    return min(1000.0 / npu_ms, cores * 1000.0 / r["t_cpu_ms"])
 
 
 def _targets(name: str, label: str, npu_ms: float, r: Dict[str, Any]) -> List[Target]:
-    steps = [s for s in r["steps"] if s.concurrency >= 4]
+    late = [i for i, s in enumerate(r["steps"]) if s.concurrency >= 4]
+    steps = [r["steps"][i] for i in late]
     worst = min(s.throughput for s in steps) / r["bound"]
+    left = min(r["steps"][i].throughput / got_bound(r, npu_ms, r["cores_left"][i]) for i in late)
     targets = [
         Target(
             f"{name}, {label}: >= 90% of the bound at concurrency >= 4",
             f"{100 * worst:.1f}% (lowest of c=4,8,16)",
             ">= 90%",
             worst >= 0.9,
-            "" if worst >= 0.9 else f"missed by {100 * (0.9 - worst):.1f} points",
+            ""
+            if worst >= 0.9
+            else f"missed by {100 * (0.9 - worst):.1f} points; {100 * left:.0f}% of the bound "
+            "computed with the cores other processes left (a shared machine)",
         )
     ]
     balance = r["t_cpu_ms"] / npu_ms

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-from common import DEMO_MODELS, Daemon, Section, demo_models, fake_model, table
+from common import Daemon, Section, demo_models, demo_repository, fake_model, table
 
 STARTS = 3
 
@@ -36,7 +36,7 @@ def run(work: Path) -> Section:
     figures = {}
     demos = demo_models()
     if demos:
-        times = time_to_ready(DEMO_MODELS, "--backend", "auto")
+        times = time_to_ready(demo_repository(work, demos), "--backend", "auto")
         figures["demo"] = times
         rows.append([f"demo models ({', '.join(demos)}), onnx backend", *_cells(times)])
     fake_model(work / "fake", "cls", "classification", 224, 1000)
