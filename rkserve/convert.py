@@ -36,6 +36,7 @@ DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
 ALGORITHMS = ("normal", "kl_divergence", "mmse")
 METHODS = ("layer", "channel")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+MASK_SUFFIX = ".mask.png"  # ground truth beside a sample, never a model input
 GATES: Dict[str, Dict[str, Optional[float]]] = {
     "classification": {"min_top1_agreement": 0.9, "min_top5_agreement": None, "min_cosine": 0.98},
     "segmentation": {"min_pixel_agreement": 0.95, "min_miou": 0.8, "min_cosine": None},
@@ -274,12 +275,21 @@ def parse_thresholds(items: Sequence[str]) -> Dict[str, Optional[float]]:
 
 
 def list_images(source: Path) -> List[Path]:
-    """The images of a folder (sorted) or of a .txt list (one path per line, relative to it)."""
+    """The images of a folder (sorted) or of a .txt list (one path per line, relative to it).
+
+    In a folder, ``*.mask.png`` files are ground-truth class maps (as :mod:`rkserve.demo`
+    writes them beside each sample), not inputs: they are left out.
+    """
     if source.is_dir():
-        return sorted(
-            p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        return sorted(p for p in source.iterdir() if _is_input_image(p))
     if source.suffix == ".txt" and source.is_file():
         lines = source.read_text(encoding="utf-8").splitlines()
         return [(source.parent / line.strip()).resolve() for line in lines if line.strip()]
     return []
+
+
+def _is_input_image(path: Path) -> bool:
+    name = path.name.lower()
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES and not name.endswith(MASK_SUFFIX) and path.is_file()
+    )

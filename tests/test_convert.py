@@ -104,6 +104,14 @@ def test_validation_falls_back_to_the_dataset(tmp_path):
     assert load_recipe(load_spec(folder)).validation == (folder / "calib").resolve()
 
 
+def test_ground_truth_masks_are_not_inputs(tmp_path):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for name in ("000.jpg", "000.mask.png", "001.PNG", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    assert [p.name for p in list_images(folder)] == ["000.jpg", "001.PNG"]
+
+
 def test_dataset_as_a_txt_list(tmp_path):
     folder = _model(tmp_path, {"dataset": "list.txt"})
     (folder / "list.txt").write_text("calib/a.png\n\n", encoding="utf-8")
