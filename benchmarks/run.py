@@ -74,8 +74,9 @@ optimising, on this machine; the tables above re-measure the results.
   the same decode took 2.7 ms in the daemon and 1.7 ms in-process. `rkserve/memory.py` now
   pins the threshold at 8 MB and the trim threshold at 16 MB and keeps 8 MB at the top of
   each heap: no faults for buffers up to 8 MB, 1080p classification at 4 concurrent
-  requests 59 → 139 req/s (no NPU time, 2 cores), 1 MB tensors 316 → 856 req/s, RSS +13
-  to +28 MB once and flat after (section 4).
+  requests 59 → 139 req/s (no NPU time, 2 cores), 1 MB tensors 316 → 856 req/s. The
+  price is memory held for reuse: RSS rises once (section 4: with 1080p JPEGs, by the
+  amount shown there) and stays flat; each heap holds at most 16 MB it does not use.
 - **onnxruntime's idle threads spun** on the core a pool thread was decoding on: half of
   the decodes took 5.7 ms instead of 1.7 ms (2 cores), for no faster inference. The ONNX
   backend now lets them sleep (`session.intra_op.allow_spinning = 0`). On a board the NPU
