@@ -72,7 +72,8 @@ class Recipe:
     validation: Path
     gate: Dict[str, float] = field(default_factory=dict)  # only the thresholds in force
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self, folder: Optional[Path] = None) -> Dict[str, Any]:
+        """JSON-ready; paths inside ``folder`` (the model folder) are given relative to it."""
         return {
             "target_platform": list(self.target_platforms),
             "mean": list(self.mean),
@@ -81,11 +82,21 @@ class Recipe:
             "quantized_dtype": self.quantized_dtype,
             "quantized_algorithm": self.quantized_algorithm,
             "quantized_method": self.quantized_method,
-            "dataset": str(self.dataset) if self.dataset else None,
+            "dataset": show_path(self.dataset, folder) if self.dataset else None,
             "hybrid_fp16_layers": list(self.hybrid_fp16_layers),
-            "validation": str(self.validation),
+            "validation": show_path(self.validation, folder),
             "gate": dict(self.gate),
         }
+
+
+def show_path(path: Path, folder: Optional[Path] = None) -> str:
+    """``path`` relative to ``folder`` when inside it (reports stay valid when the folder moves)."""
+    if folder is not None:
+        try:
+            return str(Path(path).resolve().relative_to(Path(folder).resolve()))
+        except ValueError:
+            pass
+    return str(path)
 
 
 class _Section:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 import numpy as np
 
-from .convert import Recipe, list_images
+from .convert import Recipe, list_images, show_path
 from .convert_gate import Pair, check_gate, compare_classification, compare_segmentation
 from .convert_report import (
     describe_rknn,
@@ -292,14 +292,14 @@ def _report(
     progress.timings["total"] = round(time.monotonic() - progress.started, 3)
     return {
         "model": spec.name,
-        "onnx": str(onnx_path),
+        "onnx": show_path(onnx_path, spec.folder),
         "verdict": "refused" if failures else "accepted",
         "failures": failures,
         "metrics": metrics,
         "gate": recipe.gate,
         "images": rows,
         "rknn": describe_rknn(built),
-        "recipe": recipe.to_dict(),
+        "recipe": recipe.to_dict(spec.folder),
         "timings": dict(progress.timings),
         "versions": versions(),
     }

@@ -64,6 +64,9 @@ def test_recipe_defaults_come_from_model_yaml(tmp_path):
     assert recipe.validation == (folder / "samples").resolve()
     assert recipe.gate == {"min_top1_agreement": 0.9, "min_cosine": 0.98}
     assert recipe.hybrid_fp16_layers == ()
+    shown = recipe.to_dict(folder)
+    assert (shown["dataset"], shown["validation"]) == ("calib", "samples")
+    assert recipe.to_dict()["dataset"] == str(folder.resolve() / "calib")
 
 
 def test_segmentation_gate_defaults(tmp_path):
