@@ -366,6 +366,7 @@ def converter() -> Path:
 def _mobilenet(tmp_path: Path, convert: Dict[str, Any]) -> Path:
     images = shared("images")
     calib = shared("images", "imagenet_val")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     listing = tmp_path / "validation.txt"
     named = [images / n for n in ("bell.jpg", "space_shuttle_224.jpg", "dog_224x224.jpg")]
     listing.write_text(
@@ -422,6 +423,27 @@ def test_a_wrong_std_is_refused_and_writes_no_model(tmp_path, converter):
     assert not (folder / "model.rknn").exists()
     assert not list(folder.glob(".model.rknn*"))
     assert "Verdict: **REFUSED**" in (folder / "conversion_report.refused.md").read_text()
+
+
+@pytest.mark.convert
+@pytest.mark.slow
+def test_hybrid_fp16_layers_build_and_typos_are_named(tmp_path, converter):
+    from rkserve.rknnfile import read_rknn
+
+    gate = {"min_top1_agreement": 0.8, "min_cosine": 0.9}
+    good = _mobilenet(tmp_path / "good", {"hybrid_fp16_layers": ["Relu6__107:0"], "gate": gate})
+    plain = _mobilenet(tmp_path / "plain", {"gate": gate})
+    assert _cli(str(good), env={}).returncode == 0
+    assert _cli(str(plain), env={}).returncode == 0
+    # the float16 layer makes the file bigger than the all-int8 one
+    assert read_rknn(good / "model.rknn").size > read_rknn(plain / "model.rknn").size
+    assert '- hybrid_fp16_layers: `["Relu6__107:0"]`' in (good / "conversion_report.md").read_text()
+    typo = _mobilenet(tmp_path / "typo", {"hybrid_fp16_layers": ["Relu6__107"], "gate": gate})
+    done = _cli(str(typo), env={})
+    assert done.returncode == 1
+    assert "convert.hybrid_fp16_layers: no layer output 'Relu6__107'" in done.stderr
+    assert "did you mean Relu6__107:0" in done.stderr
+    assert not (typo / "model.rknn").exists()
 
 
 @pytest.mark.convert
