@@ -53,7 +53,7 @@ fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import rknn.api  # noqa: F401  (fails here, not in the middle of a conversion)
-import rkserve.cli, rkserve.convert_flow  # noqa: F401  (rkserve imports here too)
+import rkserve.cli, rkserve.convert.flow  # noqa: F401  (rkserve imports here too)
 names = ("rknn-toolkit2", "torch", "numpy", "onnx", "onnxruntime", "opencv-python-headless")
 print("==> ok: " + ", ".join(f"{n} {md.version(n)}" for n in names))
 PY

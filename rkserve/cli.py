@@ -118,7 +118,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert_cli import run
+    from .convert.cli import run
 
     return run(args)
 

@@ -21,15 +21,15 @@ from helpers import ROOT, shared, write_model
 
 from rkserve.cli import build_parser
 from rkserve.convert import list_images, load_recipe, parse_thresholds
-from rkserve.convert_cli import command_line, converter_python
-from rkserve.convert_gate import (
+from rkserve.convert.cli import command_line, converter_python
+from rkserve.convert.gate import (
     check_gate,
     class_map,
     compare_classification,
     compare_segmentation,
     cosine,
 )
-from rkserve.convert_report import parse_error_analysis, render_markdown
+from rkserve.convert.report import parse_error_analysis, render_markdown
 from rkserve.errors import ConfigError
 from rkserve.spec import load_spec
 

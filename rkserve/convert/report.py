@@ -166,7 +166,7 @@ def _bullets(mapping: Mapping[str, Any]) -> List[str]:
 
 def describe_rknn(path: Path) -> Dict[str, Any]:
     """What the produced file says about itself (read back, as the board will read it)."""
-    from .rknnfile import read_rknn
+    from ..rknnfile import read_rknn
 
     info = read_rknn(path)
     return {

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .convert import Recipe
-    from .convert_flow import _Toolkit
-    from .spec import ModelSpec
+    from ..spec import ModelSpec
+    from .flow import _Toolkit
+    from .recipe import Recipe
 
 
 @contextmanager

@@ -25,18 +25,18 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 import numpy as np
 
-from .convert import Recipe, list_images, show_path
-from .convert_gate import Pair, check_gate, compare_classification, compare_segmentation
-from .convert_report import (
+from ..errors import BackendError, ConfigError
+from ..spec import ModelSpec
+from ..tasks.image import decode_image, resize, to_model_colour, to_onnx_input, to_raw_input
+from .gate import Pair, check_gate, compare_classification, compare_segmentation
+from .recipe import Recipe, list_images, show_path
+from .report import (
     describe_rknn,
     parse_error_analysis,
     render_markdown,
     versions,
     write_json,
 )
-from .errors import BackendError, ConfigError
-from .spec import ModelSpec
-from .tasks.image import decode_image, resize, to_model_colour, to_onnx_input, to_raw_input
 
 REPORT_NAME = "conversion_report.md"
 REFUSED_NAME = "conversion_report.refused.md"
@@ -216,7 +216,7 @@ def _build(
         kit.call("load_onnx", kit.rknn.load_onnx, model=str(onnx_path))
     dataset = _write_dataset(recipe, spec, work) if recipe.quantize else None
     if recipe.hybrid_fp16_layers:
-        from .convert_hybrid import build_hybrid
+        from .hybrid import build_hybrid
 
         with progress.step(
             "build", f"hybrid quantization, {len(recipe.hybrid_fp16_layers)} layers in float16"

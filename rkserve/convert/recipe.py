@@ -10,8 +10,8 @@ The recipe is the ``convert:`` section of ``model.yaml`` (documented in ``docs/C
 
 This module validates the recipe; it imports neither rknn-toolkit2 nor onnxruntime, so the
 daemon's environment can use it. The conversion itself is
-:func:`rkserve.convert_flow.convert_model`, which runs inside ``.venv-convert``;
-:mod:`rkserve.convert_cli` gets the command there.
+:func:`rkserve.convert.flow.convert_model`, which runs inside ``.venv-convert``;
+:mod:`rkserve.convert.cli` gets the command there.
 
 Example::
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ConfigError
-from .spec import ModelSpec
+from ..errors import ConfigError
+from ..spec import ModelSpec
 
 PLATFORMS = ("rk3566", "rk3568", "rk3588", "rk3576", "rk3562")
 DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 VENV_NAME = ".venv-convert"
 REFUSED = 3
@@ -36,7 +36,7 @@ def converter_python() -> Optional[Path]:
     override = os.environ.get("RKSERVE_CONVERT_PYTHON")
     if override:
         return Path(override)
-    package_root = Path(__file__).resolve().parents[1]
+    package_root = Path(__file__).resolve().parents[2]
     for base in (package_root, Path.cwd()):
         candidate = base / VENV_NAME / "bin" / "python"
         if candidate.exists():
@@ -66,7 +66,7 @@ def reexec(args: argparse.Namespace) -> int:
             f"to create {VENV_NAME} (or set RKSERVE_CONVERT_PYTHON to a Python that has it)"
         )
     env = dict(os.environ, **{_REEXEC_FLAG: "1"})
-    package_root = str(Path(__file__).resolve().parents[1])  # this checkout, not another one
+    package_root = str(Path(__file__).resolve().parents[2])  # this checkout, not another one
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     sys.stderr.write(f"==> rknn-toolkit2 is not importable here: running under {python}\n")
     sys.stderr.flush()
@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
     """Validate the recipe, convert, and print the verdict; re-execute if the toolkit is elsewhere."""
     if not toolkit_available():
         return reexec(args)
-    from .convert import load_recipe, parse_thresholds
-    from .convert_flow import Progress, convert_model
-    from .spec import load_spec
+    from ..spec import load_spec
+    from .flow import Progress, convert_model
+    from .recipe import load_recipe, parse_thresholds
 
     spec = load_spec(Path(args.model))
     thresholds = parse_thresholds(args.threshold or [])
