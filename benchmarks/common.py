@@ -92,6 +92,15 @@ class Daemon:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS in /proc/<pid>/status")
 
+    def status(self) -> str:
+        """``running``, or how it ended and the end of its log."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            return "the daemon is running"
+        self.log.seek(0)
+        tail = self.log.read().decode(errors="replace")[-2000:]
+        return f"the daemon exited with {self.proc.returncode}: {tail}"
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the daemon has used so far (all its threads)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()

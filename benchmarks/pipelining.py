@@ -72,10 +72,14 @@ def sweep(
             concurrency=[concurrency],
             requests=requests,
             warmup=warmup,
-            timeout=60.0,
+            timeout=20.0,
         )
         mine, busy, started = daemon.cpu_seconds(), busy_cpu_seconds(), time.perf_counter()
         (step,) = run_plan(plan)
+        if step.ok < step.requests:
+            raise RuntimeError(
+                f"{name} at c={concurrency}: errors {step.errors}; {daemon.status()}"
+            )
         seconds = time.perf_counter() - started
         used = (daemon.cpu_seconds() - mine) / seconds
         others = (busy_cpu_seconds() - busy) / seconds - used

@@ -4,7 +4,8 @@ In the spirit of Triton's perf_analyzer: a step is either a closed loop (``concu
 workers, each sending its next request when the last one is answered) or an open loop
 (requests due at a fixed ``rate``, sent by up to ``concurrency`` workers; latency counts
 from when a request was due, so a stalled server cannot hide its queue). Each step warms up,
-then measures a duration (the answers inside the window count) or a number of requests::
+then measures a duration (the answers inside the window count) or a number of requests. A
+request left unanswered for ``timeout`` seconds ends the step (counted as ``unavailable``)::
 
     plan = Plan(["tcp://board:5555"], "shapes", [{"image": jpeg}], concurrency=[1, 4])
     for step in run_plan(plan):
@@ -95,13 +96,20 @@ class Schedule:
         self.counted = plan.requests > 0  # measure exactly that many, however long it takes
         self.left = plan.requests
         self.index = 0
+        self.stopped = False
         self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """No more requests: a reply never came, so the daemon is gone or wedged."""
+        self.stopped = True
 
     def next(self) -> Optional[Tuple[float, bool]]:
         """``(due, keep)`` for the next request, or None when the step is over. A timed step
         keeps every sample (those answered inside the window count); a counted step keeps
         exactly ``requests`` sent after the warm-up."""
         with self._lock:
+            if self.stopped:
+                return None
             due = self.start + self.index / self.rate if self.rate else time.perf_counter()
             self.index += 1
             if not self.counted:
@@ -175,8 +183,11 @@ def _work(
             _sleep_until(due)
             sample = _send(client, messages[index % len(messages)], due)
             index += 1
-            if keep:
+            timed_out = sample.code == "unavailable" and sample.done - sample.sent >= plan.timeout
+            if keep or timed_out:  # a timeout counts even in the warm-up: it ends the step
                 samples.append(sample)  # list.append is atomic under the GIL
+            if timed_out:
+                schedule.stop()  # waiting out a timeout per remaining request helps no one
     finally:
         client.close()
 

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         write_csv(Path(args.csv), steps)
     if args.json:
         write_json(Path(args.json), plan, steps)
-    return 0 if all(step.ok == step.requests for step in steps) else 1
+    return 0 if all(0 < step.ok == step.requests for step in steps) else 1
 
 
 def notes(steps: Sequence[Step]) -> List[str]:

@@ -130,7 +130,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         description="Send requests to a running daemon in steps (a closed loop per --concurrency, "
         "or an open loop per --rate) and report per step the throughput, client latency "
         "percentiles, errors by code and the daemon's mean time per stage. "
-        "Exit 1 when any request failed.",
+        "A request unanswered within --timeout ends its step. Exit 1 when any request failed.",
     )
     p.add_argument(
         "--endpoint", "-e", action="append", metavar="ADDR", help="daemon address (repeatable)"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -104,6 +106,25 @@ def test_bench_timed_steps_count_the_answers_inside_the_window(daemon, tmp_path)
     # two workers and a 2 ms NPU: at most one answer per 2 ms
     assert float(row["throughput_rps"]) <= 500
     assert doc["plan"]["inputs"] == [{"tensor_shape": [32, 32, 3]}]  # the model's input size
+
+
+def test_bench_ends_a_step_when_no_reply_comes(tmp_path):
+    command = [sys.executable, "-m", "rkserve", "bench", "-e", f"ipc://{tmp_path}/nobody"]
+    command += ["-m", "cls", "--tensor", "8x8", "-c", "2", "--requests", "50", "--timeout", "0.5"]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*command, "--warmup", "0", "--csv", str(tmp_path / "b.csv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started < 10  # not 50 requests x 0.5 s / 2 workers
+    with (tmp_path / "b.csv").open(newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["ok"] == "0" and row["error_codes"] == f"unavailable={row['requests']}"
+    assert 1 <= int(row["requests"]) <= 2  # each worker's first request, then the step ends
 
 
 def test_bench_refuses_an_unknown_model_and_missing_images(daemon, tmp_path):
