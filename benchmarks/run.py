@@ -28,7 +28,7 @@ import postprocess
 import startup
 from common import ROOT, Section, Target, table
 
-from rkserve.bench_report import machine_info
+from rkserve.bench.report import machine_info
 
 SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "overhead": overhead.run,

@@ -194,7 +194,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench_cli import run
+    from .bench.cli import run
 
     return run(args)
 

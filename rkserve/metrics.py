@@ -21,8 +21,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import probes
 from .errors import ConfigError
+from .protocol import STAGES
 
-STAGES = ("queue", "decode", "preprocess", "inference", "postprocess", "total")
 # 1 ms .. 5 s: NPU inference spans ~5 ms (MobileNetV2) to ~170 ms (PP-LiteSeg) on RK3568.
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 

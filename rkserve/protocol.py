@@ -17,6 +17,7 @@ from .errors import BadImage, BadRequest, RkserveError, TooLarge, UnsupportedVer
 from .msgcheck import check_message
 
 VERSION = 1
+STAGES = ("queue", "decode", "preprocess", "inference", "postprocess", "total")  # timing_ms keys
 OPS = ("infer", "models", "health")
 REQUEST_KEYS = {"v", "id", "op", "model", "image", "tensor", "params", "deadline_ms"}
 TENSOR_DTYPES = ("uint8",)

@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 from rkserve import memory
 from rkserve.bench import percentile
-from rkserve.bench_report import COLUMNS
+from rkserve.bench.report import COLUMNS
 from rkserve.tasks import segment
 
 STAGE_COLUMNS = [c for c in COLUMNS if c.startswith("server_")]

@@ -9,7 +9,7 @@ import pytest
 import zmq
 from daemon import Daemon, fake_models
 
-from rkserve.metrics import STAGES
+from rkserve.protocol import STAGES
 
 
 class DocClient:

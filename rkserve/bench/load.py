@@ -28,10 +28,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import zmq
 
-from .client import Client
-from .errors import RkserveError
+from ..client import Client
+from ..errors import RkserveError
+from ..protocol import STAGES
 
-STAGES = ("queue", "decode", "preprocess", "inference", "postprocess", "total")
 PERCENTILES = (50, 90, 99)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .bench import STAGES, Plan, Step
+from .load import STAGES, Plan, Step
 
 COLUMNS = (
     "concurrency",

@@ -1,4 +1,4 @@
-"""``rkserve bench``: command-line arguments → a :class:`~rkserve.bench.Plan`, run it, report."""
+"""``rkserve bench``: command-line arguments → a :class:`~rkserve.bench.load.Plan`, run it, report."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from . import protocol
-from .bench import Plan, Step, run_plan
-from .bench_report import describe_plan, table_header, table_row, write_csv, write_json
-from .errors import BadRequest, UnknownModel
+from .. import protocol
+from ..errors import BadRequest, UnknownModel
+from .load import Plan, Step, run_plan
+from .report import describe_plan, table_header, table_row, write_csv, write_json
 
 CLIENT_BUSY = 0.8  # cores: above this the bench process may be what limits a step
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_daemon import CLIENT_ENDPOINT
+    from ..cli_daemon import CLIENT_ENDPOINT
 
     plan = plan_from_args(args, args.endpoint or [CLIENT_ENDPOINT])
     print(describe_plan(plan), file=sys.stderr)
@@ -132,7 +132,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def _model_size(model: str, endpoints: Sequence[str], timeout: float) -> Tuple[int, int]:
-    from .client import Client
+    from ..client import Client
 
     with Client(endpoints, timeout=timeout) as client:
         models = {m["name"]: m for m in client.models()}
