@@ -210,3 +210,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 
 def ratio(value: float) -> str:
     return f"{value:.2f}x"
+
+
+def main(run: Callable[[Path], Any]) -> None:
+    """Run one benchmark alone: print its section, its target lines and how long it took."""
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = run(Path(tmp))
+        print("\n".join(result.body))
+        for target in getattr(result, "targets", []):
+            print(target)
+        print(f"({time.perf_counter() - started:.0f} s)")

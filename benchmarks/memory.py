@@ -8,7 +8,6 @@ of 2,000 requests and after 20,000 more; then 4,000 more where one in four is re
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -121,8 +120,6 @@ def _tensor() -> dict:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(tmp))
-        print("\n".join(result.body))
-        for target in result.targets:
-            print(target)
+    from common import main
+
+    main(run)

@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
@@ -335,10 +334,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        result = run(Path(tmp))
-        print("\n".join(result.body))
-        for target in result.targets:
-            print(target)
-        print(f"({time.perf_counter() - started:.0f} s)")
+    from common import main
+
+    main(run)

@@ -13,7 +13,6 @@ reports at concurrency 1 in the same run, and with a naive serial server: the en
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -322,10 +321,6 @@ def _targets(name: str, label: str, npu_ms: float, r: Dict[str, Any]) -> List[Ta
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        result = run(Path(tmp))
-        print("\n".join(result.body))
-        for target in result.targets:
-            print(target)
-        print(f"({time.perf_counter() - started:.0f} s)")
+    from common import main
+
+    main(run)

@@ -9,8 +9,6 @@ mask format, and the reply sizes are read off the wire.
 
 from __future__ import annotations
 
-import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
@@ -194,10 +192,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        result = run(Path(tmp))
-        print("\n".join(result.body))
-        for target in result.targets:
-            print(target)
-        print(f"({time.perf_counter() - started:.0f} s)")
+    from common import main
+
+    main(run)

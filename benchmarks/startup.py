@@ -9,7 +9,6 @@ are present and for fake-backend models.
 from __future__ import annotations
 
 import statistics
-import tempfile
 from pathlib import Path
 from typing import List
 
@@ -63,5 +62,6 @@ def _cells(times: List[float]) -> List[str]:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory() as tmp:
-        print("\n".join(run(Path(tmp)).body))
+    from common import main
+
+    main(run)
