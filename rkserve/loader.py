@@ -16,8 +16,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import checks, repository
-from .backends import choose_backend
+from .backends import choose_backend, open_backend
 from .config import Settings
+from .engine import Engine
 from .errors import BackendError, ConfigError, RknnFileError, RkserveError
 from .metrics import Metrics
 from .modelhost import ModelHost
@@ -143,8 +144,6 @@ class Loader:
 
     def load(self, entry: repository.Entry) -> ModelHost:
         """Load one model; never raises: failures become a host that says why."""
-        from .server import open_host_engine
-
         size = self.settings.queue_size
         if entry.spec is None:
             return ModelHost(entry, None, entry.error, "failed", size)
@@ -156,7 +155,7 @@ class Loader:
             if refused:
                 log.error("model %s refused: %s", entry.name, refused)
                 return ModelHost(entry, None, refused, "refused", size)
-            engine = open_host_engine(entry, self.settings, kind)
+            engine = self._open_engine(entry, kind)
             height, width = entry.spec.input_size
             engine.infer(np.zeros((height, width, 3), np.uint8))  # warm-up: fail now, not on a user
         except RkserveError as exc:
@@ -168,6 +167,16 @@ class Loader:
         return ModelHost(
             entry, engine, None, "ready", size, info=self._info(entry, engine.backend.name)
         )
+
+    def _open_engine(self, entry: repository.Entry, kind: str) -> Engine:
+        assert entry.spec is not None
+        options = {"latency_ms": self.settings.fake_latency_ms} if kind == "fake" else {}
+        backend = open_backend(kind, entry.spec, **options)
+        try:
+            return Engine(entry.spec, backend, max_pixels=self.settings.max_pixels)
+        except RkserveError:
+            backend.close()
+            raise
 
     def _refusal(self, entry: repository.Entry, kind: str) -> Optional[str]:
         if kind != "rknnlite" or self.board is None or entry.spec is None:

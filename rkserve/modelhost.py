@@ -33,6 +33,14 @@ log = logging.getLogger("rkserve")
 Answer = Callable[["Job", Optional[Dict[str, Any]], Optional[RkserveError]], None]
 
 
+def reply_error(exc: Exception, doing: str) -> RkserveError:
+    """The error to answer with: ours as it is; anything else is a bug, logged, ``internal``."""
+    if isinstance(exc, RkserveError):
+        return exc
+    log.exception("%s crashed", doing)
+    return InternalError(f"{doing} crashed: {type(exc).__name__}")
+
+
 class Job:
     """One infer request in flight; ``finish``/``fail`` answer it, only the first call counts."""
 
@@ -50,6 +58,12 @@ class Job:
 
     def expired(self) -> bool:
         return time.monotonic() > self.deadline
+
+    def deadline_error(self, waiting_for: str) -> DeadlineExceeded:
+        total = self.timings()["total"]
+        return DeadlineExceeded(
+            f"deadline passed after {total:.0f} ms waiting for {waiting_for}; the NPU was not used"
+        )
 
     def timings(self) -> Dict[str, float]:
         stages = dict(self.prepared.timings) if self.prepared else {}
@@ -172,11 +186,7 @@ class ModelHost:
                 return
             self.release()
             if job.expired():
-                job.fail(
-                    DeadlineExceeded(
-                        f"deadline passed after {job.timings()['total']:.0f} ms in the queue; the NPU was not used"
-                    )
-                )
+                job.fail(job.deadline_error("the NPU"))
                 continue
             outputs = self._infer(job)
             if outputs is not None:
@@ -189,11 +199,8 @@ class ModelHost:
         self.current, self.busy_since = job, time.monotonic()
         try:
             return self.engine.run(job.prepared)
-        except RkserveError as exc:
-            job.fail(exc)
         except Exception as exc:  # a backend bug must not kill the runner
-            log.exception("model %s: inference crashed", self.name)
-            job.fail(InternalError(f"inference crashed: {type(exc).__name__}: {exc}"))
+            job.fail(reply_error(exc, f"model {self.name}: inference"))
         finally:
             self.current, self.busy_since = None, None
         return None

@@ -22,14 +22,12 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import zmq
 
-from . import memory, protocol, repository, security
-from .backends import open_backend
+from . import memory, protocol, security
 from .config import Settings
-from .engine import Engine
-from .errors import InternalError, RkserveError, Unavailable, UnknownModel
+from .errors import RkserveError, Unavailable, UnknownModel
 from .loader import Loader
 from .metrics import Metrics
-from .modelhost import Job, ModelHost
+from .modelhost import Job, ModelHost, reply_error
 from .systemd import Notifier
 
 log = logging.getLogger("rkserve")
@@ -206,6 +204,8 @@ class Server:
             return  # not from a ROUTER peer; nothing to answer
         started = time.perf_counter()
         request_id, model = None, ""
+        body: Optional[Dict[str, Any]] = None
+        error: Optional[RkserveError] = None
         try:
             request = protocol.decode_request(frames[-1].buffer, self.max_bytes)
             request_id = request.id
@@ -215,22 +215,16 @@ class Server:
                 self._admit(envelope, request)
                 return
             body = self._status_body(request.op)
-            reply = protocol.ok_reply(
-                request_id, body, {"total": (time.perf_counter() - started) * 1000}
-            )
-        except RkserveError as exc:
-            request_id = getattr(exc, "request_id", request_id)
-            self.metrics.requests.labels(model, exc.code).inc()
-            reply = protocol.error_reply(
-                request_id, exc, {"total": (time.perf_counter() - started) * 1000}
-            )
         except Exception as exc:  # a bug costs one `internal` reply, never the frontend thread
-            log.exception("request handling crashed")
-            error = InternalError(f"request handling crashed: {type(exc).__name__}")
+            error = reply_error(exc, "request handling")
+            request_id = getattr(exc, "request_id", request_id)
             self.metrics.requests.labels(model, error.code).inc()
-            reply = protocol.error_reply(
-                request_id, error, {"total": (time.perf_counter() - started) * 1000}
-            )
+        timings = {"total": (time.perf_counter() - started) * 1000}
+        reply = (
+            protocol.error_reply(request_id, error, timings)
+            if error is not None
+            else protocol.ok_reply(request_id, body or {}, timings)
+        )
         self.frontend.send_multipart([*envelope, reply])
 
     def _status_body(self, op: str) -> Dict[str, Any]:
@@ -256,9 +250,8 @@ class Server:
         if host is None:
             known = ", ".join(self.loader.hosts) or "none"
             raise UnknownModel(f"no model named {protocol.show(request.model)} (models: {known})")
-        assert host.engine is not None or not host.ready
         params = host.engine.parse_params(request.params) if host.engine else None
-        host.admit()
+        host.admit()  # a host without an engine refuses here, with its reason
         deadline_ms = request.deadline_ms or self.settings.deadline_ms
         job = Job(envelope, request, time.monotonic() + deadline_ms / 1000.0, self._answer)
         self.inflight += 1  # admitted jobs not yet answered; main thread only
@@ -269,17 +262,12 @@ class Server:
     def _prepare(self, host: ModelHost, job: Job, params: Any) -> None:
         try:
             if job.expired():
-                raise_deadline(job)
+                raise job.deadline_error("a CPU worker")
             assert host.engine is not None
             job.prepared = host.engine.prepare(job.request.input, params)
-        except RkserveError as exc:
-            host.release()
-            job.fail(exc)
-            return
         except Exception as exc:
             host.release()
-            log.exception("model %s: preprocessing crashed", host.name)
-            job.fail(InternalError(f"preprocessing crashed: {type(exc).__name__}: {exc}"))
+            job.fail(reply_error(exc, f"model {host.name}: preprocessing"))
             return
         host.enqueue(job)
 
@@ -288,11 +276,8 @@ class Server:
             assert host.engine is not None and job.prepared is not None
             result = host.engine.finish(job.prepared, outputs)
             job.finish({"model": host.name, "task": host.engine.task, "result": result.result})
-        except RkserveError as exc:
-            job.fail(exc)
         except Exception as exc:
-            log.exception("model %s: postprocessing crashed", host.name)
-            job.fail(InternalError(f"postprocessing crashed: {type(exc).__name__}: {exc}"))
+            job.fail(reply_error(exc, f"model {host.name}: postprocessing"))
 
     def _answer(
         self, job: Job, body: Optional[Dict[str, Any]], error: Optional[RkserveError]
@@ -325,22 +310,3 @@ class Server:
         for host in hosts.values():
             if host.ready:
                 host.start(self.pool.submit, functools.partial(self._finish, host), self.gc_guard)
-
-
-def raise_deadline(job: Job) -> None:
-    from .errors import DeadlineExceeded
-
-    raise DeadlineExceeded(
-        f"deadline passed after {job.timings()['total']:.0f} ms waiting for a CPU worker"
-    )
-
-
-def open_host_engine(entry: repository.Entry, settings: Settings, kind: str) -> Engine:
-    assert entry.spec is not None
-    options: Dict[str, Any] = {"latency_ms": settings.fake_latency_ms} if kind == "fake" else {}
-    backend = open_backend(kind, entry.spec, **options)
-    try:
-        return Engine(entry.spec, backend, max_pixels=settings.max_pixels)
-    except RkserveError:
-        backend.close()
-        raise
