@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
 from . import checks, repository
 from .backends import choose_backend, open_backend
 from .config import Settings
@@ -156,8 +154,7 @@ class Loader:
                 log.error("model %s refused: %s", entry.name, refused)
                 return ModelHost(entry, None, refused, "refused", size)
             engine = self._open_engine(entry, kind)
-            height, width = entry.spec.input_size
-            engine.infer(np.zeros((height, width, 3), np.uint8))  # warm-up: fail now, not on a user
+            engine.warm_up()  # fail now, not on a user
         except RkserveError as exc:
             log.error("model %s failed to load: %s", entry.name, exc)
             return ModelHost(entry, None, str(exc), "failed", size)

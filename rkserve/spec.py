@@ -15,7 +15,6 @@ import yaml
 
 from .errors import ConfigError
 
-TASKS = ("classification", "segmentation")
 SPEC_FILE = "model.yaml"
 
 
@@ -37,7 +36,7 @@ class ModelSpec:
     name: str
     folder: Path
     task: str
-    input_size: Tuple[int, int]  # (height, width)
+    input_size: Tuple[int, int] = (0, 0)  # (height, width) of an image task's input
     color: str = "rgb"  # channel order the model was trained on: rgb | bgr
     resize: str = "stretch"  # stretch | letterbox
     output: str = "probabilities"  # probabilities | logits | class_map
@@ -64,7 +63,7 @@ class ModelSpec:
         return self.folder / SPEC_FILE
 
 
-class _Reader:
+class SpecReader:
     """Typed access to one YAML mapping with errors that name the file and the field."""
 
     def __init__(self, path: Path, data: Any, prefix: str = "") -> None:
@@ -77,8 +76,8 @@ class _Reader:
         where = f"{self.prefix}{key}" if key else (self.prefix.rstrip(".") or "top level")
         raise ConfigError(f"{self.path}: {where}: {why}")
 
-    def section(self, key: str) -> _Reader:
-        return _Reader(self.path, self.data.get(key) or {}, f"{self.prefix}{key}.")
+    def section(self, key: str) -> SpecReader:
+        return SpecReader(self.path, self.data.get(key) or {}, f"{self.prefix}{key}.")
 
     def choice(self, key: str, choices: Sequence[str], default: Optional[str] = None) -> str:
         value = self.data.get(key, default)
@@ -126,8 +125,10 @@ def load_spec(folder: Path) -> ModelSpec:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    top = _Reader(path, data)
-    task = top.choice("task", TASKS)
+    from .tasks import get_task, task_names
+
+    top = SpecReader(path, data)
+    task = top.choice("task", task_names())
     spec = ModelSpec(
         name=folder.name,
         folder=folder,
@@ -138,42 +139,13 @@ def load_spec(folder: Path) -> ModelSpec:
         convert=dict(top.data.get("convert") or {}),
         labels=_labels(top, folder),
         palette=_palette(top),
-        **_input_fields(top.section("input")),
-        **_output_fields(top.section("output"), task),
+        **get_task(task).read_spec(top),
     )
     _check_files(top, spec)
     return spec
 
 
-def _input_fields(section: _Reader) -> Dict[str, Any]:
-    size = section.data.get("size")
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = [size, size]
-    if not (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192 for v in size)
-    ):
-        section.fail("size", f"expected [height, width] in pixels (1..8192), got {size!r}")
-    return {
-        "input_size": (int(size[0]), int(size[1])),
-        "color": section.choice("color", ("rgb", "bgr"), "rgb"),
-        "resize": section.choice("resize", ("stretch", "letterbox"), "stretch"),
-    }
-
-
-def _output_fields(section: _Reader, task: str) -> Dict[str, Any]:
-    kinds = ("probabilities", "logits") + (("class_map",) if task == "segmentation" else ())
-    default = "probabilities" if task == "classification" else "logits"
-    return {
-        "output": section.choice("kind", kinds, default),
-        "output_layout": section.choice("layout", ("nchw", "nhwc"), "nchw"),
-        "label_offset": section.integer("label_offset", 0),
-        "top_k": section.integer("top_k", 5, minimum=1),
-    }
-
-
-def _onnx_input(section: _Reader) -> OnnxInput:
+def _onnx_input(section: SpecReader) -> OnnxInput:
     return OnnxInput(
         file=section.text("file", "model.onnx"),
         layout=section.choice("layout", ("nchw", "nhwc"), "nchw"),
@@ -183,7 +155,7 @@ def _onnx_input(section: _Reader) -> OnnxInput:
     )
 
 
-def _labels(top: _Reader, folder: Path) -> Tuple[str, ...]:
+def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     name = top.text("labels")
     if not name:
         return ()
@@ -196,7 +168,7 @@ def _labels(top: _Reader, folder: Path) -> Tuple[str, ...]:
     return ()
 
 
-def _palette(top: _Reader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
+def _palette(top: SpecReader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
     value = top.data.get("palette")
     if value is None:
         return None
@@ -209,7 +181,7 @@ def _palette(top: _Reader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
     return tuple((int(c[0]), int(c[1]), int(c[2])) for c in value)
 
 
-def _check_files(top: _Reader, spec: ModelSpec) -> None:
+def _check_files(top: SpecReader, spec: ModelSpec) -> None:
     if not spec.rknn_path.is_file() and not spec.onnx_path.is_file():
         top.fail(
             "",

@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rkserve.backends.fake import FakeBackend
-from rkserve.engine import Engine, Params
+from rkserve.engine import Engine
 from rkserve.errors import BadImage, TooLarge
 from rkserve.spec import load_spec
 from rkserve.tasks import image
+from rkserve.tasks.segmentation import Params
 
 MAX_PIXELS = 64 * 64  # small, so that "absurd" sizes are cheap even if something decodes them
 FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

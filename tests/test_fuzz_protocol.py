@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rkserve import msgcheck, protocol
-from rkserve.engine import Engine, Params
+from rkserve.engine import Engine
 from rkserve.errors import BadRequest, RkserveError
 from rkserve.spec import load_spec
+from rkserve.tasks.classification import Params
 
 LIMIT = 4096  # a small max_bytes, so "near and over the limit" is cheap to generate
 DECODE_CODES = {"bad_request", "bad_image", "too_large", "unsupported_version"}

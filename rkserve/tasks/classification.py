@@ -1,0 +1,76 @@
+"""Task ``classification``: an image in, the top-k classes with labels out.
+
+model.yaml: ``input`` (:mod:`.vision`), ``output.kind`` (``probabilities`` | ``logits``),
+``output.label_offset``, ``output.top_k``. Params: ``top_k``. Result:
+``{"classes": [{"index", "label", "score"}, ...]}``, best first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import BadRequest, ConfigError
+from ..protocol import show
+from . import classify, vision
+from .base import Prepared, reject_unknown
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..spec import ModelSpec, SpecReader
+
+NAME = "classification"
+PARAMS = ("top_k",)
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class Params:
+    top_k: int = 5
+
+
+def read_spec(top: SpecReader) -> Dict[str, Any]:
+    output = top.section("output")
+    return {
+        **vision.read_input(top.section("input")),
+        "output": output.choice("kind", ("probabilities", "logits"), "probabilities"),
+        "label_offset": output.integer("label_offset", 0),
+        "top_k": output.integer("top_k", 5, minimum=1),
+    }
+
+
+def check(spec: ModelSpec, backend: Backend) -> None:
+    vision.check_input(spec, backend)
+    if spec.labels and backend.outputs:
+        size = int(np.prod(backend.outputs[0].shape))
+        if size != len(spec.labels) + spec.label_offset:
+            raise ConfigError(
+                f"{spec.spec_path}: labels: {len(spec.labels)} labels (+ label_offset "
+                f"{spec.label_offset}) but the model outputs {size} scores"
+            )
+
+
+def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
+    reject_unknown(raw, PARAMS, NAME)
+    top_k = raw.get("top_k", spec.top_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise BadRequest(f"params.top_k must be an integer 1..{MAX_TOP_K}, got {show(top_k)}")
+    return Params(top_k)
+
+
+def prepare(
+    data: Any, spec: ModelSpec, backend: Backend, params: Params, max_pixels: int
+) -> Prepared:
+    return vision.prepare_image(data, spec, backend.raw_input, params, max_pixels, keep=False)
+
+
+def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:
+    scores = classify.class_scores(outputs[0], spec.output)
+    top = classify.top_k(scores, prepared.params.top_k, spec.labels, spec.label_offset)
+    return {"classes": top}
+
+
+def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
+    return vision.warmup_image(spec)

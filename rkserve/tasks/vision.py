@@ -1,0 +1,114 @@
+"""The parts every image task shares: model.yaml's ``input`` section, ``prepare`` from an
+image to the model input, the load-time input check and the warm-up image."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import BadRequest, ConfigError
+from . import image
+from .base import Prepared, elapsed_ms
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..spec import ModelSpec, SpecReader
+
+ImageInput = Union[bytes, bytearray, memoryview, np.ndarray]
+RESIZE_MODES = ("stretch", "letterbox")
+
+
+@dataclass(frozen=True)
+class ImageContext:
+    """What ``finish`` needs to map a result back onto the source image."""
+
+    placement: image.Placement
+    size: Tuple[int, int]  # the source image's (height, width)
+    source: Optional[np.ndarray] = None  # the decoded image, kept only when finish draws on it
+
+
+def read_input(section: SpecReader) -> Dict[str, Any]:
+    """model.yaml's ``input``: ``size`` (required), ``color``, ``resize``."""
+    size = section.data.get("size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192 for v in size)
+    ):
+        section.fail("size", f"expected [height, width] in pixels (1..8192), got {size!r}")
+    return {
+        "input_size": (int(size[0]), int(size[1])),
+        "color": section.choice("color", ("rgb", "bgr"), "rgb"),
+        "resize": section.choice("resize", RESIZE_MODES, "stretch"),
+    }
+
+
+def prepare_image(
+    data: Any, spec: ModelSpec, raw_input: bool, params: Any, max_pixels: int, keep: bool
+) -> Prepared:
+    """Decode (bytes) or check (``HxWx3 uint8`` RGB array), resize, then make the model input:
+    ``1xHxWx3 uint8`` for the NPU, or the ONNX twin's normalised tensor. ``keep`` holds on to
+    the decoded image for ``finish``; otherwise a queued request holds only its model input
+    (16 queued 40-megapixel JPEGs of 1 kB each once took the daemon to 2 GB)."""
+    started = time.perf_counter()
+    if isinstance(data, np.ndarray):
+        rgb = image.check_tensor(data, max_pixels)
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        rgb = image.decode_image(bytes(data), max_pixels)
+    else:
+        raise BadRequest(
+            f"model {spec.name!r} ({spec.task}) takes an image: send image (encoded bytes) "
+            "or tensor (HxWx3 uint8), not inputs"
+        )
+    timings = {"decode": elapsed_ms(started)}
+    started = time.perf_counter()
+    resized, placement = image.resize(rgb, spec.input_size, spec.resize)
+    resized = image.to_model_colour(resized, spec.color)
+    if raw_input:
+        tensor = image.to_raw_input(resized)
+    else:
+        onnx = spec.onnx
+        tensor = image.to_onnx_input(resized, onnx.layout, onnx.dtype, onnx.mean, onnx.std)
+    timings["preprocess"] = elapsed_ms(started)
+    context = ImageContext(placement, (rgb.shape[0], rgb.shape[1]), rgb if keep else None)
+    return Prepared([tensor], params, timings, context)
+
+
+def check_input(spec: ModelSpec, backend: Backend) -> None:
+    """One image input whose size is model.yaml's ``input.size``."""
+    if not backend.inputs:
+        return
+    if len(backend.inputs) != 1:
+        raise ConfigError(
+            f"{spec.spec_path}: task {spec.task} feeds one image input, but the "
+            f"{backend.name} model has {len(backend.inputs)} inputs "
+            f"({_shapes(backend.inputs)}); serve it with task: tensor"
+        )
+    expected = expected_input(spec, backend.raw_input)
+    actual = tuple(backend.inputs[0].shape)
+    if expected != actual and len(actual) == len(expected):
+        raise ConfigError(
+            f"{spec.spec_path}: input: model.yaml says {list(expected)} "
+            f"but {backend.name} model input is {list(actual)}"
+        )
+
+
+def expected_input(spec: ModelSpec, raw: bool) -> Tuple[int, ...]:
+    height, width = spec.input_size
+    if raw or spec.onnx.layout == "nhwc":
+        return (1, height, width, 3)
+    return (1, 3, height, width)
+
+
+def warmup_image(spec: ModelSpec) -> np.ndarray:
+    height, width = spec.input_size
+    return np.zeros((height, width, 3), np.uint8)
+
+
+def _shapes(tensors: Sequence[Any]) -> str:
+    return ", ".join(f"{t.name} {list(t.shape)}" for t in tensors)
