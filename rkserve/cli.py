@@ -141,7 +141,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "--images", nargs="+", metavar="FILE", help="image files or globs, sent in turn"
     )
     given.add_argument(
-        "--tensor", metavar="HxW", help="send a raw HxWx3 tensor (default: the model's input size)"
+        "--tensor",
+        action="append",
+        nargs="?",
+        const="",
+        metavar="HxW|[NAME=]FILE.npy",
+        help="image models: send a raw HxWx3 tensor (default: the model's input size); tensor "
+        "models: one input per flag from a .npy file, or --tensor alone for random inputs of "
+        "the model's shapes (the default without --images)",
     )
     p.add_argument(
         "--param",

@@ -69,8 +69,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_client_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("infer", help="send images to a running daemon and print the results")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG files")
+    p = sub.add_parser(
+        "infer",
+        help="send images (or a tensor model's inputs) to a running daemon and print the results",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="JPEG/PNG files")
+    p.add_argument(
+        "--tensor",
+        action="append",
+        metavar="[NAME=]FILE.npy",
+        help="tensor models: one input per flag, by name or in the model's order; the outputs "
+        "are written as NAME.npy into --out (default: the current folder)",
+    )
     p.add_argument("--model", "-m", required=True, help="model name (see 'rkserve models')")
     p.add_argument(
         "--top-k",
@@ -81,7 +91,8 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         metavar="PATH",
-        help="segmentation: write the mask PNG here (a folder when several images)",
+        help="segmentation: write the mask PNG here (a folder when several images); "
+        "tensor: the folder for the output .npy files",
     )
     p.add_argument(
         "--overlay",
@@ -152,6 +163,8 @@ def _models_table(models: List[Dict[str, Any]]) -> str:
     notes = []
     for m in models:
         shape = "x".join(str(d) for d in m.get("input_shape", [])) or "-"
+        if m.get("inputs"):  # a tensor model: each input's shape
+            shape = ", ".join("x".join(str(d) for d in i["shape"]) for i in m["inputs"])
         rows.append(
             (
                 m["name"],
@@ -180,6 +193,12 @@ def _table(rows: List[Any]) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    from .errors import BadRequest
+
+    if bool(args.images) == bool(args.tensor):
+        raise BadRequest("give image files, or --tensor inputs for a tensor model (not both)")
+    if args.tensor:
+        return _infer_tensors(args)
     params: Dict[str, Any] = {}
     if args.top_k is not None:
         params["top_k"] = args.top_k
@@ -214,6 +233,57 @@ def cmd_infer(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(_result_text(i, r) for i, r in results))
     return 0
+
+
+def _infer_tensors(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    with _client(args) as client:
+        reply = client.infer_tensors(args.model, read_tensor_args(args.tensor))
+    folder = Path(args.out or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [("OUTPUT", "DTYPE", "SHAPE", "FILE")]
+    for name, array in reply.outputs.items():
+        target = folder / (_file_name(name) + ".npy")
+        np.save(target, array, allow_pickle=False)
+        rows.append((name, array.dtype.name, "x".join(map(str, array.shape)), str(target)))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": reply.model,
+                    "task": reply.task,
+                    "outputs": rows[1:],
+                    "timing_ms": reply.timings,
+                },
+                indent=2,
+            )
+        )
+    else:
+        total = reply.timings.get("total", 0.0)
+        print(f"{reply.model} ({reply.task}), {total:.1f} ms\n" + _table(rows))
+    return 0
+
+
+def read_tensor_args(values: List[str]) -> Any:
+    """``["a=x.npy", "b=y.npy"]`` → a name → array map; ``["x.npy", "y.npy"]`` → a list."""
+    import numpy as np
+
+    from .errors import BadRequest
+
+    pairs = [value.rpartition("=") for value in values]
+    if len({bool(sep) for _, sep, _ in pairs}) > 1:
+        raise BadRequest("--tensor: name every input (NAME=FILE.npy) or none")
+    arrays = [(name, np.load(path, allow_pickle=False)) for name, _, path in pairs]
+    if pairs[0][1]:
+        return dict(arrays)
+    return [array for _, array in arrays]
+
+
+def _file_name(name: str) -> str:
+    """An output name as a file name: no path separators, never hidden or empty."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")
+    return cleaned or "output"
 
 
 def _write_mask(image: str, reply: Any, out: str, several: bool) -> None:

@@ -17,7 +17,7 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import zmq
@@ -39,6 +39,11 @@ class InferResult:
     @property
     def classes(self) -> List[Dict[str, Any]]:
         return list(self.result.get("classes", []))
+
+    @property
+    def outputs(self) -> Dict[str, np.ndarray]:
+        """A tensor model's output tensors by name, as arrays (in the model's order)."""
+        return {o["name"]: protocol.decode_output(o) for o in self.result.get("outputs", [])}
 
 
 class Client:
@@ -152,6 +157,30 @@ class Client:
             message["image"] = bytes(image)
         if deadline_ms is not None:
             message["deadline_ms"] = deadline_ms
+        return self._infer(message)
+
+    def infer_tensors(
+        self,
+        model: str,
+        inputs: Union[Sequence[np.ndarray], Mapping[str, np.ndarray]],
+        deadline_ms: Optional[int] = None,
+    ) -> InferResult:
+        """Raw tensors in, raw tensors out (a ``task: tensor`` model). ``inputs`` is a list in
+        the model's input order or a name → array map; ``result.outputs`` maps each output
+        name to its array::
+
+            out = client.infer_tensors("multi", {"input.1": a, "input": b}).outputs["8"]
+        """
+        message: Dict[str, Any] = {
+            "op": "infer",
+            "model": model,
+            "inputs": protocol.encode_inputs(inputs),
+        }
+        if deadline_ms is not None:
+            message["deadline_ms"] = deadline_ms
+        return self._infer(message)
+
+    def _infer(self, message: Dict[str, Any]) -> InferResult:
         reply = self.call(message)
         return InferResult(
             reply["model"],

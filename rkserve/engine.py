@@ -77,6 +77,10 @@ class Engine:
         prepared = self.prepare(data, params)
         return self.finish(prepared, self.run(prepared))
 
+    def describe(self) -> Dict[str, Any]:
+        """The task's view of the model's inputs and outputs, for ``models``."""
+        return self.impl.describe(self.spec, self.backend)
+
     def warm_up(self) -> Result:
         """One inference on the task's own warm-up input: a broken model fails at load."""
         return self.infer(self.impl.warmup_input(self.spec, self.backend))

@@ -7,6 +7,7 @@ code back into the same class, so ``except BadImage`` works on both sides of the
     RkserveError
     ├── BadRequest            bad_request           malformed message, wrong types, bad params
     │   ├── BadImage          bad_image             undecodable, empty, too small, wrong tensor
+    │   ├── BadTensor         bad_tensor            named inputs that do not fit the model's
     │   ├── TooLarge          too_large             over the message or pixel limit
     │   └── UnsupportedVersion unsupported_version  unknown protocol version
     ├── UnknownModel          unknown_model         no model by that name
@@ -44,6 +45,10 @@ class BadRequest(RkserveError):
 
 class BadImage(BadRequest):
     code = "bad_image"
+
+
+class BadTensor(BadRequest):
+    code = "bad_tensor"
 
 
 class TooLarge(BadRequest):

@@ -29,6 +29,11 @@ POLICY = ("soc", "driver", "librknnrt", "rknn_server", "device")
 Install = Callable[[Dict[str, ModelHost]], None]
 
 
+def _one_line(text: str) -> str:
+    """A reason as one log line: a runtime's multi-line message must not split it."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class Loader:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -144,6 +149,7 @@ class Loader:
         """Load one model; never raises: failures become a host that says why."""
         size = self.settings.queue_size
         if entry.spec is None:
+            log.error("model %s failed to load: %s", entry.name, entry.error)
             return ModelHost(entry, None, entry.error, "failed", size)
         try:
             kind = self.settings.backend
@@ -156,8 +162,10 @@ class Loader:
             engine = self._open_engine(entry, kind)
             engine.warm_up()  # fail now, not on a user
         except RkserveError as exc:
-            log.error("model %s failed to load: %s", entry.name, exc)
-            return ModelHost(entry, None, str(exc), "failed", size)
+            # a model that does not fit its model.yaml or its task is refused, not failed
+            state = "refused" if isinstance(exc, ConfigError) else "failed"
+            log.error("model %s %s: %s", entry.name, state, _one_line(str(exc)))
+            return ModelHost(entry, None, str(exc), state, size)
         log.info(
             "model %s ready (%s, %s backend)", entry.name, entry.spec.task, engine.backend.name
         )

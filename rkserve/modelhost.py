@@ -127,15 +127,10 @@ class ModelHost:
             "error": self.error,
         }
         if spec is not None:
-            height, width = spec.input_size
-            info.update(
-                task=spec.task,
-                input_shape=[height, width, 3],
-                labels=len(spec.labels),
-                description=spec.description,
-            )
+            info.update(task=spec.task, labels=len(spec.labels), description=spec.description)
         if self.engine is not None:
             info["backend"] = self.engine.backend.name
+            info.update(self.engine.describe())  # input_shape, or a tensor model's inputs
         info.update(self.info)
         return info
 

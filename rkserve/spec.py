@@ -30,6 +30,17 @@ class OnnxInput:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One declared model input (task ``tensor``); empty fields are taken from the model file."""
+
+    name: str = ""
+    dtype: str = ""  # the dtype a client sends: uint8 | int8 | int16 | float16 | float32
+    shape: Tuple[int, ...] = ()  # as a client sends it (NHWC for 4-D image-like inputs)
+    mean: Tuple[float, ...] = ()  # ONNX twin only: (x - mean) / std over the last axis
+    std: Tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model folder, as described by its model.yaml."""
 
@@ -48,6 +59,7 @@ class ModelSpec:
     description: str = ""
     rknn_file: str = "model.rknn"
     onnx: OnnxInput = field(default_factory=OnnxInput)
+    inputs: Tuple[InputSpec, ...] = ()  # task tensor: the model's inputs as declared
     convert: Dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -108,6 +120,19 @@ class SpecReader:
         if not ok:
             kind = "positive numbers" if positive else "numbers"
             self.fail(key, f"expected {count} {kind} (or one for all), got {value!r}")
+        return tuple(float(v) for v in value)
+
+    def vector(self, key: str, positive: bool = False) -> Tuple[float, ...]:
+        """A number or a list of numbers of any length (``()`` when absent)."""
+        value = self.data.get(key, [])
+        if _is_number(value):
+            value = [value]
+        ok = isinstance(value, list) and all(
+            _is_number(v) and (v > 0 or not positive) for v in value
+        )
+        if not ok:
+            kind = "positive numbers" if positive else "numbers"
+            self.fail(key, f"expected a number or a list of {kind}, got {value!r}")
         return tuple(float(v) for v in value)
 
 

@@ -5,7 +5,9 @@ released like a real NPU call, and answers with outputs of the model's shapes th
 on the input in a documented way:
 
 - classification: the winning class is ``sum(input bytes) % classes``;
-- segmentation: each pixel's class is its grey level split into ``classes`` equal bands.
+- segmentation: each pixel's class is its grey level split into ``classes`` equal bands;
+- tensor: the inputs model.yaml declares (``inputs[].shape`` and ``dtype``, default float32),
+  and one output ``sums``, ``[1, inputs] float32``: the sum of each input's values.
 
 Faults can be injected while it runs, from another process, by writing a word into the file
 ``fault_file`` (default ``<model folder>/fake-fault``): ``raise`` (a runtime error),
@@ -48,12 +50,19 @@ class FakeBackend:
         self.leaked: List[bytes] = []
         self._last_buffers: Optional[List[Any]] = None
         self.latency = latency_ms / 1000.0
-        self.classes = classes or len(spec.labels) + spec.label_offset
-        if self.classes < 1:
-            raise ConfigError(f"model {spec.name!r}: the fake backend needs labels or classes=N")
-        height, width = spec.input_size
-        self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
-        self.outputs = [TensorSpec("output", self._output_shape(), "float32")]
+        if spec.task == "tensor":
+            self.classes = 0
+            self.inputs = _declared_inputs(spec)
+            self.outputs = [TensorSpec("sums", (1, len(self.inputs)), "float32")]
+        else:
+            self.classes = classes or len(spec.labels) + spec.label_offset
+            if self.classes < 1:
+                raise ConfigError(
+                    f"model {spec.name!r}: the fake backend needs labels or classes=N"
+                )
+            height, width = spec.input_size
+            self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
+            self.outputs = [TensorSpec("output", self._output_shape(), "float32")]
         self.calls = 0
         self._cached: Optional[List[np.ndarray]] = None
         self._reuse = reuse_outputs
@@ -75,7 +84,7 @@ class FakeBackend:
         if fault and self._inject(fault):
             return None  # type: ignore[return-value]  # what a broken runtime hands back
         started = time.perf_counter()
-        outputs = self._cached if self._cached is not None else self._compute(inputs[0])
+        outputs = self._cached if self._cached is not None else self._compute(inputs)
         if self._reuse:
             self._cached = outputs
         remaining = self.latency - (time.perf_counter() - started)
@@ -105,14 +114,16 @@ class FakeBackend:
         return fault == "none"
 
     def _check(self, inputs: Sequence[np.ndarray]) -> None:
-        want = self.inputs[0]
-        if len(inputs) != 1 or inputs[0].shape != want.shape or inputs[0].dtype != np.uint8:
-            got = [(list(i.shape), str(i.dtype)) for i in inputs]
-            raise BackendError(
-                f"fake backend expects one {list(want.shape)} uint8 input, got {got}"
-            )
+        got = [(tuple(i.shape), i.dtype.name) for i in inputs]
+        want = [(t.shape, t.dtype) for t in self.inputs]
+        if got != want:
+            raise BackendError(f"fake backend expects one tensor per input {want}, got {got}")
 
-    def _compute(self, tensor: np.ndarray) -> List[np.ndarray]:
+    def _compute(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        if self.spec.task == "tensor":
+            sums = [float(np.sum(i, dtype=np.float64)) for i in inputs]
+            return [np.asarray([sums], np.float32)]
+        tensor = inputs[0]
         if self.spec.task == "classification":
             return [self._scores(int(tensor.sum(dtype=np.uint64)) % self.classes)]
         grey = tensor[0].mean(axis=2, dtype=np.float32)
@@ -134,3 +145,15 @@ class FakeBackend:
 
     def close(self) -> None:
         self._cached = None
+
+
+def _declared_inputs(spec: ModelSpec) -> List[TensorSpec]:
+    """A tensor model's inputs from its model.yaml: the fake backend has no model file."""
+    if not spec.inputs or not all(i.shape for i in spec.inputs):
+        raise ConfigError(
+            f"model {spec.name!r}: the fake backend needs every inputs[].shape in model.yaml"
+        )
+    return [
+        TensorSpec(i.name or f"input{n}", i.shape, i.dtype or "float32")
+        for n, i in enumerate(spec.inputs)
+    ]

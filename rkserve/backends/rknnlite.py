@@ -43,7 +43,7 @@ class RknnLiteBackend:
     def __init__(self, spec: ModelSpec, core_mask: Optional[int] = None, **_: Any) -> None:
         self.path = spec.rknn_path
         info = read_rknn(self.path)  # a clear error for a non-RKNN or truncated file first
-        self.inputs = [TensorSpec(t.name, nhwc(t.shape), "uint8") for t in info.inputs]
+        self.inputs = [TensorSpec(t.name, nhwc(t.shape), feed_dtype(t.dtype)) for t in info.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
         self._rknn = _import_rknnlite()(verbose=False)
         try:
@@ -76,6 +76,17 @@ class RknnLiteBackend:
 
     def close(self) -> None:
         self._rknn.release()
+
+
+def feed_dtype(model_dtype: str) -> str:
+    """What RKNNLite is fed for an input the model holds as ``model_dtype``: raw uint8 for a
+    quantized input (the runtime quantizes with the mean/std baked in), float32 for a float
+    one, else the model's own (the runtime converts what it is given)."""
+    if model_dtype in ("int8", "uint8", ""):
+        return "uint8"
+    if model_dtype in ("float16", "float32"):
+        return "float32"
+    return model_dtype
 
 
 def nhwc(shape: Sequence[int]) -> Tuple[int, ...]:

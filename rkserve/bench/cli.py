@@ -101,13 +101,35 @@ def parse_params(pairs: Sequence[str]) -> Dict[str, Any]:
 def _inputs(args: argparse.Namespace, endpoints: Sequence[str]) -> List[Dict[str, Any]]:
     if args.images:
         return [{"image": Path(p).read_bytes()} for p in expand_images(args.images)]
-    if args.tensor:
-        height, width = parse_size(args.tensor)
-    else:
-        height, width = _model_size(args.model, endpoints, args.timeout)
+    values = [v for v in args.tensor or [] if v]
+    if values and all(v.endswith(".npy") for v in values):
+        from ..cli_daemon import read_tensor_args
+
+        return [{"inputs": protocol.encode_inputs(read_tensor_args(values))}]
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return [{"tensor": protocol.encode_tensor(pixels)}]
+    if values:
+        height, width = parse_size(values[-1])
+        return [{"tensor": protocol.encode_tensor(_pixels(rng, height, width))}]
+    info = _model_info(args.model, endpoints, args.timeout)
+    if "inputs" in info:  # a tensor model: random tensors of its inputs' shapes and dtypes
+        tensors = [random_tensor(rng, i["shape"], i["dtype"]) for i in info["inputs"]]
+        names = [str(i["name"]) for i in info["inputs"]]
+        return [{"inputs": [protocol.encode_tensor(t, n) for t, n in zip(tensors, names)]}]
+    height, width = info.get("input_shape", [224, 224, 3])[:2]
+    return [{"tensor": protocol.encode_tensor(_pixels(rng, int(height), int(width)))}]
+
+
+def _pixels(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def random_tensor(rng: np.random.Generator, shape: Sequence[int], dtype: str) -> np.ndarray:
+    """Uniform values over the dtype's range (integers) or [0, 1) (floats)."""
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        return rng.random(tuple(shape), dtype=np.float32).astype(kind)
+    limits = np.iinfo(kind)
+    return rng.integers(limits.min, int(limits.max) + 1, tuple(shape), dtype=kind)
 
 
 def expand_images(patterns: Sequence[str]) -> List[str]:
@@ -131,12 +153,11 @@ def parse_size(text: str) -> Tuple[int, int]:
     return int(height), int(width)
 
 
-def _model_size(model: str, endpoints: Sequence[str], timeout: float) -> Tuple[int, int]:
+def _model_info(model: str, endpoints: Sequence[str], timeout: float) -> Dict[str, Any]:
     from ..client import Client
 
     with Client(endpoints, timeout=timeout) as client:
         models = {m["name"]: m for m in client.models()}
     if model not in models:
         raise UnknownModel(f"no model named {model!r} (models: {', '.join(models) or 'none'})")
-    height, width = models[model].get("input_shape", [224, 224, 3])[:2]
-    return int(height), int(width)
+    return dict(models[model])

@@ -208,4 +208,6 @@ def _step_json(step: Step) -> Dict[str, Any]:
 def _describe(fields: Dict[str, Any]) -> Dict[str, Any]:
     if "image" in fields:
         return {"image_bytes": len(fields["image"])}
+    if "inputs" in fields:
+        return {"inputs": [{k: t[k] for k in t if k != "data"} for t in fields["inputs"]]}
     return {"tensor_shape": fields["tensor"]["shape"]}

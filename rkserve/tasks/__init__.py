@@ -24,6 +24,7 @@ __all__ = ["TASKS", "Prepared", "Task", "get_task", "task_names"]
 TASKS: Dict[str, str] = {
     "classification": "classification",
     "segmentation": "segmentation",
+    "tensor": "tensor",
 }
 
 
@@ -37,6 +38,6 @@ def get_task(name: str) -> Task:
 
 
 if TYPE_CHECKING:  # mypy checks that every task module has the Task functions
-    from . import classification, segmentation
+    from . import classification, segmentation, tensor
 
-    _checked: Tuple[Task, ...] = (classification, segmentation)
+    _checked: Tuple[Task, ...] = (classification, segmentation, tensor)

@@ -10,6 +10,9 @@ engine calls them in this order; nothing else in rkserve knows what a task does:
     prepared = task.prepare(data, spec, backend, params, max_pixels)   # CPU pool
     outputs = backend.run(prepared.tensors)      # NPU runner (the engine does this)
     result = task.finish(outputs, prepared, spec)                      # CPU pool
+
+``warmup_input`` gives the load-time warm-up its input and ``describe`` adds to the model's
+entry in the ``models`` reply.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class Task(Protocol):
 
     def warmup_input(self, spec: ModelSpec, backend: Backend) -> Any:
         """An input ``prepare`` accepts, run once at load so a broken model fails then."""
+
+    def describe(self, spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
+        """What a client sends and gets back, added to the model's entry in ``models``."""
 
 
 def elapsed_ms(started: float) -> float:

@@ -74,3 +74,7 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
 
 def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
     return vision.warmup_image(spec)
+
+
+def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
+    return vision.describe(spec)

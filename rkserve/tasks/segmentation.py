@@ -98,6 +98,10 @@ def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
     return vision.warmup_image(spec)
 
 
+def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
+    return vision.describe(spec)
+
+
 @functools.lru_cache(maxsize=64)
 def _palette(palette: Optional[Tuple[Tuple[int, int, int], ...]]) -> np.ndarray:
     table = segment.palette_array(palette)

@@ -110,5 +110,10 @@ def warmup_image(spec: ModelSpec) -> np.ndarray:
     return np.zeros((height, width, 3), np.uint8)
 
 
+def describe(spec: ModelSpec) -> Dict[str, Any]:
+    height, width = spec.input_size
+    return {"input_shape": [height, width, 3]}
+
+
 def _shapes(tensors: Sequence[Any]) -> str:
     return ", ".join(f"{t.name} {list(t.shape)}" for t in tensors)

@@ -15,6 +15,7 @@ from rkserve.rknnfile import RknnInfo, read_rknn
 
 FAMILIES = {"rk3566": "rk356x", "rk3568": "rk356x", "rk3588": "rk3588", "rk3576": "rk3576"}
 MULTI_CORE = {"rk3588", "rk3576"}
+FEED_DTYPES = ("uint8", "int8", "int16", "float16", "float32")  # what inference() converts
 
 
 def _log(message: str) -> None:
@@ -111,14 +112,17 @@ class RKNNLite:
             if (
                 not isinstance(tensor, np.ndarray)
                 or tuple(tensor.shape) != want
-                or tensor.dtype != np.uint8
+                or tensor.dtype.name not in FEED_DTYPES
             ):
                 _log(
-                    f"The input {getattr(tensor, 'shape', None)} {getattr(tensor, 'dtype', None)} does not match {want} uint8"
+                    f"The input {getattr(tensor, 'shape', None)} {getattr(tensor, 'dtype', None)} does not match {want} {'/'.join(FEED_DTYPES)}"
                 )
                 return None
         self.calls += 1
-        seed = int.from_bytes(hashlib.sha256(inputs[0].tobytes()).digest()[:4], "little")
+        digest = hashlib.sha256()
+        for tensor in inputs:
+            digest.update(tensor.tobytes())
+        seed = int.from_bytes(digest.digest()[:4], "little")
         rng = np.random.default_rng(seed)
         return [rng.standard_normal(o.shape).astype(np.float32) for o in self.info.outputs]
 
