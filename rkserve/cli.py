@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="print the metadata of .rknn files (no runtime needed)")
+    p = sub.add_parser(
+        "inspect",
+        help="print the metadata of .rknn files: inputs, outputs, versions, custom ops "
+        "(no runtime needed)",
+    )
     p.add_argument("files", nargs="+", metavar="FILE.rknn")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_inspect)
@@ -46,6 +50,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
     from .rknnfile import describe, read_rknn
+    from .rknnops import custom_ops, describe_custom
 
     found, failed = [], False
     for path in args.files:
@@ -55,11 +60,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             print(f"rkserve inspect: error: {exc}", file=sys.stderr)
             failed = True
             continue
-        found.append(info)
+        ops = custom_ops(path)
+        found.append({**info.to_dict(), "custom_ops": list(ops)})
         if not args.json:
-            print(describe(info) + "\n", flush=True)
+            custom = f"\n  custom ops       {describe_custom(ops)}"
+            print(describe(info) + custom + "\n", flush=True)
     if args.json:
-        print(json.dumps([info.to_dict() for info in found], indent=2))
+        print(json.dumps(found, indent=2))
     return 1 if failed else 0
 
 

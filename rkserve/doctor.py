@@ -17,6 +17,7 @@ from .checks import FAIL, OK, SKIP, WARN, Board, Check, board_checks, model_chec
 from .errors import ConfigError, RknnFileError
 from .probes import DEFAULT_LIBRKNNRT_PATHS
 from .rknnfile import read_rknn
+from .rknnops import PLUGIN_DIR, custom_ops, describe_custom, plugin_for, plugins
 from .spec import SPEC_FILE, load_spec
 
 __all__ = ["DoctorReport", "failed", "model_folders", "render_table", "run_doctor"]
@@ -57,7 +58,7 @@ def run_doctor(
     board = probe_board(root, librknnrt_paths)
     sections: List[Section] = [("board", board_checks(board, strict))]
     for folder in model_folders(models):
-        sections.append((folder.name, check_model_folder(board, folder, strict)))
+        sections.append((folder.name, check_model_folder(board, folder, strict, root)))
     return DoctorReport(str(root), str(models), strict, board, sections)
 
 
@@ -68,8 +69,10 @@ def model_folders(models: Path) -> List[Path]:
     return sorted(p for p in models.iterdir() if (p / SPEC_FILE).is_file())
 
 
-def check_model_folder(board: Board, folder: Path, strict: bool = False) -> List[Check]:
-    """Checks of one model folder's spec and ``.rknn`` against ``board``."""
+def check_model_folder(
+    board: Board, folder: Path, strict: bool = False, root: Path = Path("/")
+) -> List[Check]:
+    """Checks of one model folder's spec and ``.rknn`` against ``board`` (under ``root``)."""
     checks: List[Check] = []
     try:
         rknn = load_spec(folder).rknn_path
@@ -87,7 +90,23 @@ def check_model_folder(board: Board, folder: Path, strict: bool = False) -> List
             "with `parseRKNN: invalid RKNN_MAGIC!`)"
         )
         return [*checks, Check("rknn", FAIL, str(exc), fix)]
-    return checks + model_checks(board, info, strict)
+    ops = custom_ops(rknn)
+    custom = [_check_custom_ops(ops, root)] if ops else []
+    return checks + model_checks(board, info, strict) + custom
+
+
+def _check_custom_ops(ops: Tuple[str, ...], root: Path) -> Check:
+    """A model with custom ops runs only where librknnrt finds a plugin library for each."""
+    detail = describe_custom(ops, root)
+    if all(plugin_for(op, plugins(root)) for op in ops):
+        return Check("custom ops", OK, detail)
+    return Check(
+        "custom ops",
+        WARN,
+        detail,
+        f"install the model's custom-op plugin(s) (librkcst_<op>.so, built with Rockchip's "
+        f"custom op SDK) into /{PLUGIN_DIR}",
+    )
 
 
 def failed(report: DoctorReport) -> bool:

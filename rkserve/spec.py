@@ -49,7 +49,9 @@ class ModelSpec:
     task: str
     input_size: Tuple[int, int] = (0, 0)  # (height, width) of an image task's input
     color: str = "rgb"  # channel order the model was trained on: rgb | bgr
-    resize: str = "stretch"  # stretch | letterbox
+    resize: str = "stretch"  # stretch | letterbox | crop (classification)
+    interpolation: str = "linear"  # nearest | linear | area (cv2's, for every resize)
+    shorter_side: int = 0  # resize: crop: the shorter side before the centre crop
     output: str = "probabilities"  # probabilities | logits | class_map
     output_layout: str = "nchw"  # segmentation scores: nchw [1,C,H,W] | nhwc [1,H,W,C]
     label_offset: int = 0  # output index - label_offset = label index

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from rkserve.errors import RknnFileError
 from rkserve.rknnfile import RknnInfo, describe, parse_version, read_rknn
+from rkserve.rknnops import custom_ops
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RKSERVE_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -523,7 +524,7 @@ def test_cli_json() -> None:
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
     assert [item["path"] for item in listed] == [str(p) for p in paths]
-    assert listed == [read_rknn(p).to_dict() for p in paths]
+    assert listed == [{**read_rknn(p).to_dict(), "custom_ops": list(custom_ops(p))} for p in paths]
 
 
 def test_cli_bad_file_fails_but_reports_the_others(tmp_path: Path) -> None:

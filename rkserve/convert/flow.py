@@ -85,7 +85,13 @@ class Outcome:
 
 def load_pixels(path: Path, spec: ModelSpec) -> np.ndarray:
     """An image file → ``HxWx3 uint8`` at the input size, in the model's colour order."""
-    resized, _ = resize(decode_image(path.read_bytes()), spec.input_size, spec.resize)
+    resized, _ = resize(
+        decode_image(path.read_bytes()),
+        spec.input_size,
+        spec.resize,
+        spec.interpolation,
+        spec.shorter_side,
+    )
     return np.ascontiguousarray(to_model_colour(resized, spec.color))
 
 

@@ -8,7 +8,7 @@ model.yaml: ``input`` (:mod:`.vision`), ``output.kind`` (``probabilities`` | ``l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class Params:
 def read_spec(top: SpecReader) -> Dict[str, Any]:
     output = top.section("output")
     return {
-        **vision.read_input(top.section("input")),
+        **vision.read_input(top.section("input"), vision.CROP_MODES),
         "output": output.choice("kind", ("probabilities", "logits"), "probabilities"),
         "label_offset": output.integer("label_offset", 0),
         "top_k": output.integer("top_k", 5, minimum=1),
@@ -42,14 +42,33 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
 
 
 def check(spec: ModelSpec, backend: Backend) -> None:
+    """One image input; one output of N scores (``[1,N]``, ``[N]`` or ``[1,N,1,1]``); N equal
+    to the labels (+ ``label_offset``) when model.yaml has labels."""
     vision.check_input(spec, backend)
-    if spec.labels and backend.outputs:
-        size = int(np.prod(backend.outputs[0].shape))
-        if size != len(spec.labels) + spec.label_offset:
-            raise ConfigError(
-                f"{spec.spec_path}: labels: {len(spec.labels)} labels (+ label_offset "
-                f"{spec.label_offset}) but the model outputs {size} scores"
-            )
+    if not backend.outputs:
+        return
+    scores = score_count(backend.outputs)
+    if scores is None:
+        raise ConfigError(
+            f"{spec.spec_path}: task classification reads one output of N class scores "
+            f"([1, N]), but the {backend.name} model has {len(backend.outputs)} output(s): "
+            f"{vision.shapes(backend.outputs)}"
+        )
+    if spec.labels and scores != len(spec.labels) + spec.label_offset:
+        raise ConfigError(
+            f"{spec.spec_path}: labels: {len(spec.labels)} labels (+ label_offset "
+            f"{spec.label_offset}) but the model outputs {scores} scores"
+        )
+
+
+def score_count(outputs: Sequence[Any]) -> Optional[int]:
+    """N for one output holding N scores (at most one dimension above 1), else None."""
+    if len(outputs) != 1:
+        return None
+    shape = tuple(outputs[0].shape)
+    if sum(1 for d in shape if d != 1) > 1:
+        return None
+    return int(np.prod(shape)) if shape else None
 
 
 def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:

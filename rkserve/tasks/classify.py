@@ -25,14 +25,16 @@ def class_scores(output: np.ndarray, kind: str) -> np.ndarray:
 def top_k(
     probabilities: np.ndarray, k: int, labels: Sequence[str] = (), label_offset: int = 0
 ) -> List[Dict[str, Any]]:
-    """The ``k`` best classes, best first: ``[{"index", "label", "score"}]``.
+    """The ``k`` best classes, best first: ``[{"index", "label", "score"}]``; equal scores
+    rank by the lower output index, so every ``k`` gives a prefix of the same order.
 
     ``index`` is the label index (output index minus ``label_offset``, so a 1001-way model
     with a background class and a 1000-line label file reports ImageNet indices).
     """
     k = max(1, min(k, probabilities.size))
-    best = np.argpartition(-probabilities, k - 1)[:k]
-    best = best[np.argsort(-probabilities[best], kind="stable")]
+    # one stable sort of every score: equal scores (int8 models tie in steps of 1/256) rank
+    # by the lower index, the same for every k; argpartition left ties in arbitrary order
+    best = np.argsort(-probabilities, kind="stable")[:k]
     return [_entry(int(i) - label_offset, float(probabilities[i]), labels) for i in best]
 
 

@@ -152,17 +152,35 @@ def check_tensor(array: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return array
 
 
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,  # bilinear; no antialiasing when shrinking
+    "area": cv2.INTER_AREA,  # pixel-area averaging when shrinking (linear when enlarging)
+}
+CROP_RATIO = 0.875  # torchvision's ImageNet convention: resize to 256, crop 224
+
+
 def resize(
-    image: np.ndarray, size: Tuple[int, int], mode: str = "stretch"
+    image: np.ndarray,
+    size: Tuple[int, int],
+    mode: str = "stretch",
+    interpolation: str = "linear",
+    shorter_side: int = 0,
 ) -> Tuple[np.ndarray, Placement]:
-    """Resize to ``size=(height, width)``: a plain stretch (Rockchip's examples) or a letterbox."""
+    """Resize to ``size=(height, width)``: a plain ``stretch`` (Rockchip's examples), a
+    ``letterbox`` (aspect kept, grey padding) or a ``crop`` (the shorter side to
+    ``shorter_side``, default ``size / 0.875``, then the centre: torchvision's ImageNet
+    ``Resize(256)`` + ``CenterCrop(224)``), with cv2's ``interpolation``."""
+    flag = INTERPOLATIONS[interpolation]
+    if mode == "crop":
+        return _resize_crop(image, size, flag, shorter_side or crop_side(size))
     height, width = size
     src_h, src_w = image.shape[:2]
     if mode == "stretch":
         out = (
             image
             if (src_h, src_w) == size
-            else cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+            else cv2.resize(image, (width, height), interpolation=flag)
         )
         return out, Placement(width / src_w, height / src_h, 0, 0, width, height)
     scale = min(width / src_w, height / src_h)
@@ -170,9 +188,32 @@ def resize(
     pad_x, pad_y = (width - new_w) // 2, (height - new_h) // 2
     out = np.full((height, width, 3), LETTERBOX_FILL, np.uint8)
     out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.resize(
-        image, (new_w, new_h), interpolation=cv2.INTER_LINEAR
+        image, (new_w, new_h), interpolation=flag
     )
     return out, Placement(scale, scale, pad_x, pad_y, new_w, new_h)
+
+
+def crop_side(size: Tuple[int, int]) -> int:
+    """The default shorter side before a centre crop of ``size``: 224 → 256."""
+    return round(max(size) / CROP_RATIO)
+
+
+def _resize_crop(
+    image: np.ndarray, size: Tuple[int, int], flag: int, shorter: int
+) -> Tuple[np.ndarray, Placement]:
+    """Shorter side to ``shorter`` (the longer one truncated, as torchvision), then the
+    centre ``size`` (offsets rounded, as torchvision's center_crop). ``shorter`` must be at
+    least both sides of ``size``. The placement's negative padding is the crop offset."""
+    height, width = size
+    src_h, src_w = image.shape[:2]
+    if src_w <= src_h:
+        new_w, new_h = shorter, int(shorter * src_h / src_w)
+    else:
+        new_w, new_h = int(shorter * src_w / src_h), shorter
+    resized = cv2.resize(image, (new_w, new_h), interpolation=flag)
+    top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
+    out = np.ascontiguousarray(resized[top : top + height, left : left + width])
+    return out, Placement(new_w / src_w, new_h / src_h, -left, -top, new_w, new_h)
 
 
 def to_model_colour(rgb: np.ndarray, colour: str) -> np.ndarray:

@@ -38,6 +38,8 @@ def class_map(output: np.ndarray, kind: str = "logits", layout: str = "nchw") ->
     return argmax_channels(scores)
 
 
+MAX_CLASSES = 256  # class maps are uint8
+
 # Pixels per block: the running maximum (4 B/px) and the scratch mask (1 B/px) of one block
 # stay in cache (320 kB: under the 512 kB L3 an RK3568's A55 cluster shares).
 BLOCK_PIXELS = 65536

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import BadRequest
+from ..errors import BadRequest, ConfigError
 from ..protocol import show
 from . import segment, vision
 from .base import Prepared, reject_unknown
@@ -44,7 +44,45 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
 
 
 def check(spec: ModelSpec, backend: Backend) -> None:
+    """One image input; one output: ``[1,C,H,W]`` (or ``[1,H,W,C]``) scores with C equal to
+    the labels when model.yaml has labels, or with ``output.kind: class_map`` an argmaxed
+    ``[1,H,W]`` map."""
     vision.check_input(spec, backend)
+    if not backend.outputs:
+        return
+    problem = _output_problem(spec, backend.outputs)
+    if problem:
+        raise ConfigError(
+            f"{spec.spec_path}: task segmentation reads {problem}, but the {backend.name} "
+            f"model has {len(backend.outputs)} output(s): {vision.shapes(backend.outputs)}"
+        )
+    if spec.output != "class_map" and spec.labels:
+        shape = backend.outputs[0].shape
+        classes = shape[1] if spec.output_layout == "nchw" else shape[-1]
+        if classes != len(spec.labels):
+            raise ConfigError(
+                f"{spec.spec_path}: labels: {len(spec.labels)} labels but the model scores "
+                f"{classes} classes (output {list(shape)}, layout {spec.output_layout})"
+            )
+
+
+def _output_problem(spec: ModelSpec, outputs: Sequence[Any]) -> str:
+    """What the task needs, when the model's outputs are not that; "" when they fit."""
+    shape = tuple(outputs[0].shape)
+    if spec.output == "class_map":
+        need = "one class map [1, H, W] (output.kind: class_map)"
+        fits = len(shape) == 3 or (len(shape) == 4 and shape[1] == 1)
+        return need if len(outputs) != 1 or not fits or shape[0] != 1 else ""
+    layout = "[1, C, H, W]" if spec.output_layout == "nchw" else "[1, H, W, C]"
+    need = f"one output of class scores {layout} (output.layout: {spec.output_layout})"
+    if len(outputs) == 1 and len(shape) == 3 and shape[0] == 1:
+        return need + " or, with output.kind: class_map, an argmaxed [1, H, W] map"
+    if len(outputs) != 1 or len(shape) != 4 or shape[0] != 1:
+        return need
+    classes = shape[1] if spec.output_layout == "nchw" else shape[3]
+    if not 2 <= classes <= segment.MAX_CLASSES:
+        return need + f" with 2..{segment.MAX_CLASSES} classes"
+    return ""
 
 
 def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from ..spec import ModelSpec, SpecReader
 
 ImageInput = Union[bytes, bytearray, memoryview, np.ndarray]
-RESIZE_MODES = ("stretch", "letterbox")
+RESIZE_MODES = ("stretch", "letterbox")  # every image task
+CROP_MODES = (*RESIZE_MODES, "crop")  # tasks whose result does not map back onto the image
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class ImageContext:
     source: Optional[np.ndarray] = None  # the decoded image, kept only when finish draws on it
 
 
-def read_input(section: SpecReader) -> Dict[str, Any]:
-    """model.yaml's ``input``: ``size`` (required), ``color``, ``resize``."""
+def read_input(section: SpecReader, modes: Sequence[str] = RESIZE_MODES) -> Dict[str, Any]:
+    """model.yaml's ``input``: ``size`` (required), ``color``, ``resize`` (one of ``modes``),
+    ``interpolation``, ``shorter_side`` (``crop`` only)."""
     size = section.data.get("size")
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
@@ -41,10 +43,22 @@ def read_input(section: SpecReader) -> Dict[str, Any]:
         and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192 for v in size)
     ):
         section.fail("size", f"expected [height, width] in pixels (1..8192), got {size!r}")
+    input_size = (int(size[0]), int(size[1]))
+    resize = section.choice("resize", modes, "stretch")
+    shorter = section.integer("shorter_side", 0)
+    if shorter and resize != "crop":
+        section.fail("shorter_side", "only used with resize: crop")
+    if shorter and shorter < max(input_size):
+        section.fail("shorter_side", f"must be at least the input's sides {list(input_size)}")
     return {
-        "input_size": (int(size[0]), int(size[1])),
+        "input_size": input_size,
         "color": section.choice("color", ("rgb", "bgr"), "rgb"),
-        "resize": section.choice("resize", RESIZE_MODES, "stretch"),
+        "resize": resize,
+        # area averaging is the closest cv2 has to torchvision's antialiased shrink
+        "interpolation": section.choice(
+            "interpolation", tuple(image.INTERPOLATIONS), "area" if resize == "crop" else "linear"
+        ),
+        "shorter_side": shorter or (image.crop_side(input_size) if resize == "crop" else 0),
     }
 
 
@@ -67,7 +81,9 @@ def prepare_image(
         )
     timings = {"decode": elapsed_ms(started)}
     started = time.perf_counter()
-    resized, placement = image.resize(rgb, spec.input_size, spec.resize)
+    resized, placement = image.resize(
+        rgb, spec.input_size, spec.resize, spec.interpolation, spec.shorter_side
+    )
     resized = image.to_model_colour(resized, spec.color)
     if raw_input:
         tensor = image.to_raw_input(resized)
@@ -87,7 +103,7 @@ def check_input(spec: ModelSpec, backend: Backend) -> None:
         raise ConfigError(
             f"{spec.spec_path}: task {spec.task} feeds one image input, but the "
             f"{backend.name} model has {len(backend.inputs)} inputs "
-            f"({_shapes(backend.inputs)}); serve it with task: tensor"
+            f"({shapes(backend.inputs)}); serve it with task: tensor"
         )
     expected = expected_input(spec, backend.raw_input)
     actual = tuple(backend.inputs[0].shape)
@@ -115,5 +131,6 @@ def describe(spec: ModelSpec) -> Dict[str, Any]:
     return {"input_shape": [height, width, 3]}
 
 
-def _shapes(tensors: Sequence[Any]) -> str:
+def shapes(tensors: Sequence[Any]) -> str:
+    """``"name [1, 3, 8, 8], ..."``: a model's tensors for an error message."""
     return ", ".join(f"{t.name} {list(t.shape)}" for t in tensors)
