@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from rkserve.backends import npu_present
+
+DOUBLES = Path(__file__).parent / "doubles"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -16,3 +21,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "board" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def rknnlite_double(monkeypatch):
+    """``rknnlite.api.RKNNLite`` is the double in tests/doubles for this test."""
+    monkeypatch.syspath_prepend(str(DOUBLES))
+    for name in [m for m in sys.modules if m.startswith("rknnlite")]:
+        monkeypatch.delitem(sys.modules, name)
+    from rknnlite.api import RKNNLite
+
+    RKNNLite.instances.clear()
+    return RKNNLite

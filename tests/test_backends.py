@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,17 +22,6 @@ CLASSIFIER = {
     "input": {"size": [224, 224]},
     "output": {"kind": "probabilities"},
 }
-
-
-@pytest.fixture
-def rknnlite_double(monkeypatch):
-    monkeypatch.syspath_prepend(str(DOUBLES))
-    for name in [m for m in sys.modules if m.startswith("rknnlite")]:
-        monkeypatch.delitem(sys.modules, name)
-    from rknnlite.api import RKNNLite
-
-    RKNNLite.instances.clear()
-    return RKNNLite
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import numpy as np
 
 from .image import Placement
 
+MAX_CLASSES = 256  # class maps are uint8
+
 
 # Default colours (RGB) when a model gives no palette: the PASCAL VOC colour map.
 def voc_palette(count: int = 256) -> np.ndarray:
@@ -31,14 +33,15 @@ def class_map(output: np.ndarray, kind: str = "logits", layout: str = "nchw") ->
     """Scores ``[1,C,H,W]`` (``nchw``) or ``[1,H,W,C]`` (``nhwc``), or a class map ``[1,H,W]``
     (``kind="class_map"``) → ``HxW uint8`` class indices (argmax over the class axis)."""
     if kind == "class_map":
-        return output.reshape(output.shape[-2:]).astype(np.uint8)
+        classes = output.reshape(output.shape[-2:])
+        if classes.dtype.kind == "f":  # a runtime that hands integers back as floats
+            classes = np.clip(np.nan_to_num(classes), 0, MAX_CLASSES - 1)
+        return classes.astype(np.uint8)
     scores = output[0] if output.ndim == 4 else output
     if layout == "nhwc":
         return np.argmax(scores, axis=-1).astype(np.uint8)
     return argmax_channels(scores)
 
-
-MAX_CLASSES = 256  # class maps are uint8
 
 # Pixels per block: the running maximum (4 B/px) and the scratch mask (1 B/px) of one block
 # stay in cache (320 kB: under the 512 kB L3 an RK3568's A55 cluster shares).
