@@ -229,6 +229,8 @@ def test_wire_inputs_round_trip_little_endian():
         ),
         ({"inputs": [{"shape": [1, -2]}]}, "inputs\\[0\\].shape: expected a list of positive"),
         ({"inputs": 3}, "inputs: expected a list"),
+        ({"inputs": {"x": "uint8"}}, "inputs.x: expected a mapping"),
+        ({"inputs": ["uint8"]}, "inputs\\[0\\]: expected a mapping"),
     ],
 )
 def test_spec_errors_name_the_field(tmp_path, change, words):

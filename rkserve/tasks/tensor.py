@@ -73,12 +73,20 @@ def _declared(top: SpecReader) -> Tuple[InputSpec, ...]:
     if value is None:
         return ()
     if isinstance(value, dict):
-        items = [(f"inputs.{k}.", {"name": str(k), **(v or {})}) for k, v in value.items()]
+        items = [(f"inputs.{k}.", _named(k, v)) for k, v in value.items()]
     elif isinstance(value, list):
         items = [(f"inputs[{n}].", v) for n, v in enumerate(value)]
     else:
         top.fail("inputs", "expected a list (in the model's input order) or a map by input name")
     return tuple(_input_spec(SpecReader(top.path, item, prefix)) for prefix, item in items)
+
+
+def _named(key: Any, value: Any) -> Any:
+    """A map entry with its key as the name (anything but a map is left for the reader's
+    error)."""
+    if value is None:
+        value = {}
+    return {"name": str(key), **value} if isinstance(value, dict) else value
 
 
 def _input_spec(section: SpecReader) -> InputSpec:
