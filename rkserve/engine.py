@@ -39,7 +39,7 @@ class Engine:
         self.spec = spec
         self.backend = backend
         self.max_pixels = max_pixels
-        self.impl = get_task(spec.task)
+        self.impl = get_task(spec.task)  # the task module (rkserve.tasks.<task>)
         self.impl.check(spec, backend)  # refuse at load a model the task cannot read
 
     @property
