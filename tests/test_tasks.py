@@ -297,3 +297,34 @@ def test_inspect_shows_two_inputs_and_custom_ops():
     done = run_cli("inspect", paths[0], human)
     assert "inputs (2):" in done.stdout and "custom ops       none" in done.stdout
     assert "custom ops       ArgMax (no plugin); the runtime cannot run it without" in done.stdout
+
+
+def test_doctor_names_custom_ops_and_their_plugin(tmp_path):
+    from boards import AFTER_UPDATE, make_board
+
+    from rkserve.doctor import render_table, run_doctor
+
+    root = make_board(tmp_path, soc="rk3568", **AFTER_UPDATE)
+    rknn = shared("rknn", "rockchip", "pp_human_segv2_custom_argmax_RK3566_RK3568_tk2.3.1.rknn")
+    spec = {"task": "segmentation", "input": {"size": 192}, "output": {"kind": "class_map"}}
+    write_model(tmp_path / "models" / "human", spec, rknn=rknn)
+    write_model(
+        tmp_path / "models" / "plain",
+        {"task": "tensor"},
+        rknn=shared("rknn", "built", "multiple_input_demo_rk3568_i8_tk2.3.2.rknn"),
+    )
+
+    def custom_check(report, scope):
+        found = [c for s, items in report.sections if s == scope for c in items]
+        return [c for c in found if c.name == "custom ops"]
+
+    report = run_doctor(root, tmp_path / "models")
+    (check,) = custom_check(report, "human")
+    assert check.status == "WARN" and check.detail.startswith("ArgMax (no plugin)")
+    assert "/usr/lib/rknpu/op_plugins" in check.fix and custom_check(report, "plain") == []
+    assert "human: custom ops" in render_table(report)
+    plugin = root / "usr/lib/rknpu/op_plugins/librkcst_argmax.so"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_bytes(b"\x7fELF")
+    (check,) = custom_check(run_doctor(root, tmp_path / "models"), "human")
+    assert (check.status, check.detail) == ("OK", "ArgMax (plugin librkcst_argmax.so)")
