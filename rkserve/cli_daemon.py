@@ -245,7 +245,7 @@ def _infer_tensors(args: argparse.Namespace) -> int:
     rows = [("OUTPUT", "DTYPE", "SHAPE", "FILE")]
     for name, array in reply.outputs.items():
         target = folder / (_file_name(name) + ".npy")
-        np.save(target, array, allow_pickle=False)
+        np.save(target, array)
         rows.append((name, array.dtype.name, "x".join(map(str, array.shape)), str(target)))
     if args.json:
         print(
@@ -274,7 +274,8 @@ def read_tensor_args(values: List[str]) -> Any:
     pairs = [value.rpartition("=") for value in values]
     if len({bool(sep) for _, sep, _ in pairs}) > 1:
         raise BadRequest("--tensor: name every input (NAME=FILE.npy) or none")
-    arrays = [(name, np.load(path, allow_pickle=False)) for name, _, path in pairs]
+    # np.load refuses object arrays by default: a .npy file cannot run code here
+    arrays = [(name, np.load(path)) for name, _, path in pairs]
     if pairs[0][1]:
         return dict(arrays)
     return [array for _, array in arrays]
