@@ -267,18 +267,27 @@ def _infer_tensors(args: argparse.Namespace) -> int:
 
 def read_tensor_args(values: List[str]) -> Any:
     """``["a=x.npy", "b=y.npy"]`` → a name → array map; ``["x.npy", "y.npy"]`` → a list."""
-    import numpy as np
 
     from .errors import BadRequest
 
     pairs = [value.rpartition("=") for value in values]
     if len({bool(sep) for _, sep, _ in pairs}) > 1:
         raise BadRequest("--tensor: name every input (NAME=FILE.npy) or none")
-    # np.load refuses object arrays by default: a .npy file cannot run code here
-    arrays = [(name, np.load(path)) for name, _, path in pairs]
+    arrays = [(name, _read_npy(path)) for name, _, path in pairs]
     if pairs[0][1]:
         return dict(arrays)
     return [array for _, array in arrays]
+
+
+def _read_npy(path: str) -> Any:
+    import numpy as np
+
+    from .errors import BadRequest
+
+    try:
+        return np.load(path)  # refuses object arrays by default: a file cannot run code here
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"--tensor {path}: not a readable .npy array: {exc}") from None
 
 
 def _file_name(name: str) -> str:

@@ -206,6 +206,11 @@ def test_cli_infer_tensor_writes_npy_outputs(onnx_daemon, tmp_path):
         "infer", "-e", onnx_daemon.endpoint, "-m", "multi", "--tensor", str(tmp_path / "a.npy")
     )
     assert done.returncode == 1 and "takes 2 inputs" in done.stderr
+    (tmp_path / "text.npy").write_text("not an array")
+    done = cli(
+        "infer", "-e", onnx_daemon.endpoint, "-m", "multi", "--tensor", str(tmp_path / "text.npy")
+    )
+    assert done.returncode == 1 and "not a readable .npy array" in done.stderr
 
 
 def test_bench_tensor_on_a_tensor_model(onnx_daemon, tmp_path):
