@@ -252,3 +252,15 @@ def test_model_checked_against_declared_inputs_at_load(tmp_path, inputs, words):
     folder = write_model(tmp_path / "m", spec, onnx=shared("onnx", "multiple_input_demo_test.onnx"))
     with pytest.raises(ConfigError, match=words):
         Engine(load_spec(folder), open_backend("onnx", load_spec(folder)))
+
+
+def test_convert_refuses_a_tensor_model_with_its_reason(tmp_path):
+    from rkserve.convert.recipe import load_recipe
+
+    folder = write_model(
+        tmp_path / "m", MULTI_SPEC, onnx=shared("onnx", "multiple_input_demo_test.onnx")
+    )
+    with pytest.raises(
+        ConfigError, match="accuracy gate for classification, segmentation models, not tensor"
+    ):
+        load_recipe(load_spec(folder))

@@ -153,6 +153,12 @@ def load_recipe(
     thresholds: Optional[Mapping[str, Optional[float]]] = None,
 ) -> Recipe:
     """Validate ``spec.convert``; ``target``, ``validation`` and ``thresholds`` override it."""
+    if spec.task not in GATES:
+        raise ConfigError(
+            f"{spec.spec_path}: task: rkserve convert has an accuracy gate for "
+            f"{', '.join(GATES)} models, not {spec.task}: convert this one with rknn-toolkit2 "
+            "itself (docs/CONVERT.md)"
+        )
     section = _Section(spec)
     unknown = sorted(set(section.data) - set(_FIELDS))
     if unknown:
