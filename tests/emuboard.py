@@ -58,6 +58,7 @@ class Board:
         paths = [ROOT, site / "deps", site / f"lite2-{lite2}"]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "RKNN_"))}
         env.update(PYTHONPATH=os.pathsep.join(map(str, paths)), PYTHONDONTWRITEBYTECODE="1")
+        env["LD_PRELOAD"] = "/usr/lib/qemu-access.so"  # see tests/emulated/standin/qemu_access.c
         env.update(extra)
         return env
 

@@ -53,7 +53,7 @@ started=$SECONDS
 rm -rf "$OUT/userland" "$OUT/site" "$OUT/lib" "$OUT/boards" "$OUT/stamp"
 
 echo "emulated board: arm64 $SUITE userland"
-mmdebstrap --quiet --variant=extract --arch=arm64 --include=python3 "$SUITE" "$OUT/userland"
+mmdebstrap --quiet --variant=extract --arch=arm64 --include=python3,libstdc++6 "$SUITE" "$OUT/userland"
 # --variant=extract runs no install scripts, so nothing compiled the standard library: do it
 # here (bytecode does not depend on the CPU) instead of in every emulated process
 if "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
@@ -89,6 +89,10 @@ for runtime in $RUNTIMES; do
         -DSTANDIN_BUILD="\"${runtime#*=}\"" -o "$OUT/lib/librknnrt-${runtime%%=*}.so" \
         "$HERE/standin/standin.c" "$HERE/standin/sha256.c" -lm -lpthread
 done
+
+# qemu-user 7.2 does not apply -L to faccessat: os.access() would look at the host
+aarch64-linux-gnu-gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$OUT/userland/usr/lib/qemu-access.so" \
+    "$HERE/standin/qemu_access.c"
 
 echo "emulated board: board roots"
 board() {  # NAME SOC LIBRKNNRT RKNN_SERVER DRIVER
