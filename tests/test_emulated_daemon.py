@@ -166,3 +166,33 @@ def test_an_image_the_twin_never_saw_fails_loudly_and_the_daemon_keeps_serving(s
         got = client.infer("shapes", sample.read_bytes(), **PARAMS["shapes"])
         same_answer(got.result, expected[f"shapes/{sample.name}"])
     assert NO_RECORD_LINE in d.log()
+
+
+def test_a_hung_runtime_is_detected_and_replaced_with_the_real_wheel(tmp_path):
+    """The runner watchdog around the real RKNNLite: the stand-in hangs in its second
+    rknn_run (the first request; the first call is the loader's warm-up)."""
+    rk3568 = board("rk3568")
+    records = tmp_path / "records"
+    answers = record_twin(records, "shapes", board_inputs(rk3568, "shapes", tmp_path))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "shapes").symlink_to(MODELS / "shapes")
+    d = on_board(
+        Daemon(tmp_path, models, "--backend", "rknnlite", "--runner-timeout-s", "3"),
+        rk3568,
+        RKNN_STANDIN_DIR=str(records),
+        RKNN_STANDIN_FAIL="rknn_run=hang@2",
+    )
+    d.start(timeout=180)
+    try:
+        sample = samples("shapes")[0]
+        with d.client(timeout=60, retries=0) as client, pytest.raises(BackendError):
+            client.infer("shapes", sample.read_bytes(), **PARAMS["shapes"])
+        d.wait(lambda h: h["models"]["shapes"]["ready"], timeout=120)
+        with d.client(timeout=60) as client:
+            got = client.infer("shapes", sample.read_bytes(), **PARAMS["shapes"])
+        same_answer(got.result, answers[sample.name])
+    finally:
+        code = d.stop()
+    assert code == 0, d.log()
+    assert "model shapes: runner replaced" in d.log()
