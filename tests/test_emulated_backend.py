@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -19,7 +20,9 @@ import pytest
 from emuboard import LITE2_RELEASES, NO_RECORD_LINE, RecordingBackend, board, record, write_attrs
 from helpers import MODELS, write_model
 
+from rkserve.backends import open_backend
 from rkserve.engine import Engine
+from rkserve.errors import BackendError
 from rkserve.spec import load_spec
 
 pytestmark = pytest.mark.emulated
@@ -155,7 +158,8 @@ def drive(request: Any, tmp_path_factory: Any) -> Dict[str, Any]:
     logs = _split_log(done.stderr)
     for name, result in results.items():
         result["log"] = logs.get(name, "")
-    return {"results": results, "expected": plan.expected, "release": request.param}
+    steps = {step["name"]: step for step in plan.steps}
+    return {"results": results, "expected": plan.expected, "release": request.param, "steps": steps}
 
 
 def _outputs(result: Dict[str, Any]) -> List[np.ndarray]:
@@ -242,3 +246,23 @@ def test_the_garbage_guard_collects_the_real_wheels_cycles(drive: Dict[str, Any]
 
 def _first(model: str) -> str:
     return sorted((MODELS / model / "samples").glob("*.jpg"))[0].stem
+
+
+@pytest.mark.parametrize(
+    "step,fail", [("init-fails", "init"), ("core-mask-on-one-core", ""), ("run-fails", "inference")]
+)
+def test_the_double_fails_as_the_real_wheel_did(drive, step, fail, monkeypatch):
+    """tests/doubles/rknnlite, given the same step, ends in the same BackendError."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "doubles"))
+    for name in [m for m in sys.modules if m.startswith("rknnlite")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("RKNNLITE_DOUBLE_FAIL", fail)
+    planned = drive["steps"][step]
+    spec = load_spec(Path(planned["model"]))
+    with pytest.raises(BackendError) as raised:
+        backend = open_backend("rknnlite", spec, core_mask=planned.get("core_mask"))
+        try:
+            backend.run([np.load(p) for p in planned["inputs"]])
+        finally:
+            backend.close()
+    assert f"BackendError: {raised.value}" == drive["results"][step]["error"]

@@ -1,4 +1,5 @@
-"""A faithful double of ``rknnlite.api.RKNNLite`` (rknn-toolkit-lite2 2.3.2); see ../README.md."""
+"""A faithful double of ``rknnlite.api.RKNNLite`` (rknn-toolkit-lite2 2.3.x-2.5.0, as
+observed on the emulated board: tests/emulated/README.md); see ../README.md."""
 
 from __future__ import annotations
 
@@ -16,10 +17,28 @@ from rkserve.rknnfile import RknnInfo, read_rknn
 FAMILIES = {"rk3566": "rk356x", "rk3568": "rk356x", "rk3588": "rk3588", "rk3576": "rk3576"}
 MULTI_CORE = {"rk3588", "rk3576"}
 FEED_DTYPES = ("uint8", "int8", "int16", "float16", "float32")  # what inference() converts
+CORE_MASKS = {0, 1, 2, 4, 3, 7, 0xFFFF}
+SDK_BANNER = "=" * 46 + "\nRKNN VERSION:\n  API: {api}\n  DRV: {driver}\n" + "=" * 46 + "\n"
 
 
 def _log(message: str) -> None:
+    """A line of librknnrt's log."""
     print(f"E RKNN: {message}", file=sys.stderr)
+
+
+def _wheel_log(message: str) -> None:
+    """A line of the wheel's own log (no ``RKNN:``)."""
+    print(f"E {message}", file=sys.stderr)
+
+
+class _Frame:
+    """Garbage in a reference cycle, holding the outputs: the real wheel leaves such cycles
+    behind on every inference (on the emulated board: ~17 unreachable objects per call with
+    lite2 2.3.0-2.5.0), which only a collection frees (rkserve.memory.GcGuard)."""
+
+    def __init__(self, outputs: List[np.ndarray]) -> None:
+        self.outputs = outputs
+        self.me = self
 
 
 class RKNNLite:
@@ -74,9 +93,18 @@ class RKNNLite:
         if not any(FAMILIES.get(t) == family for t in self.info.target_platforms):
             _log("The rknn model does not match the RKNPU hardware version!")
             return -1
+        # the wheel checks the mask itself, before librknnrt sees it, and returns -1
         if core_mask != self.NPU_CORE_AUTO and self.soc not in MULTI_CORE:
-            _log(f"rknn_set_core_mask: failed to set core mask: {core_mask}! ret=-13")
-            return -13
+            _wheel_log(
+                "The core_mask is only supported by ['RK3588', 'RK3576']. "
+                "Please do not set this parameter on other platforms."
+            )
+            _wheel_log("Catch exception when set npu core mode.")
+            return -1
+        if core_mask not in CORE_MASKS:
+            _wheel_log(f"The core mode {core_mask} is not supported currently.")
+            _wheel_log("Catch exception when set npu core mode.")
+            return -1
         self.runtime = True
         return 0
 
@@ -102,7 +130,9 @@ class RKNNLite:
     def _outputs(self, inputs: Any, data_format: Any) -> Optional[List[np.ndarray]]:
         assert self.info is not None
         if self.fail == "inference":
+            # the wheel ignores rknn_run's code; the failure shows when it gets the outputs
             _log("failed to submit!, op id: 1, op name: Conv")
+            _wheel_log("Catch exception when getting outputs.")
             return None
         if not isinstance(inputs, list) or len(inputs) != len(self.info.inputs):
             _log(f"The input number is not match, expect {len(self.info.inputs)}")
@@ -124,12 +154,18 @@ class RKNNLite:
             digest.update(tensor.tobytes())
         seed = int.from_bytes(digest.digest()[:4], "little")
         rng = np.random.default_rng(seed)
-        return [rng.standard_normal(o.shape).astype(np.float32) for o in self.info.outputs]
+        outputs = [rng.standard_normal(o.shape).astype(np.float32) for o in self.info.outputs]
+        _Frame(outputs)
+        return outputs
 
     def get_sdk_version(self) -> Optional[str]:
+        """A banner, not a version line (as the real wheel returns it)."""
         if not self.runtime:
+            _wheel_log(
+                "Runtime environment is not inited, please call init_runtime to init it first!"
+            )
             return None
-        return "librknnrt version: 2.3.2 (double)"
+        return SDK_BANNER.format(api="2.3.2 (double)", driver="0.9.8")
 
     def release(self) -> None:
         self.runtime = False
