@@ -1,6 +1,7 @@
 # rkserve developer entry points. `make help` lists them.
 #   make serve   set up .venv and run the daemon on the demo models (onnx backend on a PC)
 #   make test    set up everything and run the whole suite on CPython 3.8 and 3.11
+#                (the emulated-board tests on 3.11 only: they run aarch64 CPython 3.11 anyway)
 #   make bench   run benchmarks/run.py (a few minutes) and rewrite docs/BENCHMARKS.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -11,13 +12,14 @@ VENV  ?= .venv
 VENV38 ?= .venv38
 PYTEST_ARGS ?=
 
-.PHONY: help serve venv venv38 lint test test38 test311 convert-env demo-models bench clean
+.PHONY: help serve venv venv38 lint test test38 test311 convert-env emulated-board demo-models bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
 	@echo "  make lint         ruff + mypy"
 	@echo "  make convert-env  the rknn-toolkit2 converter environment (.venv-convert)"
 	@echo "  make demo-models  retrain the demo models (needs torch; see models/*/README.md)"
+	@echo "  make emulated-board  build the emulated aarch64 board (.emulated/; docs/BOARD.md)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PY311) -m venv $(VENV)
@@ -46,13 +48,17 @@ lint: venv
 convert-env:
 	deploy/convert-env.sh
 
+# exit status 3: qemu-user-static, mmdebstrap or gcc-aarch64-linux-gnu missing (tests skip)
+emulated-board: venv
+	tests/emulated/build.sh --python $(VENV)/bin/python || { test $$? -eq 3 && echo "emulated board not built: the emulated tests will skip"; }
+
 test311: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test38: venv38
-	$(VENV38)/bin/python -m pytest -m "not convert" $(PYTEST_ARGS)
+	$(VENV38)/bin/python -m pytest -m "not convert and not emulated" $(PYTEST_ARGS)
 
-test: venv venv38 convert-env lint test38 test311
+test: venv venv38 convert-env emulated-board lint test38 test311
 
 bench: venv
 	$(VENV)/bin/python benchmarks/run.py $(ARGS)
@@ -61,4 +67,4 @@ demo-models:
 	$(PY311) deploy/train_demo_models.py
 
 clean:
-	rm -rf $(VENV) $(VENV38) .venv-convert .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV38) .venv-convert .emulated .pytest_cache .mypy_cache .ruff_cache
