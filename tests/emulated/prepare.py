@@ -1,56 +1,47 @@
-"""The model inputs rkserve's engine prepares from images, on whatever machine runs this.
+"""The model inputs the runtime must receive for some images, computed on the machine that
+runs this, independently of rkserve's pre-processing.
 
     python3.11 tests/emulated/prepare.py MODEL_DIR OUT.npz IMAGE...
 
-Writes one raw ``1xHxWx3 uint8`` tensor per image (keys: the image file names), exactly as
-the rknnlite backend would receive it from the daemon on this machine. Run on the emulated
-board, it gives the bytes the host must record the ONNX twin's answers for: OpenCV's
-``INTER_LINEAR`` resize is not bit-exact between its x86-64 and aarch64 builds.
+Writes one ``1xHxWx3 uint8`` NHWC tensor per image (keys: the image file names), made the
+way Rockchip's examples feed a model converted with mean/std inside: decode, BGR to the
+model's colour order (``input.color`` of model.yaml), a plain bilinear resize to
+``input.size``. Run on the emulated board, it gives the bytes the host records the ONNX
+twin's answers for (OpenCV's ``INTER_LINEAR`` resize is not bit-exact between its x86-64 and
+aarch64 builds); because it shares no code with rkserve's data path, a change there that
+alters what the runtime receives (colour order, layout, dtype, resize) finds no record.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Sequence
 
+import cv2
 import numpy as np
 
-from rkserve.backends import TensorSpec
-from rkserve.backends.rknnlite import nhwc
-from rkserve.engine import Engine
-from rkserve.rknnfile import read_rknn
-from rkserve.spec import ModelSpec, load_spec
+from rkserve.spec import load_spec
 
 
-class Capture:
-    """A backend with the NPU's interface that keeps the inputs it is given."""
-
-    name = "capture"
-    raw_input = True
-
-    def __init__(self, spec: ModelSpec) -> None:
-        info = read_rknn(spec.rknn_path)
-        self.inputs = [TensorSpec(t.name, nhwc(t.shape), "uint8") for t in info.inputs]
-        self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
-        self.seen: List[np.ndarray] = []
-
-    def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        self.seen.append(inputs[0].copy())
-        return [np.zeros(o.shape, np.float32) for o in self.outputs]
-
-    def close(self) -> None:
-        pass
+def reference_input(data: bytes, size: tuple, color: str) -> np.ndarray:
+    """Encoded image -> ``1xHxWx3 uint8`` in the model's colour order."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    pixels = bgr if color == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    height, width = size
+    resized = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(resized)[None]
 
 
 def main() -> None:
     folder, out, images = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     spec = load_spec(folder)
-    capture = Capture(spec)
-    engine = Engine(spec, capture)
-    for image in images:
-        engine.infer(Path(image).read_bytes())
-    np.savez(out, **{Path(i).name: t for i, t in zip(images, capture.seen)})
+    if spec.resize != "stretch":
+        raise SystemExit(f"{folder}: only the plain resize is reproduced here, not {spec.resize}")
+    tensors = {
+        Path(i).name: reference_input(Path(i).read_bytes(), spec.input_size, spec.color)
+        for i in images
+    }
+    np.savez(out, **tensors)
 
 
 if __name__ == "__main__":
