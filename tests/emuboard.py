@@ -62,6 +62,17 @@ class Board:
         env.update(extra)
         return env
 
+    def start(self, args: Sequence[str], lite2: str, log: Path, **env: str) -> subprocess.Popen:
+        """Start ``python3.11 ARGS`` on the board, its stdout and stderr going to ``log``."""
+        with open(log, "wb") as out:
+            return subprocess.Popen(
+                [*self.python, *args],
+                env=self.env(lite2, **env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+            )
+
     def run(
         self, args: Sequence[str], lite2: str, timeout: float = 240, **env: str
     ) -> subprocess.CompletedProcess:

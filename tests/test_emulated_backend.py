@@ -141,23 +141,38 @@ def _split_log(stderr: str) -> Dict[str, str]:
     return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 
 
-@pytest.fixture(scope="module", params=LITE2_RELEASES)
-def drive(request: Any, tmp_path_factory: Any) -> Dict[str, Any]:
-    """Every step run once on the emulated RK3568 with rknn-toolkit-lite2 ``param``."""
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: Any) -> Dict[str, Any]:
+    """The plan, run by one emulated process per lite2 release, all started at once."""
     rk3568 = board("rk3568")
-    folder = tmp_path_factory.mktemp(f"lite2-{request.param}")
+    folder = tmp_path_factory.mktemp("drive")
     plan = _plan(folder)
     (folder / "plan.json").write_text(json.dumps(plan.steps), encoding="utf-8")
-    done = rk3568.run(
-        ["tests/emulated/drive.py", str(folder / "plan.json"), str(folder / "results.json")],
-        lite2=request.param,
-        RKNN_STANDIN_DIR=str(plan.records),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = {r["name"]: r for r in json.loads((folder / "results.json").read_text())}
-    logs = _split_log(done.stderr)
+    runs = {}
+    for release in LITE2_RELEASES:
+        out, log = folder / f"results-{release}.json", folder / f"lite2-{release}.log"
+        args = ["tests/emulated/drive.py", str(folder / "plan.json"), str(out)]
+        process = rk3568.start(args, release, log, RKNN_STANDIN_DIR=str(plan.records))
+        runs[release] = (process, out, log)
+    yield {"plan": plan, "runs": runs}
+    for process, _, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module", params=LITE2_RELEASES)
+def drive(request: Any, launched: Dict[str, Any]) -> Dict[str, Any]:
+    """Every step's result with rknn-toolkit-lite2 ``param`` on the emulated RK3568."""
+    process, out, log = launched["runs"][request.param]
+    process.wait(timeout=280)
+    stderr = log.read_text(errors="replace")
+    assert process.returncode == 0, stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    logs = _split_log(stderr)
     for name, result in results.items():
         result["log"] = logs.get(name, "")
+    plan = launched["plan"]
     steps = {step["name"]: step for step in plan.steps}
     return {"results": results, "expected": plan.expected, "release": request.param, "steps": steps}
 

@@ -186,7 +186,7 @@ def test_a_hung_runtime_is_detected_and_replaced_with_the_real_wheel(tmp_path):
     d.start(timeout=180)
     try:
         sample = samples("shapes")[0]
-        with d.client(timeout=60, retries=0) as client, pytest.raises(BackendError):
+        with d.client(timeout=60, retries=0) as client, pytest.raises(BackendError, match="wedged"):
             client.infer("shapes", sample.read_bytes(), **PARAMS["shapes"])
         d.wait(lambda h: h["models"]["shapes"]["ready"], timeout=120)
         with d.client(timeout=60) as client:
