@@ -9,21 +9,17 @@ the aarch64 wheels and board roots holding a real board's files plus the stand-i
   of a ``.rknn`` (from rkserve's own reader) and, for an exact input, the outputs to replay;
 - :class:`RecordingBackend` is the ONNX twin behind rkserve's engine that records, for every
   raw NHWC input the engine prepares, the twin's outputs: the answers the board must give.
-
-``python tests/emuboard.py fixtures ROOT ...`` writes a board's fixture files (build.sh).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -211,54 +207,3 @@ class RecordingBackend:
 
     def close(self) -> None:
         self.twin.close()
-
-
-# --------------------------------------------------------------------------- board fixtures
-
-
-def write_fixtures(root: Path, soc: str, librknnrt: Path, rknn_server: str, driver: str) -> None:
-    """The files of a real board under ``root`` (tests/boards.py strings), the stand-in
-    runtime at /usr/lib/librknnrt.so. Files are replaced, never written through: the
-    userland under ``root`` is hard-linked."""
-    from boards import make_board
-
-    load = (
-        "NPU load:  Core0:  0%, Core1:  0%, Core2:  0%,\n" if soc == "rk3588" else "NPU load:  0%\n"
-    )
-    with tempfile.TemporaryDirectory() as staging:
-        fixtures = make_board(
-            Path(staging),
-            soc,
-            driver,
-            librknnrt=None,
-            rknn_server=rknn_server,
-            load=load,
-            freq=600_000_000,
-        )
-        for source in sorted(p for p in fixtures.rglob("*") if p.is_file()):
-            _replace(source, root / source.relative_to(fixtures))
-    _replace(librknnrt, root / "usr/lib/librknnrt.so")
-
-
-def _replace(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() or target.is_symlink():
-        target.unlink()
-    shutil.copy2(source, target)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fixtures = sub.add_parser("fixtures", help="write a board's fixture files under ROOT")
-    fixtures.add_argument("root", type=Path)
-    fixtures.add_argument("--soc", required=True)
-    fixtures.add_argument("--librknnrt", type=Path, required=True)
-    fixtures.add_argument("--rknn-server", required=True)
-    fixtures.add_argument("--driver", required=True)
-    args = parser.parse_args(argv)
-    write_fixtures(args.root, args.soc, args.librknnrt, args.rknn_server, args.driver)
-
-
-if __name__ == "__main__":
-    main()

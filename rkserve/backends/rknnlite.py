@@ -21,7 +21,8 @@ INIT_HINT = (
     "check the runtime log above: 'Invalid RKNN model version' means librknnrt is older than "
     "the toolkit that built the model; 'does not match the RKNPU hardware version' means a "
     "model for another SoC; 'failed to open rknpu module' means no access to /dev/dri/renderD129 "
-    "(groups video, render); 'rkserve doctor' checks all of these"
+    "(groups video, render); 'The core_mask is only supported by' means a core_mask on a "
+    "single-core NPU; 'rkserve doctor' checks all of these"
 )
 
 
@@ -56,7 +57,8 @@ class RknnLiteBackend:
         ret = self._rknn.load_rknn(str(self.path))
         if ret != 0:
             raise BackendError(f"load_rknn({self.path}) returned {ret}: {LOAD_HINT}")
-        # core_mask only exists on multi-core NPUs (RK3588/RK3576); RK3566/RK3568 reject it.
+        # core_mask only exists on multi-core NPUs (RK3588/RK3576); on RK3566/RK3568 the wheel
+        # itself refuses it and init_runtime returns -1 (seen with lite2 2.3.0-2.5.0).
         kwargs = {} if core_mask is None else {"core_mask": core_mask}
         ret = self._rknn.init_runtime(**kwargs)
         if ret != 0:

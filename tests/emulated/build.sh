@@ -40,7 +40,7 @@ if [ -n "$missing" ]; then
 fi
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 
-stamp="$( (cat "$0" "$HERE"/standin/*.c "$HERE"/standin/*.h "$REPO/tests/emuboard.py" \
+stamp="$( (cat "$0" "$HERE"/standin/*.c "$HERE"/standin/*.h "$HERE/fixtures.py" \
             "$REPO/tests/boards.py"; echo "$LITE2_RELEASES $DEPS $SUITE $RUNTIMES") | sha256sum | cut -c1-16)"
 mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
@@ -99,7 +99,7 @@ board() {  # NAME SOC LIBRKNNRT RKNN_SERVER DRIVER
     local root="$OUT/boards/$1"
     mkdir -p "$OUT/boards"
     cp -al "$OUT/userland" "$root"  # hard links: the fixtures below are new files
-    PYTHONPATH="$REPO:$REPO/tests" "$PYTHON" "$REPO/tests/emuboard.py" fixtures "$root" \
+    PYTHONPATH="$REPO:$REPO/tests" "$PYTHON" "$HERE/fixtures.py" "$root" \
         --soc "$2" --librknnrt "$OUT/lib/librknnrt-$3.so" --rknn-server "$4" --driver "$5"
 }
 board rk3568-seed rk3568 1.5.0 2.3.0 0.8.2   # the seed board as found
