@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -207,3 +207,64 @@ class RecordingBackend:
 
     def close(self) -> None:
         self.twin.close()
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def board_inputs(
+    target: Board, lite2: str, model: Path, images: Sequence[Path], work: Path
+) -> Dict[str, np.ndarray]:
+    """The inputs the runtime must receive for ``images`` on the board: a reference
+    pre-processing run there (tests/emulated/prepare.py), keyed by image file name."""
+    out = work / f"{model.name}-board-inputs.npz"
+    args = ["tests/emulated/prepare.py", str(model), str(out), *map(str, images)]
+    done = target.run(args, lite2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as saved:
+        return {name: saved[name] for name in saved.files}
+
+
+def record_twin(
+    records: Path,
+    model: Path,
+    inputs: Dict[str, np.ndarray],
+    images: Sequence[Path],
+    params: Dict[str, Any],
+) -> Dict[str, Dict[str, Any]]:
+    """Record the ONNX twin's outputs for the board's ``inputs`` and for the loader's
+    warm-up; returns, per image name, the answer the host computes from those outputs."""
+    from rkserve.engine import Engine
+    from rkserve.spec import load_spec
+
+    spec = load_spec(model)
+    recording = Engine(spec, RecordingBackend(spec, records))
+    height, width = spec.input_size
+    recording.infer(np.zeros((height, width, 3), np.uint8))  # the loader's warm-up
+    answers = {}
+    for image in images:
+        prepared = recording.prepare(image.read_bytes(), recording.parse_params(params))
+        prepared.tensors = [inputs[image.name]]
+        answers[image.name] = recording.finish(prepared, recording.run(prepared)).result
+    return answers
+
+
+def on_board(daemon: Any, target: Board, lite2: str, **env: str) -> Any:
+    """Make a ``tests/daemon.py`` Daemon run on the emulated board instead of the host."""
+    assert daemon.args[1:3] == ["-m", "rkserve"]
+    daemon.args[:1] = target.python
+    daemon.env = target.env(lite2, **env)
+    return daemon
+
+
+def same_answer(got: Dict[str, Any], want: Dict[str, Any]) -> None:
+    """Equal results; scores may differ in the last bits (numpy's exp on NEON vs AVX)."""
+    import pytest
+
+    if "mask" not in want:  # classification
+        assert [c["index"] for c in got["classes"]] == [c["index"] for c in want["classes"]]
+        assert [c["label"] for c in got["classes"]] == [c["label"] for c in want["classes"]]
+        for g, w in zip(got["classes"], want["classes"]):
+            assert g["score"] == pytest.approx(w["score"], rel=1e-6, abs=1e-9)
+    else:
+        assert got == want

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
+import emuboard
 import numpy as np
 import pytest
 from daemon import Daemon
-from emuboard import NO_RECORD_LINE, Board, RecordingBackend, board
+from emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, same_answer
 from helpers import MODELS
 
 from rkserve.backends import open_backend
@@ -32,49 +33,17 @@ def samples(model: str) -> List[Path]:
 
 
 def board_inputs(target: Board, model: str, folder: Path) -> Dict[str, np.ndarray]:
-    """The raw inputs rkserve's engine prepares on the board from the samples."""
-    out = folder / f"{model}-board-inputs.npz"
-    images = [str(p) for p in samples(model)]
-    done = target.run(["tests/emulated/prepare.py", str(MODELS / model), str(out), *images], LITE2)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(out) as saved:
-        return {name: saved[name] for name in saved.files}
+    return emuboard.board_inputs(target, LITE2, MODELS / model, samples(model), folder)
 
 
 def record_twin(
     records: Path, model: str, inputs: Dict[str, np.ndarray]
 ) -> Dict[str, Dict[str, Any]]:
-    """Record the ONNX twin's outputs for the board's inputs (and the loader's warm-up);
-    returns the answers the host computes from them."""
-    spec = load_spec(MODELS / model)
-    recording = Engine(spec, RecordingBackend(spec, records))
-    height, width = spec.input_size
-    recording.infer(np.zeros((height, width, 3), np.uint8))  # the loader's warm-up
-    answers = {}
-    for sample in samples(model):
-        prepared = recording.prepare(sample.read_bytes(), recording.parse_params(PARAMS[model]))
-        prepared.tensors = [inputs[sample.name]]
-        answers[sample.name] = recording.finish(prepared, recording.run(prepared)).result
-    return answers
+    return emuboard.record_twin(records, MODELS / model, inputs, samples(model), PARAMS[model])
 
 
 def on_board(d: Daemon, target: Board, **env: str) -> Daemon:
-    """Run daemon ``d`` on the emulated board instead of the host's Python."""
-    assert d.args[:3] == [d.args[0], "-m", "rkserve"]
-    d.args[:1] = target.python
-    d.env = target.env(LITE2, **env)
-    return d
-
-
-def same_answer(got: Dict[str, Any], want: Dict[str, Any]) -> None:
-    """Equal results; scores may differ in the last bits (numpy's exp on NEON vs AVX)."""
-    if "mask" not in want:  # classification
-        assert [c["index"] for c in got["classes"]] == [c["index"] for c in want["classes"]]
-        assert [c["label"] for c in got["classes"]] == [c["label"] for c in want["classes"]]
-        for g, w in zip(got["classes"], want["classes"]):
-            assert g["score"] == pytest.approx(w["score"], rel=1e-6, abs=1e-9)
-    else:
-        assert got == want
+    return emuboard.on_board(d, target, LITE2, **env)
 
 
 @pytest.fixture(scope="module")

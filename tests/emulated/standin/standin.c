@@ -19,6 +19,7 @@
  *   RKNN_STANDIN_DIR   folder of <model-sha>.model sidecars and <model-sha>/<input-sha>.out
  *                      records (default /var/lib/rknn-standin)
  *   RKNN_STANDIN_LOG   file the call trace is appended to (default: none)
+ *   RKNN_STANDIN_RUN_MS  milliseconds each rknn_run takes (default 0), to make overlap visible
  *   RKNN_STANDIN_FAIL  comma-separated CALL=CODE[@N[+]] (CODE an integer or "hang"): every
  *                      call, only the Nth, or the Nth and later ("rknn_run=hang@2",
  *                      "rknn_outputs_get=-1@3+"); read at every call
@@ -86,6 +87,7 @@ typedef struct {
 
 static struct {
     char dir[512], log[512];
+    long run_ms;
     failure fails[MAX_FAILS];
     int n_fails;
     char soc[32];
@@ -144,6 +146,8 @@ static void set_key(const char *key, const char *value)
         snprintf(cfg.dir, sizeof cfg.dir, "%s", value);
     else if (!strcmp(key, "RKNN_STANDIN_LOG"))
         snprintf(cfg.log, sizeof cfg.log, "%s", value);
+    else if (!strcmp(key, "RKNN_STANDIN_RUN_MS"))
+        cfg.run_ms = atol(value);
     else if (!strcmp(key, "RKNN_STANDIN_FAIL")) {
         char copy[1024], *save = NULL;
         snprintf(copy, sizeof copy, "%s", value);
@@ -231,7 +235,8 @@ static void read_driver(void)
 
 static void setup(void)
 {
-    static const char *keys[] = {"RKNN_STANDIN_DIR", "RKNN_STANDIN_LOG", "RKNN_STANDIN_FAIL"};
+    static const char *keys[] = {"RKNN_STANDIN_DIR", "RKNN_STANDIN_LOG", "RKNN_STANDIN_RUN_MS",
+                                 "RKNN_STANDIN_FAIL"};
     snprintf(cfg.dir, sizeof cfg.dir, "/var/lib/rknn-standin");
     read_conf("/etc/rknn-standin.conf");
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
@@ -802,12 +807,15 @@ EXPORT int rknn_run(rknn_context handle, rknn_run_extend *extend)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     c->have_result = 0;
     int ret = replay(c, key), core = pick_core(c);
+    if (cfg.run_ms > 0)
+        usleep((useconds_t)(cfg.run_ms * 1000));
     clock_gettime(CLOCK_MONOTONIC, &t1);
     c->last_run_us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
     c->have_result = ret == RKNN_SUCC;
     if (extend)
         extend->frame_id = 0;
-    trace("rknn_run(%llu) core=%d input=%s -> %d", (unsigned long long)handle, core, key, ret);
+    trace("rknn_run(%llu) core=%d ms=%.1f-%.1f input=%s -> %d", (unsigned long long)handle, core,
+          t0.tv_sec * 1e3 + t0.tv_nsec / 1e6, t1.tv_sec * 1e3 + t1.tv_nsec / 1e6, key, ret);
     __atomic_store_n(&c->busy, 0, __ATOMIC_RELEASE);
     return ret;
 }
