@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 from emuboard import LITE2_RELEASES, NO_RECORD_LINE, RecordingBackend, board, record, write_attrs
-from helpers import MODELS, write_model
+from helpers import DATA, MODELS, write_model
 
 from rkserve.backends import open_backend
 from rkserve.engine import Engine
@@ -27,7 +27,7 @@ from rkserve.spec import load_spec
 
 pytestmark = pytest.mark.emulated
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rknn"
+RKNN = DATA / "rknn"
 # .rknn files of other projects that target rk3566/rk3568 (the custom-op demo needs its op
 # library registered, which the Python runtime cannot do: left out)
 SHARED = [
@@ -77,7 +77,7 @@ class Plan:
 
     def shared(self, relative: str, tag: str) -> Path:
         """A model folder for a shared .rknn, with a recorded answer to a random input."""
-        rknn = DATA / relative
+        rknn = RKNN / relative
         folder = _model_folder(self.folder / "models" / tag, rknn)
         write_attrs(self.records, rknn)
         rng = np.random.default_rng(len(self.steps))
@@ -126,11 +126,11 @@ def _plan(folder: Path) -> Plan:
     plan.add("gc-guard-off", model, [good], runs=40, gc_every=0)
     plan.add("gc-guard-10", model, [good], runs=40, gc_every=10)
     for relative in SHARED:
-        if (DATA / relative).is_file():
+        if (RKNN / relative).is_file():
             plan.shared(relative, Path(relative).stem)
-    if (DATA / RK3588_MODEL).is_file():
-        folder = _model_folder(folder / "models" / "rk3588", DATA / RK3588_MODEL)
-        write_attrs(plan.records, DATA / RK3588_MODEL)
+    if (RKNN / RK3588_MODEL).is_file():
+        folder = _model_folder(folder / "models" / "rk3588", RKNN / RK3588_MODEL)
+        write_attrs(plan.records, RKNN / RK3588_MODEL)
         plan.add("wrong-target-platform", folder, [np.zeros((1, 128, 128, 1), np.uint8)] * 2)
     return plan
 
@@ -198,8 +198,8 @@ def test_demo_models_answer_what_their_onnx_twin_answers(drive: Dict[str, Any], 
 
 @pytest.mark.parametrize("relative", SHARED)
 def test_shared_rknn_files_for_rk356x_load_answer_and_release(drive: Dict[str, Any], relative):
-    if not (DATA / relative).is_file():
-        pytest.skip(f"{DATA / relative} not found")
+    if not (RKNN / relative).is_file():
+        pytest.skip(f"{RKNN / relative} not found")
     name = Path(relative).stem
     got = _outputs(drive["results"][name])
     for g, e in zip(got, drive["expected"][name]):
@@ -224,7 +224,7 @@ def test_inference_returning_none_is_a_backend_error(drive: Dict[str, Any], step
 
 def test_a_model_for_another_npu_fails_init_with_the_runtimes_message(drive: Dict[str, Any]):
     if "wrong-target-platform" not in drive["results"]:
-        pytest.skip(f"{DATA / RK3588_MODEL} not found")
+        pytest.skip(f"{RKNN / RK3588_MODEL} not found")
     result = drive["results"]["wrong-target-platform"]
     assert result["error"].startswith("BackendError: init_runtime for ")
     assert "does not match the RKNPU hardware version" in result["log"]

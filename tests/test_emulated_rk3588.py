@@ -24,7 +24,7 @@ from emuboard import (
     same_answer,
     write_attrs,
 )
-from helpers import MODELS, write_model
+from helpers import DATA, MODELS, write_model
 
 from rkserve.backends.rknnlite import nhwc
 from rkserve.rknnfile import read_rknn
@@ -32,10 +32,7 @@ from rkserve.spec import ModelSpec
 
 pytestmark = pytest.mark.emulated
 
-MODEL = (
-    Path(__file__).resolve().parents[2]
-    / "shared/data/rknn/rockchip/multiple_input_demo_RK3588_tk1.6.2.rknn"
-)
+MODEL = DATA / "rknn/rockchip/multiple_input_demo_RK3588_tk1.6.2.rknn"
 MASKS = {"core0": 1, "core1": 2, "core2": 4, "auto": None}
 
 
