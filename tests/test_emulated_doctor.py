@@ -7,11 +7,15 @@ what doctor predicts: 1.5.0 rejects the demo models with the runtime's own messa
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-from emuboard import board, write_attrs
+from boards import AFTER_UPDATE, BEFORE_UPDATE, make_board, write_lite2
+from emuboard import ROOT, board, write_attrs
 from helpers import MODELS
 
 from rkserve.checks import FAIL, OK, WARN
@@ -27,6 +31,28 @@ def doctor(name: str) -> Dict[str, Any]:
     report: Dict[str, Any] = json.loads(done.stdout)
     report["exit"] = done.returncode
     return report
+
+
+def host_doctor(tmp_path: Path, versions: Dict[str, Any]) -> Dict[str, Any]:
+    """The same doctor on the host, against a fixture tree of the same board (--root)."""
+    root = make_board(tmp_path, **versions)
+    site = write_lite2(tmp_path / "site", LITE2)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
+    command = [sys.executable, "-m", "rkserve", "doctor", "--root", str(root)]
+    done = subprocess.run(
+        [*command, "--models", str(MODELS), "--json"], capture_output=True, text=True, env=env
+    )
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    "name,versions", [("rk3568-seed", BEFORE_UPDATE), ("rk3568", AFTER_UPDATE)]
+)
+def test_doctor_on_the_board_says_what_it_says_of_the_boards_files(tmp_path, name, versions):
+    """Word for word what the host's doctor reports for a fixture tree of the same board."""
+    emulated, host = doctor(name), host_doctor(tmp_path, versions)
+    assert emulated["checks"] == host["checks"]
+    assert emulated["summary"] == host["summary"]
 
 
 def checks_of(report: Dict[str, Any], scope: str) -> Dict[str, str]:
