@@ -118,6 +118,7 @@ def _plan(folder: Path) -> Plan:
     plan.add("run-fails", model, [good], fail="rknn_run=-1")
     plan.add("outputs-fail", model, [good], fail="rknn_outputs_get=-1")
     plan.add("core-mask-on-one-core", model, [good], core_mask=1)
+    plan.add("read-only-input", model, [good], readonly=True)
     # a broken data path: the runtime gets bytes nobody recorded, and says so
     plan.add("bgr-instead-of-rgb", model, [np.ascontiguousarray(good[..., ::-1])])
     plan.add("nchw-instead-of-nhwc", model, [np.ascontiguousarray(good.transpose(0, 3, 1, 2))])
@@ -204,6 +205,12 @@ def test_shared_rknn_files_for_rk356x_load_answer_and_release(drive: Dict[str, A
     got = _outputs(drive["results"][name])
     for g, e in zip(got, drive["expected"][name]):
         np.testing.assert_array_equal(g, e.reshape(g.shape))
+
+
+def test_a_read_only_input_reaches_the_runtime_as_it_is(drive: Dict[str, Any]):
+    """A tensor request's read-only view of the message needs no copy."""
+    got = _outputs(drive["results"]["read-only-input"])
+    np.testing.assert_array_equal(got[0], drive["expected"]["shapes-" + _first("shapes")][0])
 
 
 def test_an_init_failure_is_a_backend_error_with_the_runtimes_reason(drive: Dict[str, Any]):

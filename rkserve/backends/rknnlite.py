@@ -65,10 +65,9 @@ class RknnLiteBackend:
             raise BackendError(f"init_runtime for {self.path} returned {ret}: {INIT_HINT}")
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        # A tensor request at the exact input size arrives as a read-only view of the message;
-        # the runtime's ctypes path is not documented to accept one, so hand it a copy.
-        feed = [t if t.flags.writeable else t.copy() for t in inputs]
-        outputs = self._rknn.inference(inputs=feed, data_format="nhwc")
+        # Read-only views of a message and strided arrays go in as they are: the wheel
+        # (lite2 2.3.0-2.5.0, on the emulated board) hands the runtime their exact bytes.
+        outputs = self._rknn.inference(inputs=list(inputs), data_format="nhwc")
         if outputs is None:
             raise BackendError(
                 f"RKNNLite inference on {self.path.name} returned None "

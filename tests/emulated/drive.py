@@ -6,8 +6,9 @@ backend and the real RKNNLite, under qemu on the emulated board.
 PLAN is a list of steps; each opens the backend on a model folder, runs it, closes it:
 
     {"name": "...", "model": FOLDER, "inputs": [NPY, ...], "runs": 1, "fail": "CALL=CODE",
-     "core_mask": null, "gc_every": null}
+     "core_mask": null, "gc_every": null, "readonly": false}
 
+``readonly`` feeds read-only views (as a tensor request's message gives them).
 ``fail`` sets RKNN_STANDIN_FAIL for the step (the stand-in reads it at every call). With
 ``gc_every`` the step runs with the garbage collector off and a GcGuard ticking, and reports
 what a full collection found afterwards. RESULTS gets, per step: ``error`` (the exception's
@@ -39,6 +40,8 @@ def run_step(step: Dict[str, Any], out: Path) -> Dict[str, Any]:
     os.environ["RKNN_STANDIN_FAIL"] = step.get("fail") or ""
     result: Dict[str, Any] = {"name": step["name"], "error": None, "outputs": []}
     inputs = [np.load(p) for p in step.get("inputs", [])]
+    if step.get("readonly"):
+        inputs = [np.frombuffer(x.tobytes(), x.dtype).reshape(x.shape) for x in inputs]
     guard = GcGuard(step["gc_every"]) if step.get("gc_every") is not None else None
     started = time.perf_counter()
     backend = None
