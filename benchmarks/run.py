@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+import baseline
 import memory
 import overhead
 import pipelining
@@ -36,6 +37,7 @@ SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "postprocess": postprocess.run,
     "memory": memory.run,
     "startup": startup.run,
+    "baseline": baseline.run,
 }
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
 

@@ -15,6 +15,11 @@ import yaml
 
 from .errors import ConfigError
 
+# The working memory of one request per decoded pixel (measured peaks, docs/SECURITY.md):
+# decode + colour conversion + model input; a segmentation overlay adds its blend and JPEG.
+BYTES_PER_PIXEL = 6
+OVERLAY_BYTES_PER_PIXEL = 11
+
 
 def _setting(default: Any, doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"doc": doc})
@@ -48,7 +53,25 @@ class Settings:
     )
     max_pixels: int = _setting(
         16_000_000,
-        "largest image (width x height) decoded, checked before decoding; a decode needs ~7 bytes a pixel",
+        "largest image (width x height) decoded, checked before decoding; a decode needs ~6 bytes a pixel",
+    )
+    memory_budget_mb: float = _setting(
+        256.0,
+        "working memory of the requests in flight, estimated from their pixels at admission "
+        "(decode ~6 bytes a pixel, 11 with an overlay); past it, requests are answered 'overloaded'",
+    )
+    peer_reply_mb: float = _setting(
+        32.0,
+        "reply bytes one client may leave unread in the daemon; past it, its replies become "
+        "'overloaded' errors",
+    )
+    total_reply_mb: float = _setting(
+        128.0, "reply bytes all clients together may leave unread in the daemon"
+    )
+    heartbeat_s: float = _setting(
+        10.0,
+        "ZeroMQ heartbeat interval: a peer that answers no ping for 3x this, or does not finish "
+        "its handshake within it, is disconnected; 0 = off",
     )
     runner_timeout_s: float = _setting(
         30.0, "an inference running longer marks the model unhealthy and replaces its runner"
@@ -150,6 +173,16 @@ def _validate(settings: Settings) -> None:
         problems.append("queue_size must be at least 1")
     if settings.deadline_ms < 1 or settings.drain_timeout_s < 0 or settings.runner_timeout_s <= 0:
         problems.append("deadline_ms, drain_timeout_s and runner_timeout_s must be positive")
+    if settings.memory_budget_mb * 2**20 < settings.max_pixels * OVERLAY_BYTES_PER_PIXEL:
+        problems.append(
+            f"memory_budget_mb ({settings.memory_budget_mb:g}) must hold one request of "
+            f"max_pixels ({settings.max_pixels} x {OVERLAY_BYTES_PER_PIXEL} bytes = "
+            f"{settings.max_pixels * OVERLAY_BYTES_PER_PIXEL / 2**20:.0f} MB)"
+        )
+    if settings.peer_reply_mb <= 0 or settings.total_reply_mb < settings.peer_reply_mb:
+        problems.append("peer_reply_mb must be positive and total_reply_mb at least as large")
+    if settings.heartbeat_s < 0:
+        problems.append("heartbeat_s must be 0 (off) or more")
     if not 0 <= settings.metrics_port <= 65535:
         problems.append("metrics_port must be 0..65535")
     if not settings.endpoints:

@@ -23,17 +23,22 @@ code back into the same class, so ``except BadImage`` works on both sides of the
 
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Any, Dict, Type
 
 
 class RkserveError(Exception):
-    """Base class; ``code`` is stable and travels on the wire."""
+    """Base class; ``code`` is stable and travels on the wire.
+
+    ``request_id`` is the id of the request the error answers, when the error was raised
+    while that request was being read (None when it could not be read, or is not known).
+    """
 
     code = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, request_id: Any = None) -> None:
         super().__init__(message)
         self.message = message
+        self.request_id = request_id
 
     def __str__(self) -> str:
         return self.message

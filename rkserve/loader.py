@@ -1,22 +1,33 @@
-"""Loading, reloading and watching the served models, off the frontend thread.
+"""The model table and its one owner: the loader thread.
 
-``hosts`` is replaced as a whole (one reference swap), so the frontend always sees a
-consistent set. On reload, unchanged models keep serving untouched; a changed model whose
-new version fails to load keeps its previous version serving, with the failure reported.
+Only the loader thread changes the table. Other threads send it commands through a queue
+(``reload``, ``stop``: gunicorn's arbiter and its signal queue are the model) and read
+``loader.table``, an immutable :class:`Table` replaced as a whole on every change. Reload
+commands that arrive while a pass runs make one more pass, so no SIGHUP is ever lost;
+several that wait together make one.
+
+A model is in the table from the moment its folder is seen, in state ``loading``, and
+each model is published as soon as it is loaded. On reload, unchanged models keep serving
+untouched; a changed model serves its previous version until the new one is ready, and
+keeps it (with the failure reported) if the new one fails. Between passes, and between
+the models of a pass, the owner watches the runners: one wedged in the runtime for
+``runner_timeout_s`` has its jobs answered and is replaced.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from types import MappingProxyType
+from typing import Callable, Dict, List, Mapping, Optional
 
 from . import checks, repository
-from .backends import choose_backend, open_backend
+from .backends import choose_backend
 from .config import Settings
-from .engine import Engine
 from .errors import BackendError, ConfigError, RknnFileError, RkserveError
 from .metrics import Metrics
 from .modelhost import ModelHost
@@ -26,7 +37,10 @@ log = logging.getLogger("rkserve")
 # Board checks that decide whether a model is served (rknn-toolkit-lite2's own absence
 # already fails the backend import with a clear message).
 POLICY = ("soc", "driver", "librknnrt", "rknn_server", "device")
-Install = Callable[[Dict[str, ModelHost]], None]
+RELOAD, STOP = "reload", "stop"
+WATCH_S = 0.25  # how often the owner looks for wedged runners when idle
+Start = Callable[[ModelHost], None]  # starts a loaded host's runner
+Abandon = Callable[[ModelHost, RkserveError], None]  # answers a wedged host's jobs
 
 
 def _one_line(text: str) -> str:
@@ -34,111 +48,158 @@ def _one_line(text: str) -> str:
     return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+@dataclass(frozen=True)
+class Table:
+    """One snapshot of the served models; never changed, only replaced."""
+
+    hosts: Mapping[str, ModelHost] = field(default_factory=lambda: MappingProxyType({}))
+    loading: bool = True  # a pass is under way
+    scanned: bool = False  # the repository was read at least once
+
+
 class Loader:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, start: Start, abandon: Abandon
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.hosts: Dict[str, ModelHost] = {}
-        self.loading = True
+        self.table = Table()
         self.board: Optional[checks.Board] = None
-        self._event: Optional[str] = None
+        self.passes = 0  # loading passes started
+        self._start = start
+        self._abandon = abandon
+        self._commands: queue.Queue[str] = queue.Queue()
+        self._events: queue.Queue[str] = queue.Queue()
         self._thread: Optional[threading.Thread] = None
-        self._again = False
-        self._lock = threading.Lock()
-        self._install: Install = lambda hosts: None
+        self._retiring: List[threading.Thread] = []
 
-    # called from the frontend thread -------------------------------------------------
-    def start(self, install: Install) -> None:
-        self.reload(install)
+    # any thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._own, name="loader", daemon=True)
+        self._thread.start()
+        self.reload()
 
-    def reload(self, install: Install) -> None:
-        self._install = install
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                self._again = True  # one more pass when the current one ends
-                return
-            self._thread = threading.Thread(
-                target=self._loop, args=(install,), name="loader", daemon=True
-            )
-            self._thread.start()
+    def reload(self) -> None:
+        """Ask for a loading pass; it starts after this call, whatever the owner is doing."""
+        self._commands.put(RELOAD)
 
     def take_event(self) -> Optional[str]:
-        event, self._event = self._event, None
-        return event
+        """The next thing to tell systemd and the log ("serving 2/2 models"), if any."""
+        try:
+            return self._events.get_nowait()
+        except queue.Empty:
+            return None
+
+    @property
+    def loading(self) -> bool:
+        return self.table.loading
 
     def healthy(self) -> bool:
-        return not any(h.state == "stuck" for h in self.hosts.values())
+        return not any(h.state == "stuck" for h in self.table.hosts.values())
 
-    def watch_runners(self) -> None:
-        timeout = self.settings.runner_timeout_s
-        for host in list(self.hosts.values()):
-            if host.state == "ready" and host.stuck_for() > timeout:
-                log.error(
-                    "model %s: inference stuck for %.0f s; answering its queue and reloading it",
-                    host.name,
-                    host.stuck_for(),
-                )
-                host.abandon_current(timeout)
-                host.drain_queue(BackendError(f"model {host.name!r}: {host.error}"))
-                self.metrics.set_model(host.name, False)
-                self._replace_later(host)
+    def stop(self, timeout: float) -> None:
+        """Stop the owner, then every runner (waiting up to ``timeout`` for each)."""
+        self._commands.put(STOP)
+        if self._thread is not None:
+            self._thread.join(timeout + 5.0)
+        for host in self.table.hosts.values():
+            host.stop(timeout)
+        for thread in self._retiring:
+            thread.join(timeout)
 
-    def abort_all(self, error: RkserveError) -> None:
-        for host in self.hosts.values():
-            host.drain_queue(error)
-            if host.current is not None:
-                host.current.fail(error)
-
-    def stop(self) -> None:
-        for host in self.hosts.values():
-            host.stop(timeout=1.0)
-
-    # loader thread ----------------------------------------------------------------------
-    def _loop(self, install: Install) -> None:
+    # the owner thread ----------------------------------------------------------------------
+    def _own(self) -> None:
         while True:
-            self._again = False
-            self.loading = True
             try:
-                self._load_all(install)
-            except Exception:  # the loader must survive anything and report it
+                command = self._commands.get(timeout=WATCH_S)
+            except queue.Empty:
+                self._watch()
+                continue
+            if command == STOP or self._coalesce():
+                return
+            try:
+                self._pass()
+            except Exception:  # the owner must survive anything and report it
                 log.exception("model loading failed")
-                self._event = "model loading failed; see the log"
-            self.loading = False
-            with self._lock:
-                if not self._again:
-                    return
+                self._events.put("model loading failed; see the log")
+                self._swap({}, loading=False)
 
-    def _load_all(self, install: Install) -> None:
+    def _coalesce(self) -> bool:
+        """Take the reloads already waiting (one pass serves them all); True on a stop."""
+        while True:
+            try:
+                if self._commands.get_nowait() == STOP:
+                    return True
+            except queue.Empty:
+                return False
+
+    def _swap(
+        self,
+        changes: Mapping[str, Optional[ModelHost]],
+        loading: Optional[bool] = None,
+        scanned: bool = True,
+    ) -> None:
+        """Publish a new table: ``changes`` put (a host) or remove (None) models."""
+        hosts: Dict[str, ModelHost] = dict(self.table.hosts)
+        for name, host in changes.items():
+            if host is None:
+                hosts.pop(name, None)
+            else:
+                hosts[name] = host
+        hosts = dict(sorted(hosts.items()))
+        self.table = Table(
+            MappingProxyType(hosts),
+            self.table.loading if loading is None else loading,
+            scanned,
+        )
+        self._publish_metrics(changes)
+
+    def _pass(self) -> None:
+        self.passes += 1
+        self._swap({}, loading=True, scanned=self.table.scanned)
         try:
             entries = repository.scan(Path(self.settings.models_dir))
         except ConfigError as exc:
             log.error("%s", exc)
             entries = {}
         self._probe_board()
-        old = self.hosts
-        new: Dict[str, ModelHost] = {}
-        for name, entry in entries.items():
-            previous = old.get(name)
-            if (
-                previous is not None
-                and previous.entry.fingerprint == entry.fingerprint
-                and previous.state == "ready"
-            ):
-                new[name] = previous
-                continue
-            host = self.load(entry)
-            if host.ready or previous is None or not previous.ready:
-                new[name] = host
-            else:
-                previous.error = f"reload failed, still serving the previous version: {host.error}"
-                log.error("model %s: %s", name, previous.error)
-                new[name] = previous
-        install({n: h for n, h in new.items() if old.get(n) is not h})
-        self.hosts = new
+        old = self.table.hosts
+        todo = [
+            e
+            for n, e in entries.items()
+            if not (n in old and old[n].entry.fingerprint == e.fingerprint and old[n].ready)
+        ]
+        size = self.settings.queue_size
+        seen: Dict[str, Optional[ModelHost]] = {
+            e.name: ModelHost(e, None, None, "loading", size)
+            for e in todo
+            if e.name not in old or not old[e.name].ready
+        }
+        seen.update({name: None for name in old if name not in entries})
+        self._swap(seen)  # every model is listed from now on, new ones as loading
         for name, host in old.items():
-            if new.get(name) is not host:
+            if name not in entries:
                 self._retire(host)
-        self._publish(new, removed=[n for n in old if n not in new])
+        for entry in todo:
+            self._watch()
+            self._install(entry)
+        self._swap({}, loading=False)
+        self._events.put(self._summary())
+
+    def _install(self, entry: repository.Entry) -> None:
+        """Load one model and put it in the table, or keep its previous version serving."""
+        host = self.load(entry)
+        previous = self.table.hosts.get(entry.name)
+        if host.ready or previous is None or not previous.ready:
+            if host.ready:
+                self._start(host)
+            self._swap({entry.name: host})
+            if previous is not None:
+                self._retire(previous)
+            return
+        previous.error = f"reload failed, still serving the previous version: {host.error}"
+        log.error("model %s: %s", entry.name, previous.error)
+        self._swap({})
 
     def _probe_board(self) -> None:
         if self.settings.backend in ("auto", "rknnlite"):
@@ -159,13 +220,15 @@ class Loader:
             if refused:
                 log.error("model %s refused: %s", entry.name, refused)
                 return ModelHost(entry, None, refused, "refused", size)
-            engine = self._open_engine(entry, kind)
+            options = {"latency_ms": self.settings.fake_latency_ms} if kind == "fake" else {}
+            engine = repository.build_engine(entry.spec, kind, self.settings.max_pixels, **options)
+        except RkserveError as exc:
+            return self._failed(entry, exc)
+        try:
             engine.warm_up()  # fail now, not on a user
         except RkserveError as exc:
-            # a model that does not fit its model.yaml or its task is refused, not failed
-            state = "refused" if isinstance(exc, ConfigError) else "failed"
-            log.error("model %s %s: %s", entry.name, state, _one_line(str(exc)))
-            return ModelHost(entry, None, str(exc), state, size)
+            engine.backend.close()
+            return self._failed(entry, exc)
         log.info(
             "model %s ready (%s, %s backend)", entry.name, entry.spec.task, engine.backend.name
         )
@@ -173,15 +236,11 @@ class Loader:
             entry, engine, None, "ready", size, info=self._info(entry, engine.backend.name)
         )
 
-    def _open_engine(self, entry: repository.Entry, kind: str) -> Engine:
-        assert entry.spec is not None
-        options = {"latency_ms": self.settings.fake_latency_ms} if kind == "fake" else {}
-        backend = open_backend(kind, entry.spec, **options)
-        try:
-            return Engine(entry.spec, backend, max_pixels=self.settings.max_pixels)
-        except RkserveError:
-            backend.close()
-            raise
+    def _failed(self, entry: repository.Entry, exc: RkserveError) -> ModelHost:
+        # a model that does not fit its model.yaml or its task is refused, not failed
+        state = "refused" if isinstance(exc, ConfigError) else "failed"
+        log.error("model %s %s: %s", entry.name, state, _one_line(str(exc)))
+        return ModelHost(entry, None, str(exc), state, self.settings.queue_size)
 
     def _refusal(self, entry: repository.Entry, kind: str) -> Optional[str]:
         if kind != "rknnlite" or self.board is None or entry.spec is None:
@@ -212,36 +271,63 @@ class Loader:
         }
 
     def _retire(self, host: ModelHost) -> None:
-        """Let admitted work through the old version, then close it."""
-        until = time.monotonic() + self.settings.drain_timeout_s
-        while host.pending > 0 and time.monotonic() < until:
-            time.sleep(0.01)
-        host.stop(timeout=self.settings.drain_timeout_s)
+        """Let the work admitted to a replaced version through, then close it (off the owner
+        thread: a retiring version must not hold up loading or watching)."""
+        if host.engine is None:
+            return
 
-    def _replace_later(self, host: ModelHost) -> None:
-        def replace() -> None:
-            fresh = self.load(repository.load_entry(host.entry.folder))
-            if not fresh.ready:
-                host.error = f"{host.error}; replacement failed: {fresh.error}"
-                return
-            self._install({host.name: fresh})
-            hosts = dict(self.hosts)
-            hosts[host.name] = fresh
-            self.hosts = hosts
-            self._publish(hosts, removed=[])
-            log.info("model %s: runner replaced", host.name)
-            host.stop(timeout=self.settings.drain_timeout_s)  # the old runner, once unwedged
+        def retire() -> None:
+            until = time.monotonic() + self.settings.drain_timeout_s
+            while host.pending > 0 and time.monotonic() < until:
+                time.sleep(0.01)
+            host.stop(timeout=self.settings.drain_timeout_s)
 
-        threading.Thread(target=replace, name=f"replace-{host.name}", daemon=True).start()
+        thread = threading.Thread(target=retire, name=f"retire-{host.name}", daemon=True)
+        self._retiring = [t for t in self._retiring if t.is_alive()] + [thread]
+        thread.start()
 
-    def _publish(self, hosts: Dict[str, ModelHost], removed: List[str]) -> None:
-        for name in removed:
-            self.metrics.remove_model(name)
-        for name, host in hosts.items():
+    def _watch(self) -> None:
+        """Answer the jobs of runners wedged in the runtime, and replace those runners."""
+        timeout = self.settings.runner_timeout_s
+        for host in list(self.table.hosts.values()):
+            if host.state == "ready" and host.stuck_for() > timeout:
+                log.error(
+                    "model %s: inference stuck for %.0f s; answering its queue and reloading it",
+                    host.name,
+                    host.stuck_for(),
+                )
+                host.state = "stuck"
+                host.error = (
+                    f"inference has not returned for {timeout:.0f} s; the runtime is wedged"
+                )
+                self._abandon(host, BackendError(f"model {host.name!r}: {host.error}"))
+                self._swap({host.name: host})
+                self._replace(host)
+
+    def _replace(self, host: ModelHost) -> None:
+        fresh = self.load(repository.load_entry(host.entry.folder))
+        if not fresh.ready:
+            host.error = f"{host.error}; replacement failed: {fresh.error}"
+            self._swap({host.name: host})
+            return
+        self._start(fresh)
+        self._swap({host.name: fresh})
+        self._events.put(self._summary())
+        log.info("model %s: runner replaced", host.name)
+        self._retire(host)  # the old runner closes once (if ever) the runtime returns
+
+    def _publish_metrics(self, changes: Mapping[str, Optional[ModelHost]]) -> None:
+        for name, host in changes.items():
+            if host is None:
+                self.metrics.remove_model(name)
+                continue
             depth = (lambda h=host: float(h.pending)) if host.ready else None
             self.metrics.set_model(name, host.ready, host.info if host.ready else None, depth)
+
+    def _summary(self) -> str:
+        hosts = self.table.hosts
         ready = [n for n, h in hosts.items() if h.ready]
         problems = [f"{n}: {h.state}" for n, h in hosts.items() if not h.ready]
-        self._event = f"serving {len(ready)}/{len(hosts)} models" + (
+        return f"serving {len(ready)}/{len(hosts)} models" + (
             f" ({'; '.join(problems)})" if problems else ""
         )

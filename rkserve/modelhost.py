@@ -1,8 +1,9 @@
-"""One served model: its engine, its bounded queue, and the NPU runner thread that drains it.
+"""One served model: its engine, its bounded admission count, its queue and its runner thread.
 
-A request's journey inside the daemon is a :class:`Job`: admitted by the frontend
-(``ModelHost.admit``), prepared on the CPU pool, run here on the runner thread, finished on
-the CPU pool, answered exactly once through ``Job.answer``.
+A host does not know what a request goes through (that is :mod:`rkserve.pipeline`): its
+runner thread takes jobs from the queue one at a time and hands each to the pipeline's
+``step`` while it records which job it is on and since when, so the loader can tell a
+wedged runtime. Its ``state`` and ``error`` are written by the loader thread only.
 """
 
 from __future__ import annotations
@@ -11,81 +12,18 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
-import numpy as np
-
-from .engine import Engine, Prepared
-from .errors import (
-    BackendError,
-    DeadlineExceeded,
-    InternalError,
-    ModelUnavailable,
-    Overloaded,
-    RkserveError,
-)
-from .memory import GcGuard
-from .protocol import Request
+from .engine import Engine
+from .errors import ModelUnavailable, Overloaded
 from .repository import Entry
 
+if TYPE_CHECKING:
+    from .pipeline import Job
+
 log = logging.getLogger("rkserve")
-
-Answer = Callable[["Job", Optional[Dict[str, Any]], Optional[RkserveError]], None]
-
-
-def reply_error(exc: Exception, doing: str) -> RkserveError:
-    """The error to answer with: ours as it is; anything else is a bug, logged, ``internal``."""
-    if isinstance(exc, RkserveError):
-        return exc
-    log.exception("%s crashed", doing)
-    return InternalError(f"{doing} crashed: {type(exc).__name__}")
-
-
-class Job:
-    """One infer request in flight; ``finish``/``fail`` answer it, only the first call counts."""
-
-    def __init__(
-        self, envelope: List[bytes], request: Request, deadline: float, answer: Answer
-    ) -> None:
-        self.envelope = envelope
-        self.request = request
-        self.received = time.perf_counter()
-        self.deadline = deadline  # time.monotonic() value
-        self.prepared: Optional[Prepared] = None
-        self._answer = answer
-        self._lock = threading.Lock()
-        self.answered = False
-
-    def expired(self) -> bool:
-        return time.monotonic() > self.deadline
-
-    def deadline_error(self, waiting_for: str) -> DeadlineExceeded:
-        total = self.timings()["total"]
-        return DeadlineExceeded(
-            f"deadline passed after {total:.0f} ms waiting for {waiting_for}; the NPU was not used"
-        )
-
-    def timings(self) -> Dict[str, float]:
-        stages = dict(self.prepared.timings) if self.prepared else {}
-        total = (time.perf_counter() - self.received) * 1000.0
-        stages["queue"] = max(0.0, total - sum(stages.values()))
-        stages["total"] = total
-        return stages
-
-    def _claim(self) -> bool:
-        with self._lock:
-            if self.answered:
-                return False
-            self.answered = True
-            return True
-
-    def finish(self, body: Dict[str, Any]) -> None:
-        if self._claim():
-            self._answer(self, body, None)
-
-    def fail(self, error: RkserveError) -> None:
-        if self._claim():
-            self._answer(self, None, error)
+Step = Callable[["ModelHost", "Job"], None]
+STATES = ("loading", "ready", "failed", "refused", "stuck")
 
 
 class ModelHost:
@@ -104,7 +42,7 @@ class ModelHost:
         self.name = entry.name
         self.engine = engine
         self.error = error  # why it is not serving, or why its last reload failed
-        self.state = state  # loading | ready | failed | refused | stuck
+        self.state = state  # one of STATES; written by the loader thread only
         self.queue_size = queue_size
         self.info = info or {}
         self.pending = 0  # admitted, not yet taken by the runner
@@ -117,6 +55,11 @@ class ModelHost:
     @property
     def ready(self) -> bool:
         return self.state == "ready" and self.engine is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing admitted and the runner waiting: work sent now starts at once."""
+        return self.pending == 0 and self.current is None
 
     def describe(self) -> Dict[str, Any]:
         spec = self.entry.spec
@@ -134,12 +77,17 @@ class ModelHost:
         info.update(self.info)
         return info
 
+    def unavailable(self) -> ModelUnavailable:
+        """Why requests are refused now (``loading``, ``failed``, ``refused``, ``stuck``)."""
+        return ModelUnavailable(
+            f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else "")
+        )
+
     # frontend thread
     def admit(self) -> None:
+        """Count one more admitted job, or say why not (not ready, queue full)."""
         if not self.ready:
-            raise ModelUnavailable(
-                f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else "")
-            )
+            raise self.unavailable()
         with self._lock:
             if self.pending >= self.queue_size:
                 raise Overloaded(
@@ -148,85 +96,45 @@ class ModelHost:
             self.pending += 1
 
     def release(self) -> None:
-        """An admitted job left before reaching the runner (bad image, deadline)."""
+        """An admitted job left before reaching the runner (bad image, deadline, drain)."""
         with self._lock:
             self.pending -= 1
 
-    # CPU pool
     def enqueue(self, job: Job) -> None:
         self._queue.put(job)
 
     # runner thread
-    def start(
-        self,
-        submit: Callable[..., Any],
-        finish: Callable[[Job, List[np.ndarray]], None],
-        guard: Optional[GcGuard] = None,
-    ) -> None:
-        """Run the queue on a thread; ``guard`` frees the runtime's garbage between calls."""
+    def start(self, step: Step) -> None:
+        """Run the queue on a thread of its own, one job at a time through ``step``."""
         self._thread = threading.Thread(
-            target=self._run, args=(submit, finish, guard), name=f"npu-{self.name}", daemon=True
+            target=self._run, args=(step,), name=f"npu-{self.name}", daemon=True
         )
         self._thread.start()
 
-    def _run(
-        self,
-        submit: Callable[..., Any],
-        finish: Callable[[Job, List[np.ndarray]], None],
-        guard: Optional[GcGuard],
-    ) -> None:
+    def _run(self, step: Step) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
             self.release()
-            if job.expired():
-                job.fail(job.deadline_error("the NPU"))
-                continue
-            outputs = self._infer(job)
-            if outputs is not None:
-                submit(finish, job, outputs)
-            if guard is not None:
-                guard.tick()
+            self.current, self.busy_since = job, time.monotonic()
+            try:
+                step(self, job)
+            finally:
+                self.current, self.busy_since = None, None
 
-    def _infer(self, job: Job) -> Optional[List[np.ndarray]]:
-        assert self.engine is not None and job.prepared is not None
-        self.current, self.busy_since = job, time.monotonic()
-        try:
-            return self.engine.run(job.prepared)
-        except Exception as exc:  # a backend bug must not kill the runner
-            job.fail(reply_error(exc, f"model {self.name}: inference"))
-        finally:
-            self.current, self.busy_since = None, None
-        return None
-
+    # loader thread
     def stuck_for(self) -> float:
         since = self.busy_since
         return 0.0 if since is None else time.monotonic() - since
 
-    def abandon_current(self, timeout: float) -> None:
-        """The runner is wedged in the runtime: answer its job and stop taking work."""
-        job = self.current
-        self.state = "stuck"
-        self.error = f"inference has not returned for {timeout:.0f} s; the runtime is wedged"
-        if job is not None:
-            job.fail(BackendError(f"model {self.name!r}: {self.error}"))
-
-    def drain_queue(self, error: RkserveError) -> None:
-        """Answer everything still queued (a retired or wedged host)."""
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                self.release()
-                job.fail(error)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finish what is queued, then stop the runner and close the backend."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the runner once its queue is empty, then close the backend; False when the
+        runner did not stop in time (wedged in the runtime: the backend stays open)."""
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.engine is not None and (self._thread is None or not self._thread.is_alive()):
+        stopped = self._thread is None or not self._thread.is_alive()
+        if self.engine is not None and stopped:
             self.engine.backend.close()
+        return stopped

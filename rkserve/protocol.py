@@ -102,12 +102,12 @@ def _names(keys: Any) -> str:
 
 
 def _fail(error: RkserveError, request_id: Any) -> RkserveError:
-    error.request_id = request_id  # type: ignore[attr-defined]
+    error.request_id = request_id
     return error
 
 
 def decode_request(payload: Union[bytes, memoryview], max_bytes: int) -> Request:
-    """Parse and validate one request; errors carry ``.request_id`` (None if unreadable)."""
+    """Parse and validate one request; errors carry ``request_id`` (None if unreadable)."""
     if len(payload) > max_bytes:
         raise _fail(
             TooLarge(f"message of {len(payload)} bytes is over the limit of {max_bytes}"), None

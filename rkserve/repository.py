@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 from .errors import ConfigError
 from .spec import SPEC_FILE, ModelSpec, load_spec, model_files
+from .tasks.image import MAX_PIXELS
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -60,10 +61,31 @@ def load_entry(folder: Path) -> Entry:
     return Entry(folder.name, folder, spec, error, fingerprint(folder, spec))
 
 
-def open_engine(models_dir: Path, name: str, backend: str = "auto", **options: object) -> Engine:
-    """Load one model of a repository in-process: the engine without the daemon."""
+def build_engine(spec: ModelSpec, kind: str, max_pixels: int, **options: object) -> Engine:
+    """The one place an engine is built: backend ``kind`` (``auto`` chooses) + ``spec``.
+
+    A backend whose engine cannot be built (a model.yaml that does not fit the model) is
+    closed before the error propagates, so nothing of it stays loaded.
+    """
     from .backends import open_backend
     from .engine import Engine
+
+    backend = open_backend(kind, spec, **options)
+    try:
+        return Engine(spec, backend, max_pixels=max_pixels)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def open_engine(
+    models_dir: Path,
+    name: str,
+    backend: str = "auto",
+    max_pixels: int = MAX_PIXELS,
+    **options: object,
+) -> Engine:
+    """Load one model of a repository in-process: the engine without the daemon."""
     from .errors import UnknownModel
 
     entries = scan(models_dir)
@@ -73,4 +95,4 @@ def open_engine(models_dir: Path, name: str, backend: str = "auto", **options: o
     entry = entries[name]
     if entry.spec is None:
         raise ConfigError(entry.error or f"model {name!r} is invalid")
-    return Engine(entry.spec, open_backend(backend, entry.spec, **options))
+    return build_engine(entry.spec, backend, max_pixels, **options)

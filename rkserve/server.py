@@ -1,37 +1,39 @@
-"""The daemon: start-up → serve loop → drain, with signals that only set flags.
+"""The daemon's socket and lifecycle: start-up → serve loop → drain, signals that set flags.
 
-Threads: the main thread owns the ROUTER socket (the frontend) and the inproc PULL socket
-that workers hand replies back on; a CPU pool decodes, pre- and post-processes; one runner
-thread per model talks to the NPU; a loader thread loads models so that ``health`` is
-answered while they load. SIGTERM/SIGINT drain, a second SIGINT forces, SIGHUP reloads.
+Threads: the main thread owns the ROUTER socket (the frontend), the inproc PULL socket that
+replies come back on, and the :class:`~rkserve.outbox.Outbox` that bounds what they hold;
+the loader thread owns the model table (:mod:`rkserve.loader`); a request's path through
+the CPU pool and the model runners is :mod:`rkserve.pipeline`. SIGTERM/SIGINT drain, a
+second SIGINT forces, SIGHUP reloads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
+import resource
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, cast
 
-import numpy as np
 import zmq
 
 from . import memory, protocol, security
 from .config import Settings
-from .errors import RkserveError, Unavailable, UnknownModel
+from .errors import ModelUnavailable, RkserveError, Unavailable
 from .loader import Loader
 from .metrics import Metrics
-from .modelhost import Job, ModelHost, reply_error
+from .modelhost import ModelHost
+from .outbox import SNDHWM, Outbox
+from .pipeline import Pipeline, reply_error
 from .systemd import Notifier
 
 log = logging.getLogger("rkserve")
 POLL_MS = 100
+RCVHWM = 32  # requests queued per peer before ZeroMQ stops reading that peer's connection
 EXIT_OK, EXIT_FORCED = 0, 1
 
 
@@ -40,23 +42,20 @@ class Server:
         self.settings = settings
         self.notifier = notifier or Notifier.from_env()
         self.metrics = Metrics(Path(settings.sysroot))
-        self.loader = Loader(settings, self.metrics)
         self.ctx = zmq.Context()
         self.max_bytes = int(settings.max_message_mb * 1024 * 1024)
-        self.pool = ThreadPoolExecutor(
-            max_workers=settings.workers or os.cpu_count() or 2, thread_name_prefix="cpu"
-        )
-        self.inflight = 0
-        self._local = threading.local()
-        self._push_sockets: List[zmq.Socket] = []
-        self._push_lock = threading.Lock()
-        self.replies_address = f"inproc://replies-{id(self)}"
+        self.pipeline = Pipeline(settings, self.metrics, self._send_reply)
+        self.loader = Loader(settings, self.metrics, self._start_runner, self._abandon)
+        # The ROUTER is used by the main thread (receiving) and by whichever thread answers a
+        # job (sending): ZeroMQ sockets are not thread-safe, so every use holds this lock.
+        self._sock_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()  # a sender saw requests waiting: wake the loop
+        self._closed = False
         self.should_exit = self.force_exit = self.should_reload = False
         self.draining = False
         self.bound: List[str] = []
         self.metrics_port: Optional[int] = None
         self.curve: Optional[security.CurveServer] = None
-        self.gc_guard = memory.GcGuard(settings.gc_every)
 
     # lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -70,40 +69,52 @@ class Server:
     def startup(self) -> None:
         memory.pin_mmap_threshold()
         memory.keep_top_pad()
+        raise_file_limit()
         self.curve = security.curve_server(
             self.settings.curve_secret_key, self.settings.curve_clients_dir
         )
         if self.curve is not None:
             self.curve.start(self.ctx)  # before binding: no handshake escapes the check
-        self.frontend = self.ctx.socket(zmq.ROUTER)
-        if self.curve is not None:
-            self.curve.apply(self.frontend)
-        self.frontend.setsockopt(zmq.LINGER, 2000)  # let replies flush at exit, then give up
-        self.frontend.setsockopt(
-            zmq.MAXMSGSIZE, 4 * self.max_bytes
-        )  # far over the limit: drop unread
-        self.frontend.setsockopt(zmq.RCVHWM, 1000)
-        self.frontend.setsockopt(zmq.SNDHWM, 1000)  # a slow client loses replies, never blocks us
-        self.frontend.setsockopt(zmq.IPV6, 1)
-        for endpoint in self.settings.endpoints:
-            try:
-                self.frontend.bind(endpoint)
-            except zmq.ZMQError as exc:
-                raise Unavailable(f"cannot bind {endpoint}: {exc}") from None
-            self.bound.append(self.frontend.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.replies = self.ctx.socket(zmq.PULL)
-        self.replies.bind(self.replies_address)
+        self.frontend = self._router()
+        self.outbox = Outbox(
+            self.frontend,
+            int(self.settings.peer_reply_mb * 2**20),
+            int(self.settings.total_reply_mb * 2**20),
+        )
         if self.settings.metrics_port:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
             )
         self._install_signals()
-        self.loader.start(self._install_hosts)
+        self.loader.start()
         log.info(
             "listening on %s; metrics on %s",
             ", ".join(self.bound),
             f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    def _router(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.setsockopt(zmq.LINGER, 2000)  # let replies flush at exit, then give up
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)  # far over the limit: drop unread
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)  # bytes: the outbox; a full queue drops, never blocks
+        sock.setsockopt(zmq.IPV6, 1)
+        beat = int(self.settings.heartbeat_s * 1000)
+        if beat:  # peers that stop answering pings, or never finish the handshake, are cut
+            sock.setsockopt(zmq.HEARTBEAT_IVL, beat)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * beat)
+            sock.setsockopt(zmq.HANDSHAKE_IVL, beat)
+        for endpoint in self.settings.endpoints:
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                sock.close(linger=0)
+                raise Unavailable(f"cannot bind {endpoint}: {exc}") from None
+            self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        return sock
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -119,12 +130,10 @@ class Server:
         self.should_exit = True
 
     def _on_reload(self, signum: int, frame: Any) -> None:
-        self.should_reload = True
+        self.should_reload = True  # the loop clears it before asking: a HUP after that counts
 
     def main_loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.frontend, zmq.POLLIN)
-        poller.register(self.replies, zmq.POLLIN)
+        poller = self._poller()
         next_ping = 0.0
         while not self.should_exit:
             self._poll_once(poller)
@@ -133,26 +142,36 @@ class Server:
                 self.notifier.reloading("reloading models")
                 if self.curve is not None:
                     self.curve.reload()
-                self.loader.reload(self._install_hosts)
-            self.loader.watch_runners()
+                self.loader.reload()
             next_ping = self._housekeeping(next_ping)
 
+    def _poller(self) -> zmq.Poller:
+        """The ROUTER's descriptor (edge-triggered: it says something changed, and is
+        re-armed by reading its events) and the wake-up pipe, polled without the lock."""
+        poller = zmq.Poller()
+        poller.register(self.frontend.getsockopt(zmq.FD), zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        return poller
+
     def _poll_once(self, poller: zmq.Poller) -> None:
-        for sock, _ in poller.poll(POLL_MS):
-            if sock is self.frontend:
-                self._on_request(self.frontend.recv_multipart(copy=False))
-            else:
-                self.frontend.send_multipart(self.replies.recv_multipart(copy=False), copy=False)
-                # counted here, on the thread that sends it, so a drain that sees 0 has sent all
-                self.inflight -= 1
-                self.metrics.inflight.dec()
+        for fd, _ in poller.poll(POLL_MS):
+            if fd == self._wake_r:
+                os.read(self._wake_r, 4096)
+        while True:  # take every waiting request; the last look at EVENTS re-arms the FD
+            with self._sock_lock:
+                if not self._requests_waiting():
+                    return
+                frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
+            self._on_request(frames)
 
     def _housekeeping(self, next_ping: float) -> float:
+        with self._sock_lock:
+            self.outbox.collect()
         event = self.loader.take_event()
         if event:
             self.notifier.ready(event)
             log.info("%s", event)
-            if self.gc_guard.every:
+            if self.pipeline.gc_guard.every:
                 memory.settle()  # models (re)loaded: freeze them, so collections stay cheap
         now = time.monotonic()
         interval = self.notifier.watchdog_interval
@@ -162,40 +181,39 @@ class Server:
         return next_ping
 
     def shutdown(self) -> int:
-        """Drain: refuse new work, finish in-flight requests within drain_timeout_s."""
+        """Drain: refuse new work, let admitted jobs finish within drain_timeout_s, answer
+        the rest ``unavailable`` wherever they wait, and stop every thread that works."""
         self.draining = True
         log.info(
             "draining %d in-flight requests (up to %.0f s)",
-            self.inflight,
+            self.pipeline.inflight,
             self.settings.drain_timeout_s,
         )
-        self.notifier.stopping(f"draining {self.inflight} requests")
-        poller = zmq.Poller()
-        poller.register(self.frontend, zmq.POLLIN)
-        poller.register(self.replies, zmq.POLLIN)
+        self.notifier.stopping(f"draining {self.pipeline.inflight} requests")
+        poller = self._poller()
         until = time.monotonic() + self.settings.drain_timeout_s
-        while self.inflight > 0 and time.monotonic() < until and not self.force_exit:
+        while self.pipeline.inflight > 0 and time.monotonic() < until and not self.force_exit:
             self._poll_once(poller)
         code = EXIT_FORCED if self.force_exit else EXIT_OK
-        if self.inflight:
-            log.warning("%d requests did not finish within the drain timeout", self.inflight)
-            self.loader.abort_all(Unavailable("the server stopped before this request finished"))
-            deadline = time.monotonic() + 1.0
-            while self.inflight and time.monotonic() < deadline:
-                self._poll_once(poller)
+        stopped = Unavailable("the server stopped before this request finished")
+        late = self.pipeline.fail_all(stopped)
+        if late:
+            log.warning("%d requests did not finish within the drain timeout", late)
+        self.pipeline.stop()
+        self.loader.stop(timeout=1.0)
+        self.pipeline.fail_all(stopped)  # anything admitted while the threads stopped
         log.info("stopped")
         return code
 
     def close(self) -> None:
-        self.loader.stop()
-        self.pool.shutdown(wait=False)
         self.metrics.close()
-        with self._push_lock:
-            for sock in self._push_sockets:
-                sock.close(linger=0)
+        with self._sock_lock:
+            self._closed = True  # a late sender (a runner the drain could not stop) sends nothing
         if self.curve is not None:
             self.curve.stop()
         self.ctx.destroy(linger=1000)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # requests ---------------------------------------------------------------------------
     def _on_request(self, frames: List[zmq.Frame]) -> None:
@@ -210,14 +228,16 @@ class Server:
             request = protocol.decode_request(frames[-1].buffer, self.max_bytes)
             request_id = request.id
             if request.op == "infer":
+                hosts = self.loader.table.hosts
                 # errors count under the model only if it is one of ours: clients choose names
-                model = request.model if request.model in self.loader.hosts else ""
-                self._admit(envelope, request)
+                model = request.model if request.model in hosts else ""
+                self._admit(envelope, request, hosts)
                 return
             body = self._status_body(request.op)
         except Exception as exc:  # a bug costs one `internal` reply, never the frontend thread
             error = reply_error(exc, "request handling")
-            request_id = getattr(exc, "request_id", request_id)
+            if isinstance(exc, RkserveError) and exc.request_id is not None:
+                request_id = exc.request_id
             self.metrics.requests.labels(model, error.code).inc()
         timings = {"total": (time.perf_counter() - started) * 1000}
         reply = (
@@ -225,17 +245,25 @@ class Server:
             if error is not None
             else protocol.ok_reply(request_id, body or {}, timings)
         )
-        self.frontend.send_multipart([*envelope, reply])
+        with self._sock_lock:
+            self.frontend.send_multipart([*envelope, reply])
+
+    def _admit(self, envelope: List[bytes], request: Any, hosts: Any) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down; send the request to another endpoint")
+        if not self.loader.table.scanned:
+            raise ModelUnavailable("the daemon is still reading its model repository; retry")
+        self.pipeline.admit(envelope, request, hosts)
 
     def _status_body(self, op: str) -> Dict[str, Any]:
-        hosts = self.loader.hosts
+        table = self.loader.table
         if op == "models":
-            return {"models": [h.describe() for h in hosts.values()]}
+            return {"models": [h.describe() for h in table.hosts.values()]}
         models = {
             name: {"ready": h.ready, "state": h.state, "error": h.error}
-            for name, h in hosts.items()
+            for name, h in table.hosts.items()
         }
-        status = "draining" if self.draining else ("loading" if self.loader.loading else "serving")
+        status = "draining" if self.draining else ("loading" if table.loading else "serving")
         return {
             "live": True,
             "ready": status == "serving" and all(m["ready"] for m in models.values()),
@@ -243,70 +271,37 @@ class Server:
             "models": models,
         }
 
-    def _admit(self, envelope: List[bytes], request: Any) -> None:
-        if self.draining:
-            raise Unavailable("the server is shutting down; send the request to another endpoint")
-        host = self.loader.hosts.get(request.model)
-        if host is None:
-            known = ", ".join(self.loader.hosts) or "none"
-            raise UnknownModel(f"no model named {protocol.show(request.model)} (models: {known})")
-        params = host.engine.parse_params(request.params) if host.engine else None
-        host.admit()  # a host without an engine refuses here, with its reason
-        deadline_ms = request.deadline_ms or self.settings.deadline_ms
-        job = Job(envelope, request, time.monotonic() + deadline_ms / 1000.0, self._answer)
-        self.inflight += 1  # admitted jobs not yet answered; main thread only
-        self.metrics.inflight.inc()
-        self.pool.submit(self._prepare, host, job, params)
+    # any thread -------------------------------------------------------------------------
+    def _send_reply(self, envelope: List[bytes], request_id: Any, reply: bytes) -> None:
+        """Send a job's reply from the thread that answered it: no hand-off, no wake-up."""
+        with self._sock_lock:
+            if self._closed:
+                return
+            self.outbox.send(envelope, request_id, reply)
+            # sending may have taken the FD's edge for requests that arrived meanwhile
+            waiting = self._requests_waiting()
+        if waiting:
+            os.write(self._wake_w, b"!")
 
-    # CPU pool ---------------------------------------------------------------------------
-    def _prepare(self, host: ModelHost, job: Job, params: Any) -> None:
-        try:
-            if job.expired():
-                raise job.deadline_error("a CPU worker")
-            assert host.engine is not None
-            job.prepared = host.engine.prepare(job.request.input, params)
-        except Exception as exc:
-            host.release()
-            job.fail(reply_error(exc, f"model {host.name}: preprocessing"))
-            return
-        host.enqueue(job)
+    def _requests_waiting(self) -> bool:
+        """Under the lock: whether a request can be read (also re-arms the ROUTER's FD)."""
+        return bool(cast(int, self.frontend.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
-    def _finish(self, host: ModelHost, job: Job, outputs: List[np.ndarray]) -> None:
-        try:
-            assert host.engine is not None and job.prepared is not None
-            result = host.engine.finish(job.prepared, outputs)
-            job.finish({"model": host.name, "task": host.engine.task, "result": result.result})
-        except Exception as exc:
-            job.fail(reply_error(exc, f"model {host.name}: postprocessing"))
+    def _start_runner(self, host: ModelHost) -> None:
+        host.start(self.pipeline.step)
 
-    def _answer(
-        self, job: Job, body: Optional[Dict[str, Any]], error: Optional[RkserveError]
-    ) -> None:
-        """Called exactly once per job, from whichever thread ended it."""
-        timings = job.timings()
-        request_id = job.request.id
-        payload = (
-            protocol.ok_reply(request_id, body or {}, timings)
-            if error is None
-            else protocol.error_reply(request_id, error, timings)
-        )
-        self.metrics.observe(job.request.model, "ok" if error is None else error.code, timings)
-        self._send_reply([*job.envelope, payload])
+    def _abandon(self, host: ModelHost, error: RkserveError) -> None:
+        self.pipeline.fail_all(error, host)
 
-    def _send_reply(self, frames: List[bytes]) -> None:
-        sock = getattr(self._local, "sock", None)
-        if sock is None:
-            sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.replies_address)
-            self._local.sock = sock
-            with self._push_lock:
-                self._push_sockets.append(sock)
-        with contextlib.suppress(zmq.ZMQError):  # the context closed under us at exit
-            sock.send_multipart(frames, copy=False)
 
-    def _install_hosts(self, hosts: Dict[str, ModelHost]) -> None:
-        """Start runners for hosts the loader just loaded (called on the loader thread)."""
-        for host in hosts.values():
-            if host.ready:
-                host.start(self.pool.submit, functools.partial(self._finish, host), self.gc_guard)
+def raise_file_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one (each connection takes one;
+    systemd's default soft limit of 1,024 let idle connections lock clients out)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft

@@ -57,6 +57,7 @@ class ModelSpec:
     label_offset: int = 0  # output index - label_offset = label index
     top_k: int = 5
     labels: Tuple[str, ...] = ()
+    labels_file: str = ""  # the labels file named by model.yaml (part of the reload fingerprint)
     palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
     description: str = ""
     rknn_file: str = "model.rknn"
@@ -165,6 +166,7 @@ def load_spec(folder: Path) -> ModelSpec:
         onnx=_onnx_input(top.section("onnx")),
         convert=dict(top.data.get("convert") or {}),
         labels=_labels(top, folder),
+        labels_file=top.text("labels"),
         palette=_palette(top),
         **get_task(task).read_spec(top),
     )
@@ -189,10 +191,12 @@ def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     from .tasks.labels import read_labels
 
     try:
-        return tuple(read_labels(folder / name))
+        labels = tuple(read_labels(folder / name))
     except OSError as exc:
         top.fail("labels", f"cannot read {folder / name}: {exc.strerror or exc}")
-    return ()
+    if not labels:
+        top.fail("labels", f"{folder / name} holds no labels (one per line)")
+    return labels
 
 
 def _palette(top: SpecReader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
@@ -220,4 +224,6 @@ def _check_files(top: SpecReader, spec: ModelSpec) -> None:
 def model_files(spec: ModelSpec) -> List[Path]:
     """The files whose change means the model must be reloaded."""
     paths = [spec.spec_path, spec.rknn_path, spec.onnx_path]
+    if spec.labels_file:
+        paths.append(spec.folder / spec.labels_file)
     return [p for p in paths if p.exists()]

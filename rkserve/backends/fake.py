@@ -15,7 +15,8 @@ Faults can be injected while it runs, from another process, by writing a word in
 until the file changes), ``leak:<bytes>`` (each call keeps that much memory for good),
 ``cycle-leak:<bytes>`` (each call leaves that much in a reference cycle that only the cycle
 collector frees, held until the next call as a runtime holds its last buffers: like
-RKNNLite's ~42 kB per call). No file, no fault.
+RKNNLite's ~42 kB per call), ``slow-load:<ms>`` (opening the model takes that long, as a
+large model on an SD card does). No file, no fault.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class FakeBackend:
         self.calls = 0
         self._cached: Optional[List[np.ndarray]] = None
         self._reuse = reuse_outputs
+        fault = self._fault()
+        if fault.startswith("slow-load:"):
+            time.sleep(float(fault[len("slow-load:") :]) / 1000.0)
 
     def _output_shape(self) -> tuple:
         height, width = self.spec.input_size

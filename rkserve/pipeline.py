@@ -1,0 +1,304 @@
+"""A request's whole path inside the daemon: admit → prepare → run → finish → answer.
+
+The frontend thread calls :meth:`Pipeline.admit`; from there a :class:`Job` is owned by
+whoever holds it, and answered exactly once::
+
+    admit (frontend) ── runner idle ──────────────▶ model queue ─▶ runner: prepare, run
+          │                                                                 │
+          └─ otherwise ─▶ CPU pool: prepare ─▶ model queue ─▶ runner: run ──┤
+                                                                            ▼
+                  finish: on the runner when cheaper than a hand-off, else on the pool
+                                                                            ▼
+                                answer: the reply, to the frontend's outbox (one hop)
+
+Every admitted job is in ``jobs`` until it is answered, so a drain answers each one
+wherever it waits (CPU pool, model queue, NPU), and nothing starts once the pipeline stops.
+Admission holds three bounds: the model's ``queue_size``, the daemon-wide memory budget
+(estimated from the image's pixels before anything is decoded) and the drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from . import protocol
+from .config import BYTES_PER_PIXEL, OVERLAY_BYTES_PER_PIXEL, Settings
+from .engine import Prepared
+from .errors import (
+    DeadlineExceeded,
+    InternalError,
+    Overloaded,
+    RkserveError,
+    Unavailable,
+    UnknownModel,
+)
+from .memory import GcGuard
+from .metrics import Metrics
+from .modelhost import ModelHost
+from .tasks.image import image_size
+
+log = logging.getLogger("rkserve")
+Send = Callable[[List[bytes], Any, bytes], None]  # (envelope, request id, reply)
+INLINE_ELEMENTS = 65_536  # finishing this much output costs less than a hand-off (~0.1 ms)
+INPUT_COPIES = 3  # a named tensor input: the message's bytes, a cast, a normalised copy
+
+
+def reply_error(exc: BaseException, doing: str) -> RkserveError:
+    """The error to answer with: ours as it is; anything else is a bug, logged, ``internal``."""
+    if isinstance(exc, RkserveError):
+        return exc
+    log.error("%s crashed", doing, exc_info=exc)
+    return InternalError(f"{doing} crashed: {type(exc).__name__}")
+
+
+class Job:
+    """One admitted infer request; ``finish``/``fail`` answer it, only the first call counts."""
+
+    def __init__(
+        self,
+        envelope: List[bytes],
+        request: protocol.Request,
+        host: ModelHost,
+        params: Any,
+        deadline: float,
+        cost: int,
+        pixels: int = 0,
+    ) -> None:
+        self.envelope = envelope
+        self.request = request
+        self.host = host
+        self.params = params
+        self.deadline = deadline  # time.monotonic() value
+        self.cost = cost  # bytes of the memory budget it holds until answered
+        self.pixels = pixels  # of its image, from the header (0 for named tensors)
+        self.received = time.perf_counter()
+        self.prepared: Optional[Prepared] = None
+        self.answered = False
+        self._lock = threading.Lock()
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def deadline_error(self, waiting_for: str) -> DeadlineExceeded:
+        total = self.timings()["total"]
+        return DeadlineExceeded(
+            f"deadline passed after {total:.0f} ms waiting for {waiting_for}; the NPU was not used"
+        )
+
+    def timings(self) -> Dict[str, float]:
+        stages = dict(self.prepared.timings) if self.prepared else {}
+        total = (time.perf_counter() - self.received) * 1000.0
+        stages["queue"] = max(0.0, total - sum(stages.values()))
+        stages["total"] = total
+        return stages
+
+    def claim(self) -> bool:
+        """True for the one caller that gets to answer this job."""
+        with self._lock:
+            if self.answered:
+                return False
+            self.answered = True
+            return True
+
+
+class Pipeline:
+    """Admission, the CPU pool and the stages; ``send`` hands a reply to the frontend."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, send: Send) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._send = send
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.workers or os.cpu_count() or 2, thread_name_prefix="cpu"
+        )
+        self.gc_guard = GcGuard(settings.gc_every)
+        self.budget = int(settings.memory_budget_mb * 2**20)
+        self.held = 0  # bytes of the budget admitted jobs hold
+        self.jobs: Dict[int, Job] = {}  # admitted and not answered, by id(job)
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    # frontend thread ---------------------------------------------------------------------
+    def admit(
+        self, envelope: List[bytes], request: protocol.Request, hosts: Mapping[str, ModelHost]
+    ) -> Job:
+        """Take an infer request on, or raise the error that answers it at once."""
+        host = hosts.get(request.model)
+        if host is None:
+            known = ", ".join(hosts) or "none"
+            raise UnknownModel(f"no model named {protocol.show(request.model)} (models: {known})")
+        if host.engine is None or not host.ready:
+            raise host.unavailable()
+        params = host.engine.parse_params(request.params)
+        pixels = _pixels(request)
+        cost = _cost(request, params, pixels)
+        deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
+        job = Job(envelope, request, host, params, deadline, cost, pixels)
+        self._hold(job)
+        try:
+            idle = host.idle
+            host.admit()
+        except RkserveError:
+            self._drop(job)
+            raise
+        if idle:
+            host.enqueue(job)  # the runner prepares it itself: one hand-off fewer
+        else:
+            self.pool.submit(self._prepare, job)
+        return job
+
+    def _hold(self, job: Job) -> None:
+        with self._lock:
+            if self.stopped:
+                raise Unavailable("the server is shutting down")
+            if self.held + job.cost > self.budget and self.held > 0:
+                raise Overloaded(
+                    f"the daemon's memory budget is in use ({self.held / 2**20:.0f} of "
+                    f"{self.budget / 2**20:.0f} MB for images in flight; this one needs "
+                    f"{job.cost / 2**20:.0f} MB); retry later"
+                )
+            self.held += job.cost
+            self.jobs[id(job)] = job
+        self.metrics.inflight.inc()
+
+    def _drop(self, job: Job) -> None:
+        with self._lock:
+            self.held -= job.cost
+            self.jobs.pop(id(job), None)
+        self.metrics.inflight.dec()
+
+    # CPU pool ----------------------------------------------------------------------------
+    def _prepare(self, job: Job) -> None:
+        if job.answered or self.stopped:
+            return  # answered by a drain or a wedge while it waited for a worker
+        if self._prepared(job):
+            job.host.enqueue(job)
+
+    def _prepared(self, job: Job) -> bool:
+        """Decode and preprocess; False when the job was answered instead."""
+        host = job.host
+        try:
+            if job.expired():
+                raise job.deadline_error("a CPU worker")
+            assert host.engine is not None
+            job.prepared = host.engine.prepare(job.request.input, job.params)
+            return True
+        except Exception as exc:
+            host.release()
+            self.fail(job, reply_error(exc, f"model {host.name}: preprocessing"))
+            return False
+
+    # runner thread -----------------------------------------------------------------------
+    def step(self, host: ModelHost, job: Job) -> None:
+        """The runner's part: (prepare,) run, and finish when that is cheap."""
+        if job.answered or self.stopped:
+            return
+        if job.prepared is None and not self._prepared_on_runner(job):
+            return
+        if job.expired():
+            self.fail(job, job.deadline_error("the NPU"))
+            return
+        assert host.engine is not None and job.prepared is not None
+        try:
+            outputs = host.engine.run(job.prepared)
+        except Exception as exc:  # a backend bug must not kill the runner
+            self.fail(job, reply_error(exc, f"model {host.name}: inference"))
+            return
+        finally:
+            self.gc_guard.tick()
+        if self._cheap(job, outputs):
+            self._finish(job, outputs)
+            return
+        try:
+            self.pool.submit(self._finish, job, outputs)
+        except RuntimeError:  # the pool stopped under us: the drain answers the job
+            self.fail(job, Unavailable("the server stopped before this request finished"))
+
+    def _prepared_on_runner(self, job: Job) -> bool:
+        try:
+            if job.expired():
+                raise job.deadline_error("the NPU")
+            assert job.host.engine is not None
+            job.prepared = job.host.engine.prepare(job.request.input, job.params)
+            return True
+        except Exception as exc:
+            self.fail(job, reply_error(exc, f"model {job.host.name}: preprocessing"))
+            return False
+
+    @staticmethod
+    def _cheap(job: Job, outputs: Sequence[np.ndarray]) -> bool:
+        """Finishing costs less than a hand-off: small outputs, and a small image to map a
+        result back onto (a segmentation map is resized to the source image)."""
+        return sum(int(o.size) for o in outputs) + job.pixels <= INLINE_ELEMENTS
+
+    # runner or CPU pool ------------------------------------------------------------------
+    def _finish(self, job: Job, outputs: Sequence[np.ndarray]) -> None:
+        if job.answered:
+            return
+        host = job.host
+        try:
+            assert host.engine is not None and job.prepared is not None
+            result = host.engine.finish(job.prepared, outputs)
+            body = {"model": host.name, "task": host.engine.task, "result": result.result}
+        except Exception as exc:
+            self.fail(job, reply_error(exc, f"model {host.name}: postprocessing"))
+            return
+        if job.claim():
+            self._answer(job, protocol.ok_reply(job.request.id, body, job.timings()), "ok")
+
+    def fail(self, job: Job, error: RkserveError) -> None:
+        """Answer ``job`` with ``error`` unless something answered it first (any thread)."""
+        if job.claim():
+            reply = protocol.error_reply(job.request.id, error, job.timings())
+            self._answer(job, reply, error.code)
+
+    def _answer(self, job: Job, reply: bytes, code: str) -> None:
+        self.metrics.observe(job.request.model, code, job.timings())
+        self._send(job.envelope, job.request.id, reply)
+        self._drop(job)  # after the send: a drain that sees no jobs has sent every reply
+
+    # drain (frontend thread) and the loader ----------------------------------------------
+    def fail_all(self, error: RkserveError, host: Optional[ModelHost] = None) -> int:
+        """Answer every admitted job (of ``host`` only, if given) with ``error``."""
+        with self._lock:
+            jobs = [j for j in self.jobs.values() if host is None or j.host is host]
+        for job in jobs:
+            self.fail(job, error)
+        return len(jobs)
+
+    def stop(self) -> None:
+        """Nothing starts from now on; wait for the CPU work already running (bounded: one
+        decode or post-processing per worker; queued tasks see ``stopped`` and return)."""
+        with self._lock:
+            self.stopped = True
+        self.pool.shutdown(wait=True)
+
+    @property
+    def inflight(self) -> int:
+        return len(self.jobs)
+
+
+def _pixels(request: protocol.Request) -> int:
+    """The pixels of the request's image, from its header or shape (0 without an image)."""
+    if request.tensor is not None:
+        return int(np.prod(request.tensor.shape[:2]))
+    if request.image is not None:
+        size = image_size(request.image)
+        return size[0] * size[1] if size else 0  # undecodable: refused before decoding
+    return 0
+
+
+def _cost(request: protocol.Request, params: Any, pixels: int) -> int:
+    """Bytes the request may need at its peak: per pixel of its image (an overlay keeps the
+    image and draws on it), or a few copies of its named tensors (cast, normalised)."""
+    if request.inputs is not None:
+        return INPUT_COPIES * sum(int(t.array.nbytes) for t in request.inputs.tensors)
+    overlay = bool(getattr(params, "overlay", False))
+    return pixels * (OVERLAY_BYTES_PER_PIXEL if overlay else BYTES_PER_PIXEL)
