@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 
 # No numpy/zmq at import time: `rkserve --version`, `doctor` and `convert` must start without them.
 CLIENT_ENDPOINT = os.environ.get("RKSERVE_CLIENT_ENDPOINT", "tcp://127.0.0.1:5555")
+CONNECT_TIMEOUT_S = 3.0
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -143,7 +144,13 @@ def _client(args: argparse.Namespace) -> Any:
         from .security import curve_keys
 
         curve = curve_keys(args.curve_client_key, args.curve_server_key)
-    return Client(args.endpoint or [CLIENT_ENDPOINT], timeout=args.timeout, curve=curve)
+    # no connection within a few seconds means no daemon there: say so, do not wait it out
+    return Client(
+        args.endpoint or [CLIENT_ENDPOINT],
+        timeout=args.timeout,
+        curve=curve,
+        connect_timeout=min(args.timeout, CONNECT_TIMEOUT_S),
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -193,7 +200,8 @@ def _table(rows: List[Any]) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from .errors import BadRequest
+    """Each image in turn; a bad one is named on stderr and the others still print."""
+    from .errors import BadRequest, RkserveError, Unavailable, UnknownModel
 
     if bool(args.images) == bool(args.tensor):
         raise BadRequest("give image files, or --tensor inputs for a tensor model (not both)")
@@ -202,19 +210,47 @@ def cmd_infer(args: argparse.Namespace) -> int:
     params: Dict[str, Any] = {}
     if args.top_k is not None:
         params["top_k"] = args.top_k
-    results = []
+    results, failed = [], 0
     with _client(args) as client:
         tasks = {m["name"]: m.get("task") for m in client.models()}
-        if tasks.get(args.model) == "segmentation":
+        task = tasks.get(args.model)
+        if task == "segmentation":
             params.update(
                 mask="png" if args.out and not args.overlay else "none", overlay=bool(args.overlay)
             )
+        elif task is not None and (args.out or args.overlay):
+            raise BadRequest(
+                f"--out and --overlay write segmentation masks; {args.model} is a {task} model"
+            )
         for image in args.images:
-            results.append((image, client.infer(args.model, Path(image).read_bytes(), **params)))
-    for image, reply in results:
-        if args.out and reply.task == "segmentation":
-            _write_mask(image, reply, args.out, several=len(results) > 1)
-    if args.json:
+            try:
+                reply = client.infer(args.model, _read_image(image), **params)
+            except (Unavailable, UnknownModel):
+                raise  # about the daemon or the model, not this image
+            except RkserveError as exc:
+                print(f"rkserve infer: {image}: {exc.code}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            results.append((image, reply))
+            if args.out and reply.task == "segmentation":
+                _write_mask(image, reply, args.out, several=len(args.images) > 1)
+    _print_results(results, args.json)
+    return 1 if failed else 0
+
+
+def _read_image(path: str) -> bytes:
+    from .errors import BadImage
+
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise BadImage("is a directory, not an image file") from None
+    except OSError as exc:
+        raise BadImage(f"cannot read: {exc.strerror or exc}") from None
+
+
+def _print_results(results: List[Any], as_json: bool) -> None:
+    if as_json:
         print(
             json.dumps(
                 [
@@ -230,9 +266,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    else:
+    elif results:
         print("\n\n".join(_result_text(i, r) for i, r in results))
-    return 0
 
 
 def _infer_tensors(args: argparse.Namespace) -> int:

@@ -26,6 +26,20 @@ from . import protocol
 from .errors import BadRequest, Unavailable, from_code
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # the same as the CLI's default
+TRANSPORTS = ("tcp://", "ipc://", "inproc://")
+_NO_CONNECTION: Dict[str, Any] = {}  # _exchange's answer when no endpoint ever connected
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Refuse what ZeroMQ cannot connect to, with the forms it can."""
+    if not isinstance(endpoint, str) or not endpoint.startswith(TRANSPORTS):
+        raise BadRequest(
+            f"endpoint {endpoint!r} is not a ZeroMQ address: use tcp://HOST:PORT or ipc:///PATH"
+        )
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadRequest(f"endpoint {endpoint!r}: expected tcp://HOST:PORT (port 1-65535)")
 
 
 @dataclass
@@ -54,11 +68,16 @@ class Client:
         retries: int = 1,
         context: Optional[zmq.Context] = None,
         curve: Optional[Dict[str, bytes]] = None,
+        connect_timeout: Optional[float] = None,
     ) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not self.endpoints:
             raise BadRequest("a Client needs at least one endpoint")
+        for endpoint in self.endpoints:
+            check_endpoint(endpoint)
         self.timeout = timeout
+        # how long to wait for a first connection before saying no daemon is there
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.retries = retries
         self._ctx = context or zmq.Context.instance()
         self._curve = curve
@@ -76,7 +95,11 @@ class Client:
                 sock.curve_publickey = self._curve["public"]
                 sock.curve_serverkey = self._curve["server"]
             for endpoint in self.endpoints:
-                sock.connect(endpoint)
+                try:
+                    sock.connect(endpoint)
+                except zmq.ZMQError as exc:
+                    sock.close(linger=0)
+                    raise BadRequest(f"cannot connect to {endpoint!r}: {exc}") from None
             self._sock = sock
         return self._sock
 
@@ -98,6 +121,19 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         for _attempt in range(self.retries + 1):
             reply = self._exchange(payload, request_id, timeout)
+            if reply is _NO_CONNECTION:
+                self._reset()
+                curve = (
+                    "; with CURVE, does the daemon allow this client's key, and is the "
+                    "server key its own?"
+                    if self._curve
+                    else ""
+                )
+                raise Unavailable(
+                    f"could not connect to {', '.join(self.endpoints)} within "
+                    f"{min(timeout, self.connect_timeout):g} s: is the daemon running "
+                    f"('rkserve serve', 'systemctl status rkserve') and listening there{curve}?"
+                )
             if reply is not None:
                 if not reply.get("ok"):
                     error = reply.get("error") or {}
@@ -117,8 +153,8 @@ class Client:
         try:
             sock.send_multipart([b"", payload], flags=zmq.NOBLOCK)
         except zmq.Again:  # no endpoint connected yet: wait for one within the timeout
-            if not sock.poll(int(timeout * 1000), zmq.POLLOUT):
-                return None
+            if not sock.poll(int(min(timeout, self.connect_timeout) * 1000), zmq.POLLOUT):
+                return _NO_CONNECTION
             sock.send_multipart([b"", payload])
         until = time.monotonic() + timeout
         while True:

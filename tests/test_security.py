@@ -197,7 +197,8 @@ def test_the_client_cli_takes_key_files(curve_daemon, pki):
     unknown = run_cli(
         *common, "--curve-client-key", str(keys / "bob.key_secret"), "--curve-server-key", server
     )
-    assert unknown.returncode == 1 and "no reply" in unknown.stderr
+    assert unknown.returncode == 1 and "could not connect" in unknown.stderr
+    assert "does the daemon allow this client's key" in unknown.stderr
     half = run_cli(*common, "--curve-client-key", str(keys / "alice.key_secret"))
     assert half.returncode == 1 and "go together" in half.stderr
 
