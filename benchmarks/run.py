@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import baseline
+import instances
 import memory
 import overhead
 import pipelining
@@ -38,6 +39,7 @@ SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "memory": memory.run,
     "startup": startup.run,
     "baseline": baseline.run,
+    "instances": instances.run,
 }
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional
 
-from . import checks, repository
+from . import checks, probes, repository
 from .backends import choose_backend
 from .config import Settings
+from .engine import Engine
 from .errors import BackendError, ConfigError, RknnFileError, RkserveError
 from .metrics import Metrics
 from .modelhost import ModelHost
@@ -220,21 +221,44 @@ class Loader:
             if refused:
                 log.error("model %s refused: %s", entry.name, refused)
                 return ModelHost(entry, None, refused, "refused", size)
-            options = {"latency_ms": self.settings.fake_latency_ms} if kind == "fake" else {}
-            engine = repository.build_engine(entry.spec, kind, self.settings.max_pixels, **options)
+            engines = self._open_instances(entry, kind)
         except RkserveError as exc:
             return self._failed(entry, exc)
-        try:
-            engine.warm_up()  # fail now, not on a user
-        except RkserveError as exc:
-            engine.backend.close()
-            return self._failed(entry, exc)
+        engine = engines[0]
         log.info(
-            "model %s ready (%s, %s backend)", entry.name, entry.spec.task, engine.backend.name
+            "model %s ready (%s, %s backend%s)",
+            entry.name,
+            entry.spec.task,
+            engine.backend.name,
+            f", {len(engines)} instances" if len(engines) > 1 else "",
         )
-        return ModelHost(
-            entry, engine, None, "ready", size, info=self._info(entry, engine.backend.name)
-        )
+        info = self._info(entry, engine.backend.name)
+        return ModelHost(entry, engine, None, "ready", size, info=info, spares=engines[1:])
+
+    def _open_instances(self, entry: repository.Entry, kind: str) -> List[Engine]:
+        """The model's engines, each warmed up (a broken model fails now, not on a user);
+        on a multi-core NPU each is pinned to its own core."""
+        assert entry.spec is not None
+        cores = probes.npu_cores(self.board.soc) if self.board and kind == "rknnlite" else 1
+        count = entry.spec.instances or cores
+        engines: List[Engine] = []
+        try:
+            for mask in core_masks(cores, count):
+                options: Dict[str, object] = {}
+                if kind == "fake":
+                    options["latency_ms"] = self.settings.fake_latency_ms
+                if mask is not None:
+                    options["core_mask"] = mask
+                engine = repository.build_engine(
+                    entry.spec, kind, self.settings.max_pixels, **options
+                )
+                engines.append(engine)
+                engine.warm_up()  # fail now, not on a user
+        except BaseException:
+            for engine in engines:
+                engine.backend.close()
+            raise
+        return engines
 
     def _failed(self, entry: repository.Entry, exc: RkserveError) -> ModelHost:
         # a model that does not fit its model.yaml or its task is refused, not failed
@@ -331,3 +355,12 @@ class Loader:
         return f"serving {len(ready)}/{len(hosts)} models" + (
             f" ({'; '.join(problems)})" if problems else ""
         )
+
+
+def core_masks(cores: int, instances: int) -> List[Optional[int]]:
+    """The ``core_mask`` of each instance: its own core on a multi-core NPU (RKNNLite's
+    ``NPU_CORE_0/1/2`` are 1, 2 and 4; more instances than cores share them in turn), and
+    None on a single-core NPU, whose runtime refuses the argument (error -13)."""
+    if cores <= 1:
+        return [None] * instances
+    return [1 << (n % cores) for n in range(instances)]

@@ -1,9 +1,10 @@
-"""One served model: its engine, its bounded admission count, its queue and its runner thread.
+"""One served model: its engines, its bounded admission count, its queue and its runners.
 
-A host does not know what a request goes through (that is :mod:`rkserve.pipeline`): its
-runner thread takes jobs from the queue one at a time and hands each to the pipeline's
-``step`` while it records which job it is on and since when, so the loader can tell a
-wedged runtime. Its ``state`` and ``error`` are written by the loader thread only.
+A host does not know what a request goes through (that is :mod:`rkserve.pipeline`): each
+runner thread owns one engine (one runtime object: on a multi-core NPU, pinned to its own
+core), takes jobs from the shared queue one at a time and hands each to the pipeline's
+``step`` with its engine, while it records which job it is on and since when, so the loader
+can tell a wedged runtime. ``state`` and ``error`` are written by the loader thread only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from .engine import Engine
 from .errors import ModelUnavailable, Overloaded
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .pipeline import Job
 
 log = logging.getLogger("rkserve")
-Step = Callable[["ModelHost", "Job"], None]
+Step = Callable[["ModelHost", "Job", Engine], None]
 STATES = ("loading", "ready", "failed", "refused", "stuck")
 
 
@@ -37,10 +38,12 @@ class ModelHost:
         state: str,
         queue_size: int,
         info: Optional[Dict[str, str]] = None,
+        spares: Sequence[Engine] = (),
     ) -> None:
         self.entry = entry
         self.name = entry.name
-        self.engine = engine
+        self.engine = engine  # the first instance; prepare and finish use it (pure CPU work)
+        self.engines: List[Engine] = ([engine] if engine is not None else []) + list(spares)
         self.error = error  # why it is not serving, or why its last reload failed
         self.state = state  # one of STATES; written by the loader thread only
         self.queue_size = queue_size
@@ -48,9 +51,8 @@ class ModelHost:
         self.pending = 0  # admitted, not yet taken by the runner
         self._lock = threading.Lock()
         self._queue: queue.Queue[Optional[Job]] = queue.Queue()
-        self._thread: Optional[threading.Thread] = None
-        self.busy_since: Optional[float] = None
-        self.current: Optional[Job] = None
+        self._threads: List[threading.Thread] = []
+        self._busy: Dict[int, float] = {}  # runner index -> when its current job started
 
     @property
     def ready(self) -> bool:
@@ -58,8 +60,8 @@ class ModelHost:
 
     @property
     def idle(self) -> bool:
-        """Nothing admitted and the runner waiting: work sent now starts at once."""
-        return self.pending == 0 and self.current is None
+        """Nothing admitted and a runner waiting: work sent now starts at once."""
+        return self.pending == 0 and len(self._busy) < len(self.engines)
 
     def describe(self) -> Dict[str, Any]:
         spec = self.entry.spec
@@ -74,6 +76,7 @@ class ModelHost:
         if self.engine is not None:
             info["backend"] = self.engine.backend.name
             info.update(self.engine.describe())  # input_shape, or a tensor model's inputs
+            info["instances"] = len(self.engines)
         info.update(self.info)
         return info
 
@@ -103,38 +106,47 @@ class ModelHost:
     def enqueue(self, job: Job) -> None:
         self._queue.put(job)
 
-    # runner thread
+    # runner threads
     def start(self, step: Step) -> None:
-        """Run the queue on a thread of its own, one job at a time through ``step``."""
-        self._thread = threading.Thread(
-            target=self._run, args=(step,), name=f"npu-{self.name}", daemon=True
-        )
-        self._thread.start()
+        """Run the queue on one thread per engine, one job at a time each through ``step``."""
+        for index, engine in enumerate(self.engines):
+            thread = threading.Thread(
+                target=self._run,
+                args=(step, index, engine),
+                name=f"npu-{self.name}" + (f"-{index}" if index else ""),
+                daemon=True,
+            )
+            self._threads.append(thread)
+            thread.start()
 
-    def _run(self, step: Step) -> None:
+    def _run(self, step: Step, index: int, engine: Engine) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
             self.release()
-            self.current, self.busy_since = job, time.monotonic()
+            self._busy[index] = time.monotonic()
             try:
-                step(self, job)
+                step(self, job, engine)
             finally:
-                self.current, self.busy_since = None, None
+                del self._busy[index]
 
     # loader thread
     def stuck_for(self) -> float:
-        since = self.busy_since
-        return 0.0 if since is None else time.monotonic() - since
+        """How long the longest-running runner has been on its current job."""
+        started = list(self._busy.values())
+        return time.monotonic() - min(started) if started else 0.0
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop the runner once its queue is empty, then close the backend; False when the
-        runner did not stop in time (wedged in the runtime: the backend stays open)."""
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        stopped = self._thread is None or not self._thread.is_alive()
-        if self.engine is not None and stopped:
-            self.engine.backend.close()
+        """Stop the runners once the queue is empty, then close the backends; False when a
+        runner did not stop in time (wedged in the runtime: the backends stay open)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        until = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, until - time.monotonic()))
+        stopped = not any(t.is_alive() for t in self._threads)
+        if stopped:
+            for engine in self.engines:
+                engine.backend.close()
         return stopped

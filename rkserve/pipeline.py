@@ -30,7 +30,7 @@ import numpy as np
 
 from . import protocol
 from .config import BYTES_PER_PIXEL, OVERLAY_BYTES_PER_PIXEL, Settings
-from .engine import Prepared
+from .engine import Engine, Prepared
 from .errors import (
     DeadlineExceeded,
     InternalError,
@@ -196,8 +196,8 @@ class Pipeline:
             return False
 
     # runner thread -----------------------------------------------------------------------
-    def step(self, host: ModelHost, job: Job) -> None:
-        """The runner's part: (prepare,) run, and finish when that is cheap."""
+    def step(self, host: ModelHost, job: Job, engine: Engine) -> None:
+        """The runner's part: (prepare,) run on its ``engine``, and finish when that is cheap."""
         if job.answered or self.stopped:
             return
         if job.prepared is None and not self._prepared_on_runner(job):
@@ -205,9 +205,9 @@ class Pipeline:
         if job.expired():
             self.fail(job, job.deadline_error("the NPU"))
             return
-        assert host.engine is not None and job.prepared is not None
+        assert job.prepared is not None
         try:
-            outputs = host.engine.run(job.prepared)
+            outputs = engine.run(job.prepared)
         except Exception as exc:  # a backend bug must not kill the runner
             self.fail(job, reply_error(exc, f"model {host.name}: inference"))
             return

@@ -75,6 +75,14 @@ _FAMILIES = {
     "rk3562": "rk3562",
 }
 SUPPORTED_SOCS = tuple(_FAMILIES)
+_NPU_CORES = {"rk3588": 3, "rk3576": 2}  # by family; the others have one core
+
+
+def npu_cores(soc_name: Optional[str]) -> int:
+    """NPU cores of a SoC (RK3588: 3, RK3576: 2, RK3566/RK3568 and unknown: 1)."""
+    return _NPU_CORES.get(npu_family(soc_name), 1) if soc_name else 1
+
+
 _SOC_NAME = re.compile(r"r[kv]\d{4}[a-z]?")
 _VERSION = re.compile(r"v?(\d+\.\d+\.\d+)")
 _CHUNK = 1 << 20

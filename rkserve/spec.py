@@ -64,6 +64,7 @@ class ModelSpec:
     onnx: OnnxInput = field(default_factory=OnnxInput)
     inputs: Tuple[InputSpec, ...] = ()  # task tensor: the model's inputs as declared
     convert: Dict[str, Any] = field(default_factory=dict)
+    instances: int = 0  # runtime objects serving the model at once; 0: one per NPU core
 
     @property
     def rknn_path(self) -> Path:
@@ -165,6 +166,7 @@ def load_spec(folder: Path) -> ModelSpec:
         rknn_file=top.section("rknn").text("file", "model.rknn"),
         onnx=_onnx_input(top.section("onnx")),
         convert=dict(top.data.get("convert") or {}),
+        instances=top.integer("instances", 0),
         labels=_labels(top, folder),
         labels_file=top.text("labels"),
         palette=_palette(top),

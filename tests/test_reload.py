@@ -173,3 +173,46 @@ def test_rss_growth_per_reload_is_bounded(tmp_path):
         assert per_reload < 1.0, sizes
     finally:
         assert d.stop() == 0, d.log()
+
+
+def test_instances_serve_a_model_in_parallel(tmp_path):
+    """`instances: 3` (an RK3588's three NPU cores): three requests run at once."""
+    models = fake_models(tmp_path / "models")
+    spec = models / "cls" / "model.yaml"
+    spec.write_text(spec.read_text() + "instances: 3\n")
+    d = Daemon(tmp_path, models, "--backend", "fake", "--fake-latency-ms", "400").start()
+    try:
+        with d.client(retries=0) as client:
+            assert {m["name"]: m for m in client.models()}["cls"]["instances"] == 3
+
+        def one() -> None:
+            with d.client(retries=0) as client:
+                client.infer("cls", CLS)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        took = time.monotonic() - started
+        assert took < 2 * 0.4, f"{took:.2f} s for 3 requests of 0.4 s on 3 instances"
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def test_each_instance_gets_its_own_core_only_on_a_multi_core_npu():
+    from rkserve.loader import core_masks
+    from rkserve.probes import npu_cores
+
+    assert [npu_cores(s) for s in ("rk3588", "rk3588s", "rk3576", "rk3568", "rk3566", None)] == [
+        3,
+        3,
+        2,
+        1,
+        1,
+        1,
+    ]
+    assert core_masks(3, 3) == [1, 2, 4]
+    assert core_masks(2, 3) == [1, 2, 1]
+    assert core_masks(1, 2) == [None, None]  # RK3566/RK3568 refuse core_mask (-13)
