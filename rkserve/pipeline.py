@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from .errors import (
 from .memory import GcGuard
 from .metrics import Metrics
 from .modelhost import ModelHost
-from .tasks.image import image_size
+from .tasks.image import check_pixels, image_size
 
 log = logging.getLogger("rkserve")
 Send = Callable[[List[bytes], Any, bytes], None]  # (envelope, request id, reply)
@@ -137,7 +137,7 @@ class Pipeline:
         if host.engine is None or not host.ready:
             raise host.unavailable()
         params = host.engine.parse_params(request.params)
-        pixels = _pixels(request)
+        pixels = _pixels(request, self.settings.max_pixels)
         cost = _cost(request, params, pixels)
         deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
         job = Job(envelope, request, host, params, deadline, cost, pixels)
@@ -285,14 +285,20 @@ class Pipeline:
         return len(self.jobs)
 
 
-def _pixels(request: protocol.Request) -> int:
-    """The pixels of the request's image, from its header or shape (0 without an image)."""
+def _pixels(request: protocol.Request, max_pixels: int) -> int:
+    """The pixels of the request's image, from its header or shape (0 without an image);
+    one over ``max_pixels`` is refused here, as the decoder would refuse it."""
+    size: Optional[Tuple[int, ...]] = None
     if request.tensor is not None:
-        return int(np.prod(request.tensor.shape[:2]))
-    if request.image is not None:
-        size = image_size(request.image)
-        return size[0] * size[1] if size else 0  # undecodable: refused before decoding
-    return 0
+        size = tuple(request.tensor.shape[1::-1])  # (width, height)
+    elif request.image is not None:
+        size = image_size(request.image)  # None: undecodable, refused before decoding
+    if not size or len(size) < 2:
+        return 0
+    width, height = int(size[0]), int(size[1])
+    if width * height > max_pixels:
+        check_pixels(width, height, max_pixels)
+    return width * height
 
 
 def _cost(request: protocol.Request, params: Any, pixels: int) -> int:

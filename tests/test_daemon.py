@@ -307,7 +307,12 @@ def test_sighup_reloads_new_changed_and_removed_models(tmp_path, models):
         shutil.rmtree(models / "cls")
         (models / "seg" / "model.yaml").write_text("task: segmentation\ninput: {size: 0}\n")
         d.signal(signal.SIGHUP)
-        health = d.wait(lambda h: "cls2" in h["models"] and "cls" not in h["models"])
+        # a new model is listed (as loading) from the moment its folder is seen: wait for the pass
+        health = d.wait(
+            lambda h: (
+                "cls2" in h["models"] and "cls" not in h["models"] and h["status"] == "serving"
+            )
+        )
         assert health["models"]["cls2"]["ready"]
         seg = health["models"]["seg"]
         assert seg["ready"] and "reload failed, still serving the previous version" in seg["error"]
