@@ -2,7 +2,8 @@
 
 The engine knows no task: it looks the model's task up by name (:mod:`rkserve.tasks`) and
 calls its functions. The three stages are separate methods so the daemon can run them on
-different threads (prepare and finish on a CPU pool, ``run`` on the NPU runner)::
+different threads (``run`` on the NPU runner; prepare and finish on the CPU pool or the
+runner, see :mod:`rkserve.pipeline`)::
 
     engine = Engine(spec, open_backend("onnx", spec))
     result = engine.infer(jpeg_bytes, {"top_k": 3})
