@@ -33,6 +33,7 @@ from .systemd import Notifier
 
 log = logging.getLogger("rkserve")
 POLL_MS = 100
+CHORES_S = 0.05  # events, watchdog pings and the outbox's bookkeeping, at most this often
 RCVHWM = 32  # requests queued per peer before ZeroMQ stops reading that peer's connection
 EXIT_OK, EXIT_FORCED = 0, 1
 
@@ -134,7 +135,7 @@ class Server:
 
     def main_loop(self) -> None:
         poller = self._poller()
-        next_ping = 0.0
+        next_ping = next_chores = 0.0
         while not self.should_exit:
             self._poll_once(poller)
             if self.should_reload:
@@ -143,7 +144,10 @@ class Server:
                 if self.curve is not None:
                     self.curve.reload()
                 self.loader.reload()
-            next_ping = self._housekeeping(next_ping)
+            now = time.monotonic()
+            if now >= next_chores:  # not after every request: the runner waits for the GIL
+                next_chores = now + CHORES_S
+                next_ping = self._housekeeping(next_ping)
 
     def _poller(self) -> zmq.Poller:
         """The ROUTER's descriptor (edge-triggered: it says something changed, and is
