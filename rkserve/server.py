@@ -51,6 +51,7 @@ class Server:
         # job (sending): ZeroMQ sockets are not thread-safe, so every use holds this lock.
         self._sock_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()  # a sender saw requests waiting: wake the loop
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes it: never block a sender
         self._closed = False
         self.should_exit = self.force_exit = self.should_reload = False
         self.draining = False
@@ -285,7 +286,8 @@ class Server:
             # sending may have taken the FD's edge for requests that arrived meanwhile
             waiting = self._requests_waiting()
         if waiting:
-            os.write(self._wake_w, b"!")
+            with contextlib.suppress(BlockingIOError):  # the pipe is full: the loop is woken
+                os.write(self._wake_w, b"!")
 
     def _requests_waiting(self) -> bool:
         """Under the lock: whether a request can be read (also re-arms the ROUTER's FD)."""
