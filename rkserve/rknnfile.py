@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ._rknncontainer import Container, read_container
 
-__all__ = ["RknnInfo", "TensorInfo", "describe", "parse_version", "read_rknn"]
+__all__ = ["RknnInfo", "TensorInfo", "describe", "looks_like", "parse_version", "read_rknn"]
 
 # rknn-toolkit2 stores the source model's shapes; these frameworks are channels-first.
 _NCHW_SOURCES = ("onnx", "pytorch", "caffe", "darknet")
@@ -69,6 +69,7 @@ class RknnInfo:
         data["target_platforms"] = list(self.target_platforms)
         for role in ("inputs", "outputs"):
             data[role] = [_tensor_dict(t) for t in getattr(self, role)]
+        data["looks_like"] = looks_like(self)
         return data
 
     @property
@@ -192,6 +193,24 @@ def _floats(value: Any) -> Optional[Tuple[float, ...]]:
     return tuple(float(v) for v in value)
 
 
+def looks_like(info: RknnInfo) -> str:
+    """One line on what the outputs' shapes say the model is, e.g. ``"6 outputs: looks like
+    a YOLOv8 rknnopt export (also YOLO11): task detection, ..."``."""
+    from .tasks.yolo import explain
+
+    if len(info.inputs) != 1:
+        return f"{len(info.inputs)} inputs: not a one-image model (the image tasks take one image)"
+    return explain([t.shape for t in info.outputs], _input_size(info))
+
+
+def _input_size(info: RknnInfo) -> Optional[Tuple[int, int]]:
+    """The image input's ``(height, width)``, if the model has one 4-D input."""
+    if len(info.inputs) != 1 or len(info.inputs[0].shape) != 4:
+        return None
+    shape = info.inputs[0].shape
+    return (shape[1], shape[2]) if info.inputs[0].layout == "nhwc" else (shape[2], shape[3])
+
+
 def describe(info: RknnInfo) -> str:
     """A multi-line, human-readable summary of ``info``."""
     toolkit = info.toolkit_version or "?"
@@ -202,6 +221,7 @@ def describe(info: RknnInfo) -> str:
         f"  format version   {info.format_version}",
         f"  toolkit          {toolkit}",
         f"  target platform  {', '.join(info.target_platforms) or '?'}",
+        f"  looks like       {looks_like(info)}",
     ]
     for title, tensors in (("inputs", info.inputs), ("outputs", info.outputs)):
         lines.append(f"  {title} ({len(tensors)}):")

@@ -166,11 +166,14 @@ def resize(
     mode: str = "stretch",
     interpolation: str = "linear",
     shorter_side: int = 0,
+    fill: int = LETTERBOX_FILL,
 ) -> Tuple[np.ndarray, Placement]:
     """Resize to ``size=(height, width)``: a plain ``stretch`` (Rockchip's examples), a
-    ``letterbox`` (aspect kept, grey padding) or a ``crop`` (the shorter side to
-    ``shorter_side``, default ``size / 0.875``, then the centre: torchvision's ImageNet
-    ``Resize(256)`` + ``CenterCrop(224)``), with cv2's ``interpolation``."""
+    ``letterbox`` (aspect kept, padded with grey level ``fill``: the model zoo's letter_box,
+    the same size and place; its detection examples pad with 0, as RGA does, Ultralytics
+    with 114) or a ``crop`` (the shorter side to ``shorter_side``, default ``size / 0.875``,
+    then the centre: torchvision's ImageNet ``Resize(256)`` + ``CenterCrop(224)``), with
+    cv2's ``interpolation``."""
     flag = INTERPOLATIONS[interpolation]
     if mode == "crop":
         return _resize_crop(image, size, flag, shorter_side or crop_side(size))
@@ -186,7 +189,7 @@ def resize(
     scale = min(width / src_w, height / src_h)
     new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
     pad_x, pad_y = (width - new_w) // 2, (height - new_h) // 2
-    out = np.full((height, width, 3), LETTERBOX_FILL, np.uint8)
+    out = np.full((height, width, 3), fill, np.uint8)
     out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.resize(
         image, (new_w, new_h), interpolation=flag
     )

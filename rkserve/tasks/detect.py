@@ -1,0 +1,132 @@
+"""Detection post-processing: raw YOLO outputs → boxes in source-image pixels, best first.
+
+The steps are those of Rockchip's model zoo (decode, score threshold, class-wise NMS, boxes
+back through the letterbox and clipped) and give the same boxes, vectorised::
+
+    placement = Placement(...)  # from image.resize(rgb, (640, 640), "letterbox")
+    found = postprocess(outputs, "yolov8", placement, (640, 640), rgb.shape[:2])
+    found.boxes[0], found.scores[0], found.classes[0]   # the best detection
+
+A gate or a test can also call the steps alone: :func:`decode` (candidates in model-input
+pixels), :func:`nms`, :func:`box_iou`, :func:`to_source`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .image import Placement
+from .nms import box_iou, nms
+from .yolo import FORMATS, STRIDES, YOLOV5_ANCHORS, Anchors, Candidates, decode
+
+__all__ = [
+    "FORMATS",
+    "STRIDES",
+    "YOLOV5_ANCHORS",
+    "Candidates",
+    "Detections",
+    "box_iou",
+    "decode",
+    "draw",
+    "nms",
+    "postprocess",
+    "to_source",
+    "to_wire",
+]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Kept boxes, best first: ``boxes`` ``[K, 4] float64`` (``x1, y1, x2, y2``),
+    ``scores`` ``[K] float32``, ``classes`` ``[K] int64``."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def to_source(
+    boxes: np.ndarray,
+    placement: Placement,
+    input_size: Tuple[int, int],
+    source_size: Tuple[int, int],
+) -> np.ndarray:
+    """Boxes ``[N, 4]`` in model-input pixels → source-image pixels, clipped to the image.
+
+    ``input_size`` and ``source_size`` are ``(height, width)``. As the model zoo's
+    ``get_real_box``: subtract the letterbox's half padding (a float: 2.5 px when 5 px are
+    left, though the image sits 2 px in), divide by the scale, clip to ``[0, width]`` and
+    ``[0, height]``.
+    """
+    input_h, input_w = input_size
+    pad_x = (input_w - (placement.width or input_w)) / 2
+    pad_y = (input_h - (placement.height or input_h)) / 2
+    offset = np.array([pad_x, pad_y, pad_x, pad_y])
+    scale = np.array([placement.scale_x, placement.scale_y] * 2)
+    height, width = source_size
+    return np.clip((np.asarray(boxes, np.float64) - offset) / scale, 0, [width, height] * 2)
+
+
+def postprocess(
+    outputs: Sequence[np.ndarray],
+    format: str,
+    placement: Placement,
+    input_size: Tuple[int, int],
+    source_size: Tuple[int, int],
+    conf: float = 0.25,
+    iou: float = 0.45,
+    max_det: int = 100,
+    classes: Optional[Sequence[int]] = None,
+    strides: Sequence[int] = STRIDES,
+    anchors: Optional[Anchors] = None,
+) -> Detections:
+    """Decode, keep scores ``>= conf`` (of ``classes`` only, if given), class-wise NMS at
+    ``iou``, the best ``max_det``, boxes in source pixels. Arguments as :func:`decode` and
+    :func:`to_source`."""
+    found = decode(outputs, format, conf, strides, anchors, classes)
+    keep = nms(found.boxes, found.scores, found.classes, iou, max_det)
+    return Detections(
+        to_source(found.boxes[keep], placement, input_size, source_size),
+        found.scores[keep],
+        found.classes[keep],
+    )
+
+
+def to_wire(found: Detections, labels: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """``[{"index", "label", "score", "box": [x1, y1, x2, y2]}]``, best first."""
+    return [
+        {
+            "index": int(index),
+            "label": _label(int(index), labels),
+            "score": float(score),
+            "box": [float(v) for v in box],
+        }
+        for box, score, index in zip(found.boxes.tolist(), found.scores.tolist(), found.classes)
+    ]
+
+
+def _label(index: int, labels: Sequence[str]) -> str:
+    return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+BOX_RGB = (0, 0, 255)  # the model zoo draws in BGR: blue boxes, red text
+TEXT_RGB = (255, 0, 0)
+
+
+def draw(image: np.ndarray, found: Detections, labels: Sequence[str] = ()) -> np.ndarray:
+    """A copy of the ``HxWx3`` RGB ``image`` with each box and ``"label score"`` drawn as the
+    model zoo's ``draw`` does (2 px boxes, corners truncated to whole pixels)."""
+    canvas = image.copy()
+    for box, score, index in zip(found.boxes.tolist(), found.scores.tolist(), found.classes):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_RGB, 2)
+        text = f"{_label(int(index), labels)} {score:.2f}"
+        cv2.putText(canvas, text, (x1, y1 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.6, TEXT_RGB, 2)
+    return canvas
