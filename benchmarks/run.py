@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import baseline
+import detection
 import instances
 import memory
 import overhead
@@ -40,6 +41,7 @@ SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "startup": startup.run,
     "baseline": baseline.run,
     "instances": instances.run,
+    "detection": detection.run,
 }
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
 

@@ -26,10 +26,18 @@ _loaded: Dict[str, ModuleType] = {}
 
 def zoo(name: str) -> ModuleType:
     """One of the zoo's modules, or skip the test with the reason."""
+    try:
+        return load(name)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def load(name: str) -> ModuleType:
+    """One of the zoo's modules (FileNotFoundError when ../shared is absent)."""
     if name not in _loaded:
         path = ZOO / FILES[name]
         if not path.is_file():
-            pytest.skip(f"model zoo reference not found: {path}")
+            raise FileNotFoundError(f"model zoo reference not found: {path}")
         spec = importlib.util.spec_from_file_location(f"zoo_{name}", path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

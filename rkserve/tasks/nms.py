@@ -14,8 +14,11 @@ from typing import Optional
 import numpy as np
 
 NMS_EPS = 1e-5  # the model zoo's nms_boxes adds this to the intersection's sides
-# Boxes are suppressed a chunk at a time: a [CHUNK, CHUNK] and a [CHUNK, kept] overlap matrix.
+# Boxes are suppressed a chunk at a time: a [chunk, kept] and a [chunk, chunk] overlap matrix.
+# Chunks start small and double: the first boxes decide most of the rest.
+FIRST_CHUNK = 32
 CHUNK = 256
+_AFTER = np.triu(np.ones((CHUNK, CHUNK), bool), k=1)  # [i, j]: box j comes after box i
 
 
 def box_iou(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> np.ndarray:
@@ -48,9 +51,10 @@ def nms(
     at most ``max_det``.
 
     Greedy NMS is sequential: whether a box stays depends on the boxes kept before it.
-    Boxes are taken a chunk of :data:`CHUNK` at a time, in score order: first every box
-    overlapping an already kept box is dropped (one matrix), then the chunk's own order is
-    settled by iterating ``keep = alive & ~any(suppresses[keep])`` to its fixed point
+    Boxes are taken a chunk at a time (:data:`FIRST_CHUNK` boxes, doubling up to
+    :data:`CHUNK`), in score order: first every box overlapping an already kept box is
+    dropped (one matrix), then the rest of the chunk is settled by iterating
+    ``keep = ~any(suppresses[keep])`` to its fixed point
     (which is the greedy answer: suppression only points forward). That takes as many
     passes as the longest chain of boxes suppressing the next, a handful for real outputs.
     Work stops once ``max_det`` boxes are kept: later boxes cannot change them.
@@ -60,12 +64,12 @@ def nms(
     labels = np.zeros(count, np.int64) if classes is None else np.asarray(classes)
     order = np.argsort(-np.asarray(scores), kind="stable")
     kept = np.empty(0, np.int64)
-    for start in range(0, count, CHUNK):
-        if kept.size >= limit:
-            break
-        chunk = order[start : start + CHUNK]
-        alive = ~_suppressed(boxes[kept], labels[kept], boxes[chunk], labels[chunk], iou)
-        kept = np.concatenate([kept, chunk[_settle(boxes[chunk], labels[chunk], alive, iou)]])
+    start, size = 0, FIRST_CHUNK
+    while start < count and kept.size < limit:
+        chunk = order[start : start + size]
+        chunk = chunk[~_suppressed(boxes[kept], labels[kept], boxes[chunk], labels[chunk], iou)]
+        kept = np.concatenate([kept, chunk[_settle(boxes[chunk], labels[chunk], iou)]])
+        start, size = start + size, min(2 * size, CHUNK)
     return kept[:limit]
 
 
@@ -73,8 +77,7 @@ def _suppresses(
     a: np.ndarray, a_cls: np.ndarray, b: np.ndarray, b_cls: np.ndarray, iou: float
 ) -> np.ndarray:
     """``[N, M]`` bool: box ``a[i]`` would suppress box ``b[j]`` if ``a[i]`` were kept."""
-    with np.errstate(invalid="ignore"):
-        overlap = ~(box_iou(a, b, NMS_EPS) <= iou)  # NaN overlaps suppress, as in the model zoo
+    overlap = ~(box_iou(a, b, NMS_EPS) <= iou)  # NaN overlaps suppress, as in the model zoo
     return overlap & (a_cls[:, None] == b_cls[None, :])
 
 
@@ -87,14 +90,13 @@ def _suppressed(
     return np.asarray(_suppresses(kept, kept_cls, boxes, cls, iou).any(axis=0))
 
 
-def _settle(boxes: np.ndarray, cls: np.ndarray, alive: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS among one chunk (in score order) of which ``alive`` may still be kept:
-    ``[M]`` bool of the kept ones."""
-    forward = np.triu(_suppresses(boxes, cls, boxes, cls, iou), k=1)
-    forward &= alive[:, None]
-    keep = alive.copy()
+def _settle(boxes: np.ndarray, cls: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy NMS among one chunk of boxes in score order: ``[M]`` bool of the kept ones."""
+    count = boxes.shape[0]
+    forward = _suppresses(boxes, cls, boxes, cls, iou) & _AFTER[:count, :count]
+    keep = np.ones(boxes.shape[0], bool)
     while True:
-        settled = alive & ~forward[keep].any(axis=0)
+        settled = ~forward[keep].any(axis=0)
         if np.array_equal(settled, keep):
             return keep
         keep = settled
