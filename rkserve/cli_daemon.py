@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 # No numpy/zmq at import time: `rkserve --version`, `doctor` and `convert` must start without them.
 CLIENT_ENDPOINT = os.environ.get("RKSERVE_CLIENT_ENDPOINT", "tcp://127.0.0.1:5555")
@@ -93,13 +93,20 @@ def add_client_commands(sub: argparse._SubParsersAction) -> None:
         "--out",
         metavar="PATH",
         help="segmentation: write the mask PNG here (a folder when several images); "
-        "tensor: the folder for the output .npy files",
+        "tensor: the folder for the output .npy files; detection: write the boxes drawn over "
+        "the image (JPEG)",
     )
     p.add_argument(
         "--overlay",
         action="store_true",
         help="segmentation: write a JPEG of the classes over the image instead",
     )
+    p.add_argument("--conf", type=float, help="detection: lowest score kept (default: the model's)")
+    p.add_argument(
+        "--iou", type=float, help="detection: NMS overlap threshold (default: the model's)"
+    )
+    p.add_argument("--max-det", type=int, help="detection: the most boxes (default: the model's)")
+    p.add_argument("--classes", metavar="I,J", help="detection: only these class indices, e.g. 0,2")
     _client_options(p)
     p.set_defaults(func=cmd_infer)
     for name, text in (
@@ -218,6 +225,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
             params.update(
                 mask="png" if args.out and not args.overlay else "none", overlay=bool(args.overlay)
             )
+        elif task == "detection":
+            params.update(_detection_params(args))
         elif task is not None and (args.out or args.overlay):
             raise BadRequest(
                 f"--out and --overlay write segmentation masks; {args.model} is a {task} model"
@@ -232,7 +241,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             results.append((image, reply))
-            if args.out and reply.task == "segmentation":
+            if args.out and reply.task in ("segmentation", "detection"):
                 _write_mask(image, reply, args.out, several=len(args.images) > 1)
     _print_results(results, args.json)
     return 1 if failed else 0
@@ -331,6 +340,23 @@ def _file_name(name: str) -> str:
     return cleaned or "output"
 
 
+def _detection_params(args: argparse.Namespace) -> Dict[str, Any]:
+    from .errors import BadRequest
+
+    params: Dict[str, Any] = {"overlay": bool(args.out)}
+    for key in ("conf", "iou", "max_det"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    if args.classes:
+        try:
+            params["classes"] = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise BadRequest(
+                f"--classes takes class indices like 0,2, not {args.classes!r}"
+            ) from None
+    return params
+
+
 def _write_mask(image: str, reply: Any, out: str, several: bool) -> None:
     key, suffix = (
         ("overlay", ".overlay.jpg") if "overlay" in reply.result else ("mask", ".mask.png")
@@ -352,11 +378,20 @@ def _result_text(image: str, reply: Any) -> str:
     )
     head = f"{image}: {reply.model} ({reply.task}), {t.get('total', 0):.1f} ms [{stages}]"
     if reply.task == "classification":
-        rows = [("RANK", "INDEX", "SCORE", "LABEL")]
+        rows: List[Tuple[str, ...]] = [("RANK", "INDEX", "SCORE", "LABEL")]
         rows += [
             (str(n), str(c["index"]), f"{c['score']:.4f}", c["label"])
             for n, c in enumerate(reply.classes, 1)
         ]
+    elif reply.task == "detection":
+        head += f", {reply.result['width']}x{reply.result['height']}"
+        rows = [("RANK", "INDEX", "SCORE", "LABEL", "BOX (x1, y1, x2, y2)")]
+        rows += [
+            (str(n), str(d["index"]), f"{d['score']:.4f}", d["label"], _box(d["box"]))
+            for n, d in enumerate(reply.detections, 1)
+        ]
+        if len(rows) == 1:
+            return head + "\nno detections"
     else:
         head += f", {reply.result['width']}x{reply.result['height']}"
         rows = [("INDEX", "PIXELS", "RATIO", "LABEL")]
@@ -365,6 +400,10 @@ def _result_text(image: str, reply: Any) -> str:
             for c in reply.classes
         ]
     return head + "\n" + _table(rows)
+
+
+def _box(box: List[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in box)
 
 
 def _jsonable(value: Any) -> Any:

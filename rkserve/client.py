@@ -59,6 +59,11 @@ class InferResult:
         """A tensor model's output tensors by name, as arrays (in the model's order)."""
         return {o["name"]: protocol.decode_output(o) for o in self.result.get("outputs", [])}
 
+    @property
+    def detections(self) -> List[Dict[str, Any]]:
+        """Detection: ``[{"index", "label", "score", "box": [x1, y1, x2, y2]}]``, best first."""
+        return list(self.result.get("detections", []))
+
 
 class Client:
     def __init__(
@@ -240,3 +245,29 @@ class Client:
         **kw: Any,
     ) -> InferResult:
         return self.infer(model, image, mask=mask, overlay=overlay, **kw)
+
+    def detect(
+        self,
+        model: str,
+        image: Union[bytes, np.ndarray],
+        conf: Optional[float] = None,
+        iou: Optional[float] = None,
+        max_det: Optional[int] = None,
+        classes: Optional[Sequence[int]] = None,
+        overlay: bool = False,
+        **kw: Any,
+    ) -> InferResult:
+        """Boxes in source-image pixels, best first (``result.detections``); unset params take
+        the model's defaults from its model.yaml::
+
+            found = client.detect("yolov8n", jpeg, conf=0.4, classes=[0])
+            for d in found.detections:
+                print(d["label"], d["score"], d["box"])
+        """
+        given: Dict[str, Any] = {"conf": conf, "iou": iou, "max_det": max_det}
+        params = {k: v for k, v in given.items() if v is not None}
+        if classes is not None:
+            params["classes"] = [int(c) for c in classes]
+        if overlay:
+            params["overlay"] = True
+        return self.infer(model, image, **{**params, **kw})

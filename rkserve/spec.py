@@ -52,6 +52,7 @@ class ModelSpec:
     resize: str = "stretch"  # stretch | letterbox | crop (classification)
     interpolation: str = "linear"  # nearest | linear | area (cv2's, for every resize)
     shorter_side: int = 0  # resize: crop: the shorter side before the centre crop
+    pad: int = 114  # the letterbox's grey level (the model zoo's detectors: 0)
     output: str = "probabilities"  # probabilities | logits | class_map
     output_layout: str = "nchw"  # segmentation scores: nchw [1,C,H,W] | nhwc [1,H,W,C]
     label_offset: int = 0  # output index - label_offset = label index
@@ -59,6 +60,7 @@ class ModelSpec:
     labels: Tuple[str, ...] = ()
     labels_file: str = ""  # the labels file named by model.yaml (part of the reload fingerprint)
     palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
+    detection: Any = None  # task detection's output section (rkserve.tasks.detection.Output)
     description: str = ""
     rknn_file: str = "model.rknn"
     onnx: OnnxInput = field(default_factory=OnnxInput)

@@ -25,6 +25,7 @@ TASKS: Dict[str, str] = {
     "classification": "classification",
     "segmentation": "segmentation",
     "tensor": "tensor",
+    "detection": "detection",
 }
 
 
@@ -38,6 +39,6 @@ def get_task(name: str) -> Task:
 
 
 if TYPE_CHECKING:  # mypy checks that every task module has the Task functions
-    from . import classification, segmentation, tensor
+    from . import classification, detection, segmentation, tensor
 
-    _checked: Tuple[Task, ...] = (classification, segmentation, tensor)
+    _checked: Tuple[Task, ...] = (classification, segmentation, tensor, detection)

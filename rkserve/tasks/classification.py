@@ -47,6 +47,7 @@ def check(spec: ModelSpec, backend: Backend) -> None:
     vision.check_input(spec, backend)
     if not backend.outputs:
         return
+    vision.refuse_detector(spec, backend)
     scores = score_count(backend.outputs)
     if scores is None:
         raise ConfigError(

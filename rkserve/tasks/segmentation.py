@@ -50,6 +50,7 @@ def check(spec: ModelSpec, backend: Backend) -> None:
     vision.check_input(spec, backend)
     if not backend.outputs:
         return
+    vision.refuse_detector(spec, backend)
     problem = _output_problem(spec, backend.outputs)
     if problem:
         raise ConfigError(

@@ -31,9 +31,15 @@ class ImageContext:
     source: Optional[np.ndarray] = None  # the decoded image, kept only when finish draws on it
 
 
-def read_input(section: SpecReader, modes: Sequence[str] = RESIZE_MODES) -> Dict[str, Any]:
+def read_input(
+    section: SpecReader,
+    modes: Sequence[str] = RESIZE_MODES,
+    resize: str = "stretch",
+    pad: int = image.LETTERBOX_FILL,
+) -> Dict[str, Any]:
     """model.yaml's ``input``: ``size`` (required), ``color``, ``resize`` (one of ``modes``),
-    ``interpolation``, ``shorter_side`` (``crop`` only)."""
+    ``interpolation``, ``shorter_side`` (``crop`` only), ``pad`` (the letterbox's grey level);
+    ``resize`` and ``pad`` are the task's defaults."""
     size = section.data.get("size")
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
@@ -44,7 +50,7 @@ def read_input(section: SpecReader, modes: Sequence[str] = RESIZE_MODES) -> Dict
     ):
         section.fail("size", f"expected [height, width] in pixels (1..8192), got {size!r}")
     input_size = (int(size[0]), int(size[1]))
-    resize = section.choice("resize", modes, "stretch")
+    resize = section.choice("resize", modes, resize)
     shorter = section.integer("shorter_side", 0)
     if shorter and resize != "crop":
         section.fail("shorter_side", "only used with resize: crop")
@@ -59,7 +65,15 @@ def read_input(section: SpecReader, modes: Sequence[str] = RESIZE_MODES) -> Dict
             "interpolation", tuple(image.INTERPOLATIONS), "area" if resize == "crop" else "linear"
         ),
         "shorter_side": shorter or (image.crop_side(input_size) if resize == "crop" else 0),
+        "pad": _grey(section, "pad", pad),
     }
+
+
+def _grey(section: SpecReader, key: str, default: int) -> int:
+    value = section.data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        section.fail(key, f"expected a grey level 0..255, got {value!r}")
+    return int(value)
 
 
 def prepare_image(
@@ -82,7 +96,7 @@ def prepare_image(
     timings = {"decode": elapsed_ms(started)}
     started = time.perf_counter()
     resized, placement = image.resize(
-        rgb, spec.input_size, spec.resize, spec.interpolation, spec.shorter_side
+        rgb, spec.input_size, spec.resize, spec.interpolation, spec.shorter_side, spec.pad
     )
     resized = image.to_model_colour(resized, spec.color)
     if raw_input:
@@ -111,6 +125,18 @@ def check_input(spec: ModelSpec, backend: Backend) -> None:
         raise ConfigError(
             f"{spec.spec_path}: input: model.yaml says {list(expected)} "
             f"but {backend.name} model input is {list(actual)}"
+        )
+
+
+def refuse_detector(spec: ModelSpec, backend: Backend) -> None:
+    """A YOLO detector's outputs served as another task: say what the file looks like."""
+    from .yolo import explain, read_layout
+
+    outputs = [tuple(t.shape) for t in backend.outputs]
+    if read_layout(outputs, spec.input_size) is not None:
+        raise ConfigError(
+            f"{spec.spec_path}: task: model.yaml says {spec.task}, but the {backend.name} "
+            f"model's {explain(outputs, spec.input_size)}"
         )
 
 
