@@ -318,3 +318,42 @@ def test_cli_infer_prints_a_table_and_writes_the_overlay(tmp_path: Path, models:
         assert done.returncode == 1 and "--classes takes class indices" in done.stderr
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_bench_and_metrics_with_a_detector_on_the_fake_backend(tmp_path: Path) -> None:
+    """The fake backend draws one box around the bright pixels, in the yolov5 layout here."""
+    from test_metrics import Scrape
+
+    folder = tmp_path / "models" / "fdet"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"placeholder: the fake backend never reads it")
+    spec = {
+        "task": "detection",
+        "input": {"size": 64},
+        "output": {"format": "yolov5", "classes": 2},
+    }
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
+    picture = np.zeros((48, 64, 3), np.uint8)
+    picture[10:30, 20:44] = 255  # in the 64x64 input: rows 18..38 after the letterbox
+    image = tmp_path / "bright.png"
+    cv2.imwrite(str(image), picture)
+    daemon = Daemon(tmp_path, tmp_path / "models", "--backend", "fake").start()
+    try:
+        with daemon.client() as client:
+            found = client.detect("fdet", image.read_bytes()).detections
+            assert len(found) == 1 and found[0]["label"] == str(found[0]["index"])
+            assert found[0]["box"] == pytest.approx([20, 10, 44, 30], abs=0.5)
+        command = [sys.executable, "-m", "rkserve", "bench", "-e", daemon.endpoint, "-m", "fdet"]
+        command += ["--images", str(image), "-c", "1,2", "--requests", "20", "--warmup", "0"]
+        command += ["--param", "conf=0.3", "--param", "classes=[0, 1]"]
+        done = subprocess.run(command, env=daemon.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        scrape = Scrape(daemon.metrics_port)
+        info = {i["model"]: i for i in scrape.labels("rkserve_model_info")}
+        assert info["fdet"]["task"] == "detection"
+        count = scrape.value(
+            "rkserve_request_duration_seconds_count", model="fdet", stage="postprocess"
+        )
+        assert count >= 41
+    finally:
+        assert daemon.stop() == 0, daemon.log()

@@ -8,6 +8,9 @@ on the input in a documented way:
 - segmentation: each pixel's class is its grey level split into ``classes`` equal bands;
 - tensor: the inputs model.yaml declares (``inputs[].shape`` and ``dtype``, default float32),
   and one output ``sums``, ``[1, inputs] float32``: the sum of each input's values.
+- detection: one box around the pixels brighter than mid-grey (none if there are none), of
+  class ``sum(input bytes) % classes``, score 0.9, in model.yaml's output format
+  (:mod:`rkserve.backends.fake_yolo`).
 
 Faults can be injected while it runs, from another process, by writing a word into the file
 ``fault_file`` (default ``<model folder>/fake-fault``): ``raise`` (a runtime error),
@@ -56,14 +59,17 @@ class FakeBackend:
             self.inputs = _declared_inputs(spec)
             self.outputs = [TensorSpec("sums", (1, len(self.inputs)), "float32")]
         else:
-            self.classes = classes or len(spec.labels) + spec.label_offset
+            self.classes = classes or _class_count(spec)
             if self.classes < 1:
                 raise ConfigError(
                     f"model {spec.name!r}: the fake backend needs labels or classes=N"
                 )
             height, width = spec.input_size
             self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
-            self.outputs = [TensorSpec("output", self._output_shape(), "float32")]
+            self.outputs = [
+                TensorSpec(f"output{i}" if i else "output", shape, "float32")
+                for i, shape in enumerate(self._output_shapes())
+            ]
         self.calls = 0
         self._cached: Optional[List[np.ndarray]] = None
         self._reuse = reuse_outputs
@@ -71,15 +77,19 @@ class FakeBackend:
         if fault.startswith("slow-load:"):
             time.sleep(float(fault[len("slow-load:") :]) / 1000.0)
 
-    def _output_shape(self) -> tuple:
+    def _output_shapes(self) -> List[tuple]:
         height, width = self.spec.input_size
+        if self.spec.task == "detection":
+            from ..tasks.detection import expected_shapes
+
+            return expected_shapes(self.spec)
         if self.spec.task == "classification":
-            return (1, self.classes)
+            return [(1, self.classes)]
         if self.spec.output == "class_map":
-            return (1, height, width)
+            return [(1, height, width)]
         if self.spec.output_layout == "nhwc":
-            return (1, height, width, self.classes)
-        return (1, self.classes, height, width)
+            return [(1, height, width, self.classes)]
+        return [(1, self.classes, height, width)]
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         self._check(inputs)
@@ -128,6 +138,8 @@ class FakeBackend:
             sums = [float(np.sum(i, dtype=np.float64)) for i in inputs]
             return [np.asarray([sums], np.float32)]
         tensor = inputs[0]
+        if self.spec.task == "detection":
+            return self._boxes(tensor)
         if self.spec.task == "classification":
             return [self._scores(int(tensor.sum(dtype=np.uint64)) % self.classes)]
         grey = tensor[0].mean(axis=2, dtype=np.float32)
@@ -140,6 +152,25 @@ class FakeBackend:
         if self.spec.output_layout == "nhwc":
             onehot = np.ascontiguousarray(onehot.transpose(1, 2, 0))
         return [onehot[None]]
+
+    def _boxes(self, tensor: np.ndarray) -> List[np.ndarray]:
+        from .fake_yolo import yolo_outputs
+
+        rows, cols = np.nonzero(tensor[0].mean(axis=2, dtype=np.float32) > 128)
+        boxes = [[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]] if rows.size else []
+        winner = int(tensor.sum(dtype=np.uint64)) % self.classes
+        output = self.spec.detection
+        return yolo_outputs(
+            output.format,
+            boxes,
+            [winner] * len(boxes),
+            [0.9] * len(boxes),
+            self.classes,
+            self.spec.input_size,
+            output.strides,
+            output.anchors,
+            rng=np.random.default_rng(0),
+        )
 
     def _scores(self, winner: int) -> np.ndarray:
         logits = np.linspace(0.0, 1.0, self.classes, dtype=np.float32)[::-1].copy()
@@ -161,3 +192,11 @@ def _declared_inputs(spec: ModelSpec) -> List[TensorSpec]:
         TensorSpec(i.name or f"input{n}", i.shape, i.dtype or "float32")
         for n, i in enumerate(spec.inputs)
     ]
+
+
+def _class_count(spec: ModelSpec) -> int:
+    if spec.task == "detection":
+        from ..tasks.detection import class_count
+
+        return class_count(spec)
+    return len(spec.labels) + spec.label_offset
