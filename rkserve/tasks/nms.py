@@ -94,9 +94,9 @@ def _settle(boxes: np.ndarray, cls: np.ndarray, iou: float) -> np.ndarray:
     """Greedy NMS among one chunk of boxes in score order: ``[M]`` bool of the kept ones."""
     count = boxes.shape[0]
     forward = _suppresses(boxes, cls, boxes, cls, iou) & _AFTER[:count, :count]
-    keep = np.ones(boxes.shape[0], bool)
+    keep: np.ndarray = np.ones(count, bool)
     while True:
-        settled = ~forward[keep].any(axis=0)
+        settled = np.asarray(~forward[keep].any(axis=0))
         if np.array_equal(settled, keep):
             return keep
         keep = settled
