@@ -92,9 +92,9 @@ def run(work: Path) -> Section:
         "The zoo decodes every cell (the DFL softmax over all 8400 cells' 64 bins) and then "
         "loops over classes and, inside each, over kept boxes. rkserve takes the best class "
         "score per cell first (a reduction over contiguous planes), decodes only the cells "
-        "above the threshold, and suppresses a chunk of 256 boxes at a time with one overlap "
-        "matrix against the boxes already kept and a fixed point inside the chunk. At conf "
-        "0.001 (the mAP setting) every cell is a candidate and NMS dominates both sides.",
+        "above the threshold, and suppresses a chunk of boxes at a time (32, doubling up to 256) with one "
+        "overlap matrix against the boxes already kept and a fixed point inside the chunk. "
+        "The crowded scene (60 objects, 1232 candidates) is where NMS dominates.",
         "",
     ]
     speedup = speedups[0]

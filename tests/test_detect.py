@@ -355,3 +355,42 @@ def test_drawn_overlay_is_jpeg_ready() -> None:
     )
     ok, _ = cv2.imencode(".jpg", detect.draw(picture, found))
     assert ok
+
+
+# --- real model outputs -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sums", [False, True], ids=["6-outputs", "9-outputs"])
+def test_a_real_onnx_detectors_outputs_give_the_zoos_boxes(sums: bool) -> None:
+    """onnxruntime runs the small detector of tests/onnx_detector.py on letterboxed images of
+    squares with noisy colours (distinct scores, overlapping boxes at every stride)."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx_detector import detector_onnx
+
+    size = 128
+    session = ort.InferenceSession(
+        detector_onnx(size, score_sums=sums), providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(15)
+    for _ in range(4):
+        picture = np.full((96, 160, 3), 20, np.uint8)
+        for _ in range(3):
+            x, y, side = (
+                int(rng.integers(0, 110)),
+                int(rng.integers(0, 50)),
+                int(rng.integers(16, 46)),
+            )
+            patch = picture[y : y + side, x : x + side]
+            patch[...] = 0
+            patch[..., int(rng.integers(0, 3))] = rng.integers(150, 256, patch.shape[:2])
+        resized, placement = image.resize(picture, (size, size), "letterbox", fill=0)
+        tensor = (resized.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+        outputs = session.run(None, {"images": tensor})
+        assert len(outputs) == (9 if sums else 6)
+        mine = detect.postprocess(
+            outputs, "yolov8", placement, (size, size), picture.shape[:2], max_det=1000
+        )
+        boxes, classes, scores = zoo.post_process(outputs, "yolov8", input_size=(size, size))
+        expected = (zoo.real_boxes(boxes, picture.shape[:2], (size, size)), classes, scores)
+        assert len(mine) >= 3
+        assert zoo.same_detections((mine.boxes, mine.classes, mine.scores), expected) is None

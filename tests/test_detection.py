@@ -357,3 +357,58 @@ def test_bench_and_metrics_with_a_detector_on_the_fake_backend(tmp_path: Path) -
         assert count >= 41
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+class FileShapes:
+    """What the rknnlite backend reports for a .rknn file (its tensor shapes, the input as
+    the NHWC uint8 the NPU takes), read from the real file without a runtime."""
+
+    name = "rknnlite"
+    raw_input = True
+
+    def __init__(self, path: Path) -> None:
+        from rkserve.backends import TensorSpec
+        from rkserve.backends.rknnlite import nhwc
+        from rkserve.rknnfile import read_rknn
+
+        info = read_rknn(path)
+        self.inputs = [TensorSpec(t.name, nhwc(t.shape), "uint8") for t in info.inputs]
+        self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
+
+
+def test_the_thirdparty_yolov5n_fits_a_yolov5_model_yaml_and_no_other(tmp_path: Path) -> None:
+    from helpers import shared
+
+    from rkserve.tasks import detection
+
+    rknn = shared("rknn", "thirdparty", "yolov5n-640-640-rk3568_tk2.3.2_thirdparty.rknn")
+    labels = shared("labels", "coco_80_labels_list.txt")
+    backend = FileShapes(rknn)
+
+    def spec_for(**changes: Any):
+        folder = tmp_path / "yolov5n"
+        folder.mkdir(exist_ok=True)
+        for name, source in (("model.rknn", rknn), ("labels.txt", labels)):
+            if not (folder / name).exists():
+                (folder / name).symlink_to(source)
+        body = {"task": "detection", "labels": "labels.txt", "input": {"size": 640}}
+        body["output"] = {"format": "yolov5"}
+        merged = {k: v for k, v in {**body, **changes}.items() if v is not None}
+        (folder / "model.yaml").write_text(yaml.safe_dump(merged))
+        return load_spec(folder)
+
+    spec = spec_for()
+    detection.check(spec, backend)  # fits: 80 classes, strides 8/16/32, 3 anchors
+    assert detection.class_count(spec) == 80
+    with pytest.raises(
+        ConfigError, match="expects yolov8 outputs.*yolov5-format detector: 80 classes"
+    ):
+        detection.check(spec_for(output={"format": "yolov8"}), backend)
+    with pytest.raises(ConfigError, match=r"\[1, 24, 80, 80\].*3 classes.*80 classes"):
+        detection.check(spec_for(labels=None, output={"format": "yolov5", "classes": 3}), backend)
+    with pytest.raises(
+        ConfigError, match="says classification, but the rknnlite model's 3 outputs"
+    ):
+        from rkserve.tasks import classification
+
+        classification.check(spec_for(task="classification", output={}), backend)
