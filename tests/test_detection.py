@@ -412,3 +412,35 @@ def test_the_thirdparty_yolov5n_fits_a_yolov5_model_yaml_and_no_other(tmp_path: 
         from rkserve.tasks import classification
 
         classification.check(spec_for(task="classification", output={}), backend)
+
+
+def test_a_bare_msgpack_client_reads_detections_as_protocol_md_says(tmp_path: Path, models) -> None:
+    import msgpack
+    import zmq
+
+    daemon = Daemon(tmp_path, models, "--backend", "onnx").start(timeout=60)
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 30000)
+    sock.connect(daemon.endpoint)
+    try:
+        params = {"conf": 0.5, "iou": 0.45, "max_det": 5, "classes": [0, 2], "overlay": True}
+        request = {"v": 1, "id": 1, "op": "infer", "model": "det", "image": picture_jpeg()}
+        sock.send(msgpack.packb({**request, "params": params}, use_bin_type=True))
+        reply = msgpack.unpackb(sock.recv(), raw=False)
+        assert reply["ok"] and reply["task"] == "detection", reply
+        result = reply["result"]
+        assert set(result) == {"detections", "width", "height", "overlay"}
+        assert (result["width"], result["height"]) == (160, 96)
+        assert 2 <= len(result["detections"]) <= 5
+        for found in result["detections"]:
+            assert set(found) == {"index", "label", "score", "box"} and len(found["box"]) == 4
+            assert found["index"] in (0, 2) and found["score"] >= 0.5
+        assert result["overlay"]["format"] == "jpeg"
+        sock.send(msgpack.packb({**request, "id": 2, "params": {"iou": 1.5}}, use_bin_type=True))
+        reply = msgpack.unpackb(sock.recv(), raw=False)
+        assert not reply["ok"] and reply["error"]["code"] == "bad_request"
+        assert "params.iou must be a number 0..1, got 1.5" in reply["error"]["message"]
+    finally:
+        sock.close()
+        assert daemon.stop() == 0, daemon.log()
