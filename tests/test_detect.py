@@ -12,6 +12,7 @@ import zoo
 
 from rkserve.backends.fake_yolo import yolo_outputs
 from rkserve.tasks import detect, image
+from rkserve.tasks import nms as nms_module
 from rkserve.tasks.detect import Detections
 from rkserve.tasks.nms import CHUNK, box_iou, nms
 from rkserve.tasks.yolo import YOLOV5_ANCHORS, Layout, explain, read_layout
@@ -199,8 +200,10 @@ def test_max_det_keeps_the_zoos_best(format: str, sums: bool) -> None:
     assert zoo.same_detections(mine, (boxes_z[best], classes_z[best], scores_z[best])) is None
 
 
-def test_nms_equals_the_zoos_nms_boxes_on_random_boxes() -> None:
-    """One class, several chunks, every overlap threshold the zoo's loop might meet."""
+@pytest.mark.parametrize("block", [nms_module.BLOCK, 100])
+def test_nms_equals_the_zoos_nms_boxes_on_random_boxes(block: int, monkeypatch) -> None:
+    """One class, several chunks (and overlap matrices in blocks), thresholds low to high."""
+    monkeypatch.setattr(nms_module, "BLOCK", block)
     rng = np.random.default_rng(10)
     xy = np.cumsum(rng.uniform(0, 3, (3 * CHUNK, 2)), axis=0) % 500
     boxes = np.concatenate([xy, xy + rng.uniform(20, 60, (3 * CHUNK, 2))], axis=1)

@@ -14,10 +14,12 @@ from typing import Optional
 import numpy as np
 
 NMS_EPS = 1e-5  # the model zoo's nms_boxes adds this to the intersection's sides
-# Boxes are suppressed a chunk at a time: a [chunk, kept] and a [chunk, chunk] overlap matrix.
-# Chunks start small and double: the first boxes decide most of the rest.
-FIRST_CHUNK = 32
+# Boxes are settled a chunk at a time ([chunk, chunk] overlaps), then the boxes still to come
+# are checked against the chunk's kept ones. Chunks start small and double: the first boxes
+# decide most of the rest.
+FIRST_CHUNK = 16
 CHUNK = 256
+BLOCK = 1 << 18  # the most elements of one overlap matrix (2 MB of float64)
 _AFTER = np.triu(np.ones((CHUNK, CHUNK), bool), k=1)  # [i, j]: box j comes after box i
 
 
@@ -30,13 +32,25 @@ def box_iou(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> np.ndarray:
     """
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.maximum(0.0, width + eps) * np.maximum(0.0, height + eps)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    ax1, ay1, ax2, ay2 = (side[:, None] for side in a.T)  # [N, 1] each
+    inter = _overlap(ax1, ax2, b[:, 0], b[:, 2], eps)
+    inter *= _overlap(ay1, ay2, b[:, 1], b[:, 3], eps)
+    union = (ax2 - ax1) * (ay2 - ay1) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union -= inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        return inter / (area_a[:, None] + area_b[None, :] - inter)
+        return np.divide(inter, union, out=inter)
+
+
+def _overlap(
+    low_a: np.ndarray, high_a: np.ndarray, low_b: np.ndarray, high_b: np.ndarray, eps: float
+) -> np.ndarray:
+    """``[N, M]``: ``max(0, min(high) - max(low) + eps)`` along one axis (in place: the
+    matrices are the cost of NMS)."""
+    side = np.minimum(high_a, high_b)
+    side -= np.maximum(low_a, low_b)
+    if eps:
+        side += eps
+    return np.maximum(side, 0.0, out=side)
 
 
 def nms(
@@ -52,25 +66,28 @@ def nms(
 
     Greedy NMS is sequential: whether a box stays depends on the boxes kept before it.
     Boxes are taken a chunk at a time (:data:`FIRST_CHUNK` boxes, doubling up to
-    :data:`CHUNK`), in score order: first every box overlapping an already kept box is
-    dropped (one matrix), then the rest of the chunk is settled by iterating
-    ``keep = ~any(suppresses[keep])`` to its fixed point
-    (which is the greedy answer: suppression only points forward). That takes as many
-    passes as the longest chain of boxes suppressing the next, a handful for real outputs.
-    Work stops once ``max_det`` boxes are kept: later boxes cannot change them.
+    :data:`CHUNK`), in score order. A chunk is settled by iterating
+    ``keep = ~any(suppresses[keep])`` to its fixed point (which is the greedy answer:
+    suppression only points forward; it takes as many passes as the longest chain of boxes
+    suppressing the next, a handful for real outputs); then every box not yet visited that
+    a newly kept box suppresses is dropped (one matrix), so the next chunk holds only boxes
+    still in play. Work stops once ``max_det`` boxes are kept: later boxes cannot change them.
     """
     count = int(scores.shape[0])
     limit = count if max_det is None else min(count, max_det)
     labels = np.zeros(count, np.int64) if classes is None else np.asarray(classes)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    kept = np.empty(0, np.int64)
-    start, size = 0, FIRST_CHUNK
-    while start < count and kept.size < limit:
-        chunk = order[start : start + size]
-        chunk = chunk[~_suppressed(boxes[kept], labels[kept], boxes[chunk], labels[chunk], iou)]
-        kept = np.concatenate([kept, chunk[_settle(boxes[chunk], labels[chunk], iou)]])
-        start, size = start + size, min(2 * size, CHUNK)
-    return kept[:limit]
+    rest = np.argsort(-np.asarray(scores), kind="stable")  # not yet suppressed, best first
+    kept = []
+    found, size = 0, FIRST_CHUNK
+    while rest.size and found < limit:
+        chunk, rest = rest[:size], rest[size:]
+        new = chunk[_settle(boxes[chunk], labels[chunk], iou)]
+        kept.append(new)
+        found += new.size
+        if rest.size and found < limit:
+            rest = rest[~_suppressed(boxes[new], labels[new], boxes[rest], labels[rest], iou)]
+        size = min(2 * size, CHUNK)
+    return np.concatenate(kept)[:limit] if kept else np.empty(0, np.int64)
 
 
 def _suppresses(
@@ -84,10 +101,17 @@ def _suppresses(
 def _suppressed(
     kept: np.ndarray, kept_cls: np.ndarray, boxes: np.ndarray, cls: np.ndarray, iou: float
 ) -> np.ndarray:
-    """``[M]`` bool: boxes suppressed by any already kept box."""
-    if kept.shape[0] == 0:
-        return np.zeros(boxes.shape[0], bool)
-    return np.asarray(_suppresses(kept, kept_cls, boxes, cls, iou).any(axis=0))
+    """``[M]`` bool: boxes suppressed by any of the ``kept`` ones; the overlap matrix is
+    built a block of boxes at a time, at most :data:`BLOCK` elements."""
+    step = max(1, BLOCK // max(1, kept.shape[0]))
+    if boxes.shape[0] == 0:
+        return np.zeros(0, bool)
+    return np.concatenate(
+        [
+            _suppresses(kept, kept_cls, boxes[i : i + step], cls[i : i + step], iou).any(axis=0)
+            for i in range(0, boxes.shape[0], step)
+        ]
+    )
 
 
 def _settle(boxes: np.ndarray, cls: np.ndarray, iou: float) -> np.ndarray:

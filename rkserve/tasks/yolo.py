@@ -90,7 +90,7 @@ def _best_class(scores: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
     argmax over the leading axis of the full map is slow (strided); over the few cells that
     passed the threshold it is not. Ties go to the lowest class, as :func:`numpy.argmax`."""
-    return np.argmax(scores[:, cells], axis=0).astype(np.int64)
+    return np.argmax(np.take(scores, cells, axis=1), axis=0).astype(np.int64)
 
 
 def _yolov5(
@@ -149,9 +149,12 @@ def _yolov8(
         for i, stride in enumerate(strides)
     ]
     # one decoding for the cells of every stride: fewer, larger array operations
-    bins, centres, scale, scores, classes = (np.concatenate(part) for part in zip(*cells))
-    distance = dfl(bins)  # [K, 4] in cells: left, top, right, bottom
-    boxes = np.concatenate([centres - distance[:, :2], centres + distance[:, 2:]], axis=1)
+    bins, centres, scale, scores, classes = (
+        np.concatenate(part, axis=-1) for part in zip(*cells)
+    )  # bins [4, 16, K], centres [2, K]
+    sides = dfl(np.ascontiguousarray(bins.transpose(1, 0, 2)).reshape(DFL_BINS, -1))
+    sides = sides.reshape(4, -1)  # [4, K] in cells: left, top, right, bottom
+    boxes = np.concatenate([centres - sides[:2], centres + sides[2:]]).T
     return Candidates(boxes * scale[:, None], scores, classes)
 
 
@@ -159,27 +162,28 @@ def _yolov8_cells(
     box: np.ndarray, cls: np.ndarray, threshold: np.float32, stride: int
 ) -> Tuple[np.ndarray, ...]:
     """The cells of one stride that pass: ``box`` ``[1, 4*16, H, W]`` DFL logits, ``cls``
-    ``[1, C, H, W]`` scores → their bins ``[K, 64]``, centres ``[K, 2]`` (cells), stride,
-    best score and class ``[K]``."""
+    ``[1, C, H, W]`` scores → their bins ``[4, 16, K]``, centres ``[2, K]`` (x, y in cells),
+    stride, best score and class ``[K]``."""
     height, width = cls.shape[-2:]
     scores = np.asarray(cls, np.float32).reshape(-1, height * width)  # [C, H*W]
     best = scores.max(axis=0)
     chosen = np.flatnonzero(best >= threshold)
     row, col = np.divmod(chosen, width)
-    centres = np.stack([col, row], axis=1) + 0.5
-    bins = np.asarray(box, np.float32).reshape(-1, height * width)[:, chosen].T
+    centres = np.stack([col, row]) + 0.5
+    bins = np.asarray(box, np.float32).reshape(4, DFL_BINS, height * width)[:, :, chosen]
     stride_of = np.full(chosen.shape[0], float(stride))
     return bins, centres, stride_of, best[chosen], _best_class(scores, chosen)
 
 
 def dfl(bins: np.ndarray) -> np.ndarray:
-    """Distribution focal loss decoding: ``[K, 4*B]`` logits → ``[K, 4]`` expectations.
+    """Distribution focal loss decoding: ``[B, N]`` logits (``B`` bins of ``N``
+    distributions) → ``[N]`` softmax expectations, in bins (cells).
 
-    Softmax over the ``B`` bins of each side, then the expected bin index (in cells)."""
-    sides = bins.reshape(bins.shape[0], 4, bins.shape[1] // 4)
-    weights = np.exp(sides - sides.max(axis=2, keepdims=True))
-    steps = np.arange(sides.shape[2], dtype=np.float32)
-    return (weights @ steps) / weights.sum(axis=2)
+    Bins lead: the max, exp and sums then run over ``N`` contiguous values at a time, where
+    reductions over 16 values per row would be slow."""
+    weights = np.exp(bins - bins.max(axis=0))
+    steps = np.arange(bins.shape[0], dtype=np.float32)
+    return (steps @ weights) / weights.sum(axis=0)
 
 
 @dataclass(frozen=True)
