@@ -27,6 +27,25 @@ FORMATS = [("yolov5", False), ("yolov8", False), ("yolov8", True)]
 FORMAT_IDS = ["yolov5", "yolov8-6", "yolov8-9"]
 
 
+@pytest.fixture(params=["pairs", "chunks", "pairs-then-chunks"])
+def nms_path(request, monkeypatch) -> str:
+    """Each way NMS finds the greedy answer (by same-class pairs, by chunks, and by pairs
+    giving up after one pass), so that every one is held to the zoo's boxes."""
+    if request.param == "pairs":  # pairs alone, however many passes it takes
+        monkeypatch.setattr(nms_module, "PAIRS", 1 << 30)
+        monkeypatch.setattr(nms_module, "PASSES", 10_000)
+        monkeypatch.setattr(nms_module, "_by_chunks", _no_chunks)
+    elif request.param == "chunks":
+        monkeypatch.setattr(nms_module, "PAIRS", -1)
+    elif request.param == "pairs-then-chunks":
+        monkeypatch.setattr(nms_module, "PASSES", 1)
+    return str(request.param)
+
+
+def _no_chunks(*args: object) -> np.ndarray:
+    raise AssertionError("NMS by pairs gave up")
+
+
 def scene(
     rng: np.random.Generator, count: int, classes: int = 80, size: Tuple[float, float] = (10, 320)
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,6 +94,7 @@ def agree(outputs, format, conf=0.25, iou=0.45, anchors=None) -> int:
 
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
+@pytest.mark.usefixtures("nms_path")
 def test_a_scene_gives_the_zoos_boxes(format: str, sums: bool) -> None:
     rng = np.random.default_rng(1)
     outputs = outputs_for(format, sums, *scene(rng, 30), spread=2, jitter=8.0, rng=rng)
@@ -84,6 +104,7 @@ def test_a_scene_gives_the_zoos_boxes(format: str, sums: bool) -> None:
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize(("conf", "iou"), [(0.1, 0.65), (0.5, 0.3), (0.25, 0.0), (0.25, 1.0)])
+@pytest.mark.usefixtures("nms_path")
 def test_thresholds_give_the_zoos_boxes(format: str, sums: bool, conf: float, iou: float) -> None:
     rng = np.random.default_rng(2)
     outputs = outputs_for(format, sums, *scene(rng, 20), spread=2, jitter=12.0, rng=rng)
@@ -91,6 +112,7 @@ def test_thresholds_give_the_zoos_boxes(format: str, sums: bool, conf: float, io
 
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
+@pytest.mark.usefixtures("nms_path")
 def test_many_overlapping_boxes_give_the_zoos_boxes(format: str, sums: bool) -> None:
     """A crowd of one class in one place: long suppression chains across chunks."""
     rng = np.random.default_rng(3)
@@ -124,6 +146,7 @@ def test_yolov5_boxes_are_the_zoos_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
+@pytest.mark.usefixtures("nms_path")
 def test_tied_scores_give_the_zoos_boxes(format: str, sums: bool) -> None:
     """int8 outputs tie often: scores on a 1/32 grid, objects apart, and duplicated cells."""
     rng = np.random.default_rng(6)
@@ -160,6 +183,7 @@ def test_tied_scores_give_the_zoos_boxes(format: str, sums: bool) -> None:
 
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
+@pytest.mark.usefixtures("nms_path")
 def test_class_allow_list_keeps_the_zoos_boxes_of_those_classes(format: str, sums: bool) -> None:
     rng = np.random.default_rng(7)
     boxes, labels, scores = scene(rng, 40, classes=5)
@@ -189,6 +213,7 @@ def test_nothing_above_the_threshold_gives_no_boxes(format: str, sums: bool) -> 
 
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
+@pytest.mark.usefixtures("nms_path")
 def test_max_det_keeps_the_zoos_best(format: str, sums: bool) -> None:
     rng = np.random.default_rng(9)
     outputs = outputs_for(format, sums, *scene(rng, 30), spread=2, jitter=8.0, rng=rng)
@@ -201,6 +226,7 @@ def test_max_det_keeps_the_zoos_best(format: str, sums: bool) -> None:
 
 
 @pytest.mark.parametrize("block", [nms_module.BLOCK, 100])
+@pytest.mark.usefixtures("nms_path")
 def test_nms_equals_the_zoos_nms_boxes_on_random_boxes(block: int, monkeypatch) -> None:
     """One class, several chunks (and overlap matrices in blocks), thresholds low to high."""
     monkeypatch.setattr(nms_module, "BLOCK", block)
@@ -215,6 +241,7 @@ def test_nms_equals_the_zoos_nms_boxes_on_random_boxes(block: int, monkeypatch) 
         assert nms(boxes, scores, iou=iou).tolist() == expected.tolist()
 
 
+@pytest.mark.usefixtures("nms_path")
 def test_nms_ties_keep_the_earlier_candidate_and_classes_do_not_suppress() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], float)
     scores = np.array([0.5, 0.5, 0.5, 0.4], np.float32)
@@ -364,6 +391,7 @@ def test_drawn_overlay_is_jpeg_ready() -> None:
 
 
 @pytest.mark.parametrize("sums", [False, True], ids=["6-outputs", "9-outputs"])
+@pytest.mark.usefixtures("nms_path")
 def test_a_real_onnx_detectors_outputs_give_the_zoos_boxes(sums: bool) -> None:
     """onnxruntime runs the small detector of tests/onnx_detector.py on letterboxed images of
     squares with noisy colours (distinct scores, overlapping boxes at every stride)."""
