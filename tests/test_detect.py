@@ -255,6 +255,18 @@ def test_nms_ties_keep_the_earlier_candidate_and_classes_do_not_suppress() -> No
     assert nms(crowd, levels).tolist() == [int(np.flatnonzero(levels == levels.max())[0])]
 
 
+def test_pair_iou_is_box_iou_pair_by_pair() -> None:
+    rng = np.random.default_rng(16)
+    a = np.sort(rng.uniform(0, 50, (200, 2, 2)), axis=1).reshape(200, 4)[:, [0, 2, 1, 3]]
+    b = a[::-1] + rng.uniform(-5, 5, (200, 4))
+    b[:3] = b[:3, [2, 3, 0, 1]]  # inside out: negative sizes
+    a[3:5, 2:] = a[3:5, :2]  # empty boxes
+    b[3:5] = a[3:5]
+    for eps in (0.0, 1e-5):
+        whole = np.diagonal(box_iou(a, b, eps))
+        assert np.array_equal(nms_module.pair_iou(a, b, eps), whole, equal_nan=True)
+
+
 def test_box_iou() -> None:
     a = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], float)
     b = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [20, 20, 30, 30]], float)
