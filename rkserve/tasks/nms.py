@@ -23,6 +23,7 @@ BLOCK = 1 << 18  # the most elements of one overlap matrix (2 MB of float64)
 PAIRS = 1 << 16  # the most same-class pairs NMS by pairs takes on (~6 MB of arrays)
 PASSES = 32  # the most fixed-point passes NMS by pairs makes before it leaves it to chunks
 _AFTER = np.triu(np.ones((CHUNK, CHUNK), bool), k=1)  # [i, j]: box j comes after box i
+_AFTER.flags.writeable = False  # shared by every request's thread
 
 
 def box_iou(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> np.ndarray:
