@@ -339,7 +339,7 @@ def real_models(tmp_path_factory):
         onnx=shared("onnx", "deeplabv3_257_voc_fp32.onnx"),
         labels=shared("labels", "st_labels_pascalvoc.txt"),
     )
-    for demo in ("shapes", "shapes-seg"):
+    for demo in ("shapes", "shapes-seg", "shapes-det"):
         if (MODELS / demo / "model.yaml").exists():
             shutil.copytree(MODELS / demo, folder / "models" / demo)
     return folder
@@ -366,7 +366,7 @@ def test_real_models_over_the_daemon_match_the_engine(real_models):
             )
             assert remote.result == local.result
             assert [c["label"] for c in remote.classes] == ["background", "bicycle", "person"]
-            for demo in ("shapes", "shapes-seg"):
+            for demo in ("shapes", "shapes-seg", "shapes-det"):
                 if (models / demo).exists():
                     engine = repository.open_engine(models, demo, backend="onnx")
                     for sample in sorted((models / demo / "samples").glob("*.jpg")):
