@@ -444,3 +444,64 @@ def test_a_bare_msgpack_client_reads_detections_as_protocol_md_says(tmp_path: Pa
     finally:
         sock.close()
         assert daemon.stop() == 0, daemon.log()
+
+
+# --- the demo detector (models/shapes-det), when it is in the repository ------------------
+
+
+def demo_detector() -> Path:
+    from helpers import MODELS
+
+    folder = MODELS / "shapes-det"
+    if not (folder / "model.yaml").is_file() or not (folder / "model.onnx").is_file():
+        pytest.skip(f"no demo detector in {folder}")
+    return folder
+
+
+def test_the_demo_detectors_outputs_give_the_zoos_boxes(tmp_path: Path) -> None:
+    import zoo
+
+    folder = demo_detector()
+    engine = repository.open_engine(folder.parent, folder.name, backend="onnx")
+    output = engine.spec.detection
+    samples = sorted((folder / "samples").glob("*.jpg"))
+    assert samples
+    for sample in samples:
+        prepared = engine.prepare(sample.read_bytes(), engine.parse_params({}))
+        outputs = engine.run(prepared)
+        mine = detect.decode(outputs, output.format, 0.25, output.strides, output.anchors)
+        keep = detect.nms(mine.boxes, mine.scores, mine.classes, 0.45)
+        theirs = zoo.post_process(
+            outputs, output.format, anchors=output.anchors, input_size=engine.spec.input_size
+        )
+        ours = (mine.boxes[keep], mine.classes[keep], mine.scores[keep])
+        assert zoo.same_detections(ours, theirs) is None, sample.name
+
+
+def test_the_demo_detector_served_finds_the_shapes_in_its_samples(tmp_path: Path) -> None:
+    folder = demo_detector()
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / folder.name).symlink_to(folder, target_is_directory=True)
+    engine = repository.open_engine(models, folder.name, backend="onnx")
+    daemon = Daemon(tmp_path, models, "--backend", "onnx").start(timeout=60)
+    found_all = missed = 0
+    try:
+        with daemon.client(timeout=30) as client:
+            for sample in sorted((folder / "samples").glob("*.jpg")):
+                data = sample.read_bytes()
+                remote = client.detect(folder.name, data)
+                assert remote.result == engine.infer(data).result
+                truth_file = sample.with_suffix(".boxes.json")
+                if not truth_file.is_file():
+                    continue
+                for expected in json.loads(truth_file.read_text()):
+                    same = [d["box"] for d in remote.detections if d["index"] == expected["index"]]
+                    overlap = detect.box_iou(
+                        np.array(same).reshape(-1, 4), np.array([expected["box"]])
+                    )
+                    found_all += 1
+                    missed += not (overlap.size and overlap.max() >= 0.5)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    assert found_all and missed <= found_all // 10, f"missed {missed} of {found_all} shapes"
