@@ -34,7 +34,7 @@ def test_good_spec_and_defaults(tmp_path):
 @pytest.mark.parametrize(
     "change,field,words",
     [
-        ({"task": "tracking"}, "task", "one of classification, segmentation, detection"),
+        ({"task": "tracking"}, "task", "one of classification, segmentation, tensor, detection"),
         ({"input": {"size": "big"}}, "input.size", "expected \\[height, width\\]"),
         ({"input": {"size": [16, 0]}}, "input.size", "1..8192"),
         ({"input": {"size": 16, "color": "gray"}}, "input.color", "rgb, bgr"),
