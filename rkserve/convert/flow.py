@@ -91,6 +91,7 @@ def load_pixels(path: Path, spec: ModelSpec) -> np.ndarray:
         spec.resize,
         spec.interpolation,
         spec.shorter_side,
+        fill=spec.pad,  # a detector's letterbox is black, as the daemon's
     )
     return np.ascontiguousarray(to_model_colour(resized, spec.color))
 
