@@ -249,6 +249,8 @@ def test_the_daemon_answers_as_the_engine_and_keeps_serving_after_bad_params(
         with daemon.client(timeout=30) as client:
             listed = {m["name"]: m for m in client.models()}
             assert listed["det"]["task"] == "detection" and listed["det"]["ready"]
+            assert (listed["det"]["format"], listed["det"]["classes"]) == ("yolov8", 3)
+            assert listed["det"]["input_shape"] == [SIZE, SIZE, 3]
             assert "4 classes" in listed["wrong"]["error"] and not listed["wrong"]["ready"]
             remote = client.detect("det", image, overlay=True)
             assert remote.task == "detection"
