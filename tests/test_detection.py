@@ -506,4 +506,5 @@ def test_the_demo_detector_served_finds_the_shapes_in_its_samples(tmp_path: Path
                     missed += not (overlap.size and overlap.max() >= 0.5)
     finally:
         assert daemon.stop() == 0, daemon.log()
-    assert found_all and missed <= found_all // 10, f"missed {missed} of {found_all} shapes"
+    # recall at IoU 0.5 of at least 0.8: what the demo model's mAP@0.5 >= 0.8 promises
+    assert found_all and missed <= found_all * 0.2, f"missed {missed} of {found_all} shapes"
