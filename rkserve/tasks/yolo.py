@@ -90,7 +90,7 @@ def _best_class(scores: np.ndarray, cells: np.ndarray) -> np.ndarray:
 
     argmax over the leading axis of the full map is slow (strided); over the few cells that
     passed the threshold it is not. Ties go to the lowest class, as :func:`numpy.argmax`."""
-    return np.argmax(np.take(scores, cells, axis=1), axis=0).astype(np.int64)
+    return np.argmax(np.take(scores, cells, axis=1), axis=0).astype(np.int64, copy=False)
 
 
 def _yolov5(
@@ -145,34 +145,34 @@ def _yolov8(
             f"for {len(strides)} strides"
         )
     cells = [
-        _yolov8_cells(outputs[i * per_scale], outputs[i * per_scale + 1], threshold, stride)
-        for i, stride in enumerate(strides)
+        _yolov8_cells(outputs[i * per_scale], outputs[i * per_scale + 1], threshold)
+        for i in range(len(strides))
     ]
     # one decoding for the cells of every stride: fewer, larger array operations
-    bins, centres, scale, scores, classes = (
-        np.concatenate(part, axis=-1) for part in zip(*cells)
-    )  # bins [4, 16, K], centres [2, K]
-    sides = dfl(np.ascontiguousarray(bins.transpose(1, 0, 2)).reshape(DFL_BINS, -1))
-    sides = sides.reshape(4, -1)  # [4, K] in cells: left, top, right, bottom
+    bins, chosen, scores, classes = (np.concatenate(part, axis=-1) for part in zip(*cells))
+    counts = [c[1].size for c in cells]
+    widths = np.repeat([out.shape[-1] for out in outputs[1::per_scale]], counts)
+    row, col = np.divmod(chosen, widths)
+    centres = np.stack([col, row]) + 0.5  # [2, K] in cells
+    sides = dfl(bins.reshape(DFL_BINS, -1)).reshape(4, -1)  # [4, K]: left, top, right, bottom
     boxes = np.concatenate([centres - sides[:2], centres + sides[2:]]).T
-    return Candidates(boxes * scale[:, None], scores, classes)
+    return Candidates(
+        boxes * np.repeat(np.asarray(strides, np.float64), counts)[:, None], scores, classes
+    )
 
 
 def _yolov8_cells(
-    box: np.ndarray, cls: np.ndarray, threshold: np.float32, stride: int
+    box: np.ndarray, cls: np.ndarray, threshold: np.float32
 ) -> Tuple[np.ndarray, ...]:
     """The cells of one stride that pass: ``box`` ``[1, 4*16, H, W]`` DFL logits, ``cls``
-    ``[1, C, H, W]`` scores → their bins ``[4, 16, K]``, centres ``[2, K]`` (x, y in cells),
-    stride, best score and class ``[K]``."""
+    ``[1, C, H, W]`` scores → their bins ``[16, 4, K]`` (bins leading, as :func:`dfl` takes
+    them), flat cell indices, best scores and classes ``[K]``."""
     height, width = cls.shape[-2:]
     scores = np.asarray(cls, np.float32).reshape(-1, height * width)  # [C, H*W]
     best = scores.max(axis=0)
     chosen = np.flatnonzero(best >= threshold)
-    row, col = np.divmod(chosen, width)
-    centres = np.stack([col, row]) + 0.5
-    bins = np.asarray(box, np.float32).reshape(4, DFL_BINS, height * width)[:, :, chosen]
-    stride_of = np.full(chosen.shape[0], float(stride))
-    return bins, centres, stride_of, best[chosen], _best_class(scores, chosen)
+    sides = np.asarray(box, np.float32).reshape(4, DFL_BINS, height * width).transpose(1, 0, 2)
+    return sides[:, :, chosen], chosen, best[chosen], _best_class(scores, chosen)
 
 
 def dfl(bins: np.ndarray) -> np.ndarray:
