@@ -1,4 +1,4 @@
-"""6. Detection post-processing against the model zoo's Python, on the same raw outputs.
+"""8. Detection post-processing against the model zoo's Python, on the same raw outputs.
 
 The outputs are those of a 640x640, 80-class model seeing a scene (``rkserve.backends.
 fake_yolo``: each object lights up the cells around its centre, as trained models do). Both
@@ -87,7 +87,7 @@ def interleaved_best_ms(
 
 
 def run(work: Path) -> Section:
-    section = Section("6. Detection post-processing")
+    section = Section("8. Detection post-processing")
     try:
         module = zoo.load("yolov8")
     except FileNotFoundError as exc:
