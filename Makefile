@@ -65,6 +65,7 @@ bench: venv
 
 demo-models:
 	$(PY311) deploy/train_demo_models.py
+	$(PY311) deploy/train_demo_detector.py
 
 clean:
 	rm -rf $(VENV) $(VENV38) .venv-convert .emulated .pytest_cache .mypy_cache .ruff_cache

@@ -1,13 +1,15 @@
-"""Synthetic images for the demo models in ``models/shapes`` and ``models/shapes-seg``.
+"""Synthetic images for the demo models in ``models/shapes``, ``models/shapes-seg`` and
+``models/shapes-det``.
 
 Coloured shapes on textured backgrounds, drawn with numpy and OpenCV only, deterministic for
-a given :class:`numpy.random.Generator`. The training script
-(``deploy/train_demo_models.py``), the tests and the benchmarks all draw fresh images from here,
+a given :class:`numpy.random.Generator`. The training scripts
+(``deploy/train_demo_models.py``, ``deploy/train_demo_detector.py``), the tests and the benchmarks all draw fresh images from here,
 so every seed gives an unlimited held-out set::
 
     rng = np.random.default_rng(7)
     image, label = classification_sample(rng)  # HxWx3 uint8 RGB, index into CLASSES
     image, mask = segmentation_sample(rng, size=(240, 320))  # mask: HxW uint8, SEG_CLASSES
+    image, boxes, classes = detection_sample(rng)  # boxes: Nx4 float32 x1,y1,x2,y2; CLASSES
 
 Images come at arbitrary, non-square sizes (unless ``size`` is given) so that the resize
 step of a serving pipeline is exercised.
@@ -15,6 +17,7 @@ step of a serving pipeline is exercised.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -23,7 +26,7 @@ import numpy as np
 
 CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 SEG_CLASSES: Tuple[str, ...] = ("background", "circle", "square", "triangle")
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 
 Size = Tuple[int, int]  # (height, width)
 _SUBPIXEL = 4  # fractional bits for cv2 drawing: sub-pixel vertex positions
@@ -229,13 +232,20 @@ def _place(rng: np.random.Generator, size: Size, lo: float, hi: float) -> Placem
 
 
 def _place_apart(
-    rng: np.random.Generator, size: Size, taken: List[Placement], tries: int = 12
+    rng: np.random.Generator,
+    size: Size,
+    taken: List[Placement],
+    tries: int = 12,
+    radii: Tuple[float, float] = (0.09, 0.24),
+    apart: float = 0.75,
 ) -> Optional[Placement]:
-    """Like :func:`_place`, but overlapping earlier shapes only partly (each keeps most of
-    itself in view, so its class stays recognisable); None when no such place was found."""
+    """Like :func:`_place` (radius ``radii`` times the short side), but overlapping earlier
+    shapes only partly: centres at least ``apart`` times the sum of the radii from each other,
+    so each shape keeps most of itself in view and its class stays recognisable. None when no
+    such place was found."""
     for _ in range(tries):
-        (x, y), r = _place(rng, size, 0.09, 0.24)
-        if all(np.hypot(x - ox, y - oy) >= 0.75 * (r + orad) for (ox, oy), orad in taken):
+        (x, y), r = _place(rng, size, *radii)
+        if all(np.hypot(x - ox, y - oy) >= apart * (r + orad) for (ox, oy), orad in taken):
             return (x, y), r
     return None
 
@@ -292,6 +302,54 @@ def segmentation_sample(
     return _degrade(rng, img), mask
 
 
+def detection_sample(
+    rng: np.random.Generator, size: Optional[Size] = None
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """0-6 shapes of any of CLASSES, overlapping only at their edges.
+
+    Returns (HxWx3 uint8 RGB image, Nx4 float32 boxes, N int64 indices into CLASSES). A box is
+    ``[x1, y1, x2, y2]`` in pixels around the shape's visible pixels (coverage > 50%, later
+    shapes hide earlier ones): ``x1`` is its first column, ``x2`` one past its last. Centres
+    are at least 0.9 times the sum of the radii apart, so no shape is hidden past its centre.
+    """
+    size = size or random_size(rng)
+    img = background(rng, size)
+    owner = np.zeros(size, np.uint8)  # 1 + the shape's position in ``labels``, 0 for none
+    taken: List[Placement] = []
+    labels: List[int] = []
+    for _ in range(int(rng.choice(7, p=[0.04, 0.12, 0.18, 0.2, 0.2, 0.14, 0.12]))):
+        label = int(rng.integers(len(CLASSES)))
+        place = _place_apart(rng, size, taken, 20, (0.07, 0.22), 0.9)
+        if place is None:
+            continue
+        taken.append(place)
+        cover, window = _coverage(CLASSES[label], place[0], place[1], size, rng)
+        _paint(img, cover, window, rng)
+        owner[window][cover > 127] = len(taken)
+        labels.append(label)
+    boxes, classes = _boxes(owner, labels)
+    return _degrade(rng, img), boxes, classes
+
+
+def _boxes(owner: np.ndarray, labels: List[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The pixel boxes of ``owner``'s shapes 1..len(labels) that are still in view."""
+    boxes, kept = [], []
+    for number, label in enumerate(labels, 1):
+        ys, xs = np.nonzero(owner == number)
+        if len(xs):
+            boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+            kept.append(label)
+    return np.array(boxes, np.float32).reshape(-1, 4), np.array(kept, np.int64)
+
+
+def _boxes_json(boxes: np.ndarray, classes: np.ndarray) -> str:
+    items = [
+        {"index": int(c), "label": CLASSES[int(c)], "box": [float(v) for v in box]}
+        for box, c in zip(boxes, classes)
+    ]
+    return json.dumps(items, indent=None) + "\n"
+
+
 def write_samples(
     task: str,
     folder: Union[str, Path],
@@ -307,7 +365,9 @@ def write_samples(
     wide; JPEGs are saved at ``quality``.
 
     Classification images are named ``<index>_<class>.jpg``; segmentation images
-    ``<index>.jpg`` with their ground truth as ``<index>.mask.png`` (pixel = class index).
+    ``<index>.jpg`` with their ground truth as ``<index>.mask.png`` (pixel = class index);
+    detection images ``<index>.jpg`` with their ground truth as ``<index>.boxes.json``: a list
+    of ``{"index", "label", "box": [x1, y1, x2, y2]}`` (pixels, as in a detection reply).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -321,10 +381,14 @@ def write_samples(
         if task == "classification":
             image, label = classification_sample(rng, shape)
             path = folder / f"{index:03d}_{CLASSES[label]}.jpg"
-        else:
+        elif task == "segmentation":
             image, mask = segmentation_sample(rng, shape)
             path = folder / f"{index:03d}.jpg"
             cv2.imwrite(str(path.with_suffix(".mask.png")), mask)
+        else:
+            image, boxes, classes = detection_sample(rng, shape)
+            path = folder / f"{index:03d}.jpg"
+            path.with_suffix(".boxes.json").write_text(_boxes_json(boxes, classes), "utf-8")
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
         paths.append(path)
     return paths

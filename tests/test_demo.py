@@ -7,6 +7,7 @@ model.yaml says.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Tuple
 
@@ -34,13 +35,15 @@ def _read_rgb(path: Path) -> np.ndarray:
 # --- generator -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sample", [demo.classification_sample, demo.segmentation_sample])
+@pytest.mark.parametrize(
+    "sample", [demo.classification_sample, demo.segmentation_sample, demo.detection_sample]
+)
 def test_same_seed_same_image(sample: Any) -> None:
     first = sample(demo.sample_rng(5, 3))
     again = sample(demo.sample_rng(5, 3))
     other = sample(demo.sample_rng(5, 4))
     assert np.array_equal(first[0], again[0])
-    assert np.array_equal(np.asarray(first[1]), np.asarray(again[1]))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
     assert first[0].shape != other[0].shape or not np.array_equal(first[0], other[0])
 
 
@@ -80,6 +83,50 @@ def test_shapes_stand_out_where_the_mask_says() -> None:
     assert gap > 10
 
 
+def test_detection_samples() -> None:
+    counts, seen = [], np.zeros(len(demo.CLASSES), np.int64)
+    for index in range(150):
+        image, boxes, classes = demo.detection_sample(demo.sample_rng(14, index), size=(150, 230))
+        assert image.shape == (150, 230, 3) and image.dtype == np.uint8
+        assert boxes.shape == (len(classes), 4) and boxes.dtype == np.float32
+        assert classes.dtype == np.int64 and ((classes >= 0) & (classes < len(demo.CLASSES))).all()
+        assert (
+            (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 230).all() and (boxes[:, 3] <= 150).all()
+        )
+        assert (boxes[:, 2:] - boxes[:, :2] >= 4).all()  # no slivers: every shape stays in view
+        counts.append(len(classes))
+        seen += np.bincount(classes, minlength=len(demo.CLASSES))
+    assert seen.min() >= 60  # every class, evenly
+    assert min(counts) == 0 and max(counts) >= 5 and 2.5 < np.mean(counts) < 4.5
+
+
+def test_detection_boxes_hold_the_shapes() -> None:
+    """Each box frames pixels that stand out from the background just outside it."""
+    image, boxes, _ = demo.detection_sample(demo.sample_rng(13, 2), size=(240, 320))
+    assert len(boxes) >= 2
+    lone = [b for i, b in enumerate(boxes) if all(_apart(b, o) for o in np.delete(boxes, i, 0))]
+    assert lone, boxes
+    for box in lone:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        inside = image[y1:y2, x1:x2].reshape(-1, 3).astype(np.float64)
+        ring = np.concatenate(
+            [
+                image[max(0, y1 - 3) : y1, x1:x2].reshape(-1, 3),
+                image[y2 : y2 + 3, x1:x2].reshape(-1, 3),
+            ]
+        ).astype(np.float64)
+        if len(ring):
+            # the edge rows of a box cut through the shape, the rows just outside do not
+            assert np.abs(image[y1, x1:x2].astype(np.float64) - ring.mean(0)).max() > 10
+        assert inside.std(0).max() > 5
+
+
+def _apart(a: np.ndarray, b: np.ndarray, gap: float = 4.0) -> bool:
+    return bool(
+        a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+    )
+
+
 def test_write_samples(tmp_path: Path) -> None:
     paths = demo.write_samples("classification", tmp_path / "c", 4, seed=3)
     assert [p.name.split("_", 1)[0] for p in paths] == ["000", "001", "002", "003"]
@@ -93,8 +140,16 @@ def test_write_samples(tmp_path: Path) -> None:
         assert image.shape == (64, 80, 3) and mask.shape == (64, 80)
         assert int(mask.max()) < len(demo.SEG_CLASSES)
     assert sorted(p.name for p in (tmp_path / "s").iterdir())[:2] == ["000.jpg", "000.mask.png"]
+    paths = demo.write_samples("detection", tmp_path / "d", 3, seed=4, size=(90, 120))
+    for index, path in enumerate(paths):
+        assert _read(path).shape == (90, 120, 3)
+        truth = json.loads(path.with_suffix(".boxes.json").read_text("utf-8"))
+        _, boxes, classes = demo.detection_sample(demo.sample_rng(4, index), size=(90, 120))
+        assert [t["index"] for t in truth] == classes.tolist()
+        assert [t["label"] for t in truth] == [demo.CLASSES[c] for c in classes]
+        assert np.array_equal(np.array([t["box"] for t in truth]).reshape(-1, 4), boxes)
     with pytest.raises(ValueError, match="task"):
-        demo.write_samples("detection", tmp_path / "d", 1, seed=0)
+        demo.write_samples("tracking", tmp_path / "t", 1, seed=0)
 
 
 # --- the committed models ----------------------------------------------------------------------
