@@ -5,6 +5,7 @@ daemon's own pre-processing (aarch64 OpenCV and numpy) gave the runtime.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
@@ -113,6 +114,26 @@ def test_the_board_prepares_the_same_bytes_as_the_pc(tmp_path, model: str):
     spec = load_spec(MODELS / model)
     engine = Engine(spec, RecordingBackend(spec, tmp_path / "records"))
     for sample in samples(model):
+        prepared = engine.prepare(sample.read_bytes(), engine.parse_params())
+        np.testing.assert_array_equal(prepared.tensors[0], on_board[sample.name])
+
+
+def test_linear_exact_gives_the_board_the_pcs_bytes(tmp_path):
+    """``input.interpolation: linear_exact`` makes the board's model inputs the PC's."""
+    folder = tmp_path / "shapes"
+    shutil.copytree(MODELS / "shapes", folder)
+    yaml_path = folder / "model.yaml"
+    text = yaml_path.read_text()
+    assert "resize: stretch}" in text
+    yaml_path.write_text(
+        text.replace("resize: stretch}", "resize: stretch, interpolation: linear_exact}")
+    )
+    images = samples("shapes")
+    on_board = emuboard.board_inputs(board("rk3568"), LITE2, folder, images, tmp_path)
+    spec = load_spec(folder)
+    assert spec.interpolation == "linear_exact"
+    engine = Engine(spec, RecordingBackend(spec, tmp_path / "records"))
+    for sample in images:
         prepared = engine.prepare(sample.read_bytes(), engine.parse_params())
         np.testing.assert_array_equal(prepared.tensors[0], on_board[sample.name])
 

@@ -155,6 +155,9 @@ def check_tensor(array: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,  # bilinear; no antialiasing when shrinking
+    # the same bilinear resize in exact fixed point: INTER_LINEAR's SIMD paths differ by one
+    # level between OpenCV's x86-64 and aarch64 builds, this one gives the board the PC's bytes
+    "linear_exact": cv2.INTER_LINEAR_EXACT,
     "area": cv2.INTER_AREA,  # pixel-area averaging when shrinking (linear when enlarging)
 }
 CROP_RATIO = 0.875  # torchvision's ImageNet convention: resize to 256, crop 224

@@ -6,7 +6,7 @@ runs this, independently of rkserve's pre-processing.
 Writes one ``1xHxWx3 uint8`` NHWC tensor per image (keys: the image file names), made the
 way Rockchip's examples feed a model converted with mean/std inside: decode, BGR to the
 model's colour order (``input.color`` of model.yaml), a plain bilinear resize to
-``input.size``. Run on the emulated board, it gives the bytes the host records the ONNX
+``input.size`` (``input.interpolation``: linear or linear_exact). Run on the emulated board, it gives the bytes the host records the ONNX
 twin's answers for (OpenCV's ``INTER_LINEAR`` resize is not bit-exact between its x86-64 and
 aarch64 builds); because it shares no code with rkserve's data path, a change there that
 alters what the runtime receives (colour order, layout, dtype, resize) finds no record.
@@ -22,13 +22,15 @@ import numpy as np
 
 from rkserve.spec import load_spec
 
+RESIZE = {"linear": cv2.INTER_LINEAR, "linear_exact": cv2.INTER_LINEAR_EXACT}
 
-def reference_input(data: bytes, size: tuple, color: str) -> np.ndarray:
+
+def reference_input(data: bytes, size: tuple, color: str, interpolation: str) -> np.ndarray:
     """Encoded image -> ``1xHxWx3 uint8`` in the model's colour order."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     pixels = bgr if color == "bgr" else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     height, width = size
-    resized = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(pixels, (width, height), interpolation=RESIZE[interpolation])
     return np.ascontiguousarray(resized)[None]
 
 
@@ -38,7 +40,9 @@ def main() -> None:
     if spec.resize != "stretch":
         raise SystemExit(f"{folder}: only the plain resize is reproduced here, not {spec.resize}")
     tensors = {
-        Path(i).name: reference_input(Path(i).read_bytes(), spec.input_size, spec.color)
+        Path(i).name: reference_input(
+            Path(i).read_bytes(), spec.input_size, spec.color, spec.interpolation
+        )
         for i in images
     }
     np.savez(out, **tensors)
