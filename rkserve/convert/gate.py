@@ -14,12 +14,25 @@ Pure functions on the two models' raw outputs for the same validation images. Ea
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+
 Pair = Tuple[str, np.ndarray, np.ndarray]  # (image name, float output, quantized output)
+# (image name, every float output, every quantized output), outputs in the model's order
+Named = Tuple[str, List[np.ndarray], List[np.ndarray]]
 Rows = List[Dict[str, Any]]
+
+
+def measure(spec: ModelSpec, named: Sequence[Named]) -> Tuple[Rows, Dict[str, float]]:
+    """The rows and metrics of ``spec.task`` for the two models' outputs on each image."""
+    pairs: List[Pair] = [(name, ref[0], out[0]) for name, ref, out in named]
+    if spec.task == "classification":
+        return compare_classification(pairs)
+    return compare_segmentation(pairs, spec.output_layout, spec.output != "class_map")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -40,13 +40,13 @@ def _cwd(path: Path) -> Iterator[None]:
 def build_hybrid(
     kit: _Toolkit,
     recipe: Recipe,
-    onnx_path: Path,
+    model_path: Path,
     dataset: Optional[str],
     work: Path,
     spec: ModelSpec,
 ) -> None:
     """Step 1, mark the layers float16 in the cfg, step 2; the model stays in ``kit`` for the simulator."""
-    stem = onnx_path.stem
+    stem = model_path.stem
     with _cwd(work):
         kit.call("hybrid_quantization_step1", kit.rknn.hybrid_quantization_step1, dataset=dataset)
     cfg = work / f"{stem}.quantization.cfg"
