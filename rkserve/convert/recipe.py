@@ -40,6 +40,13 @@ MASK_SUFFIX = ".mask.png"  # ground truth beside a sample, never a model input
 GATES: Dict[str, Dict[str, Optional[float]]] = {
     "classification": {"min_top1_agreement": 0.9, "min_top5_agreement": None, "min_cosine": 0.98},
     "segmentation": {"min_pixel_agreement": 0.95, "min_miou": 0.8, "min_cosine": None},
+    "detection": {
+        "min_box_recall": 0.9,
+        "min_box_precision": 0.9,
+        "min_mean_iou": 0.8,
+        "min_score_agreement": 0.9,
+        "min_cosine": None,
+    },
 }
 _FIELDS = (
     "source",

@@ -132,11 +132,32 @@ def _images_table(
                 f"| {r['image']} | {ref} | {got} | {same} | {r['top5_overlap']:.2f} | {r['cosine']:.4f} |"
             )
         return out
+    if rows and "float_boxes" in rows[0]:
+        return _boxes_table(rows, labels, offset)
     out = ["| image | pixel agreement | cosine | classes (float) |", "|---|---|---|---|"]
     for r in rows:
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
         classes = ", ".join(_label(c, labels, offset) for c in r["float_classes"])
         out.append(f"| {r['image']} | {r['pixel_agreement']:.4f} | {cos} | {classes} |")
+    return out
+
+
+def _boxes_table(
+    rows: Sequence[Mapping[str, Any]], labels: Sequence[str], offset: int
+) -> List[str]:
+    out = [
+        "| image | float boxes | quantized boxes | matched | mean IoU | max score diff | cosine "
+        "| classes (float) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        iou = "-" if r["mean_iou"] is None else f"{r['mean_iou']:.3f}"
+        gap = "-" if r["max_score_diff"] is None else f"{r['max_score_diff']:.3f}"
+        classes = ", ".join(_label(c, labels, offset) for c in r["float_classes"])
+        out.append(
+            f"| {r['image']} | {r['float_boxes']} | {r['quant_boxes']} | {r['matched']} | {iou} "
+            f"| {gap} | {r['cosine']:.4f} | {classes} |"
+        )
     return out
 
 

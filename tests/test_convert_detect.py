@@ -1,0 +1,117 @@
+"""The conversion gate for detectors: quantized boxes matched to the float model's.
+
+The metrics are checked on boxes given directly (exact figures), then on raw YOLO outputs
+through the daemon's own post-processing (:mod:`rkserve.tasks.detect`).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+import pytest
+
+from rkserve.backends.fake_yolo import yolo_outputs
+from rkserve.convert.gate import check_gate, compare_detection, match_boxes
+from rkserve.convert.report import render_markdown
+from rkserve.tasks.detect import Detections, postprocess
+from rkserve.tasks.image import Placement
+
+
+def _boxes(rows: Sequence[Sequence[float]]) -> List[np.ndarray]:
+    """``[x1, y1, x2, y2, score, class]`` rows as a model's one "raw output" of 4 rows
+    (rows of score 0 are no box)."""
+    out = np.zeros((4, 6))
+    out[: len(rows)] = np.asarray(rows, np.float64).reshape(-1, 6)
+    return [out]
+
+
+def _read(outputs: Sequence[np.ndarray]) -> Detections:
+    rows = outputs[0][outputs[0][:, 4] > 0]
+    rows = rows[np.argsort(-rows[:, 4], kind="stable")]
+    return Detections(rows[:, :4], rows[:, 4].astype(np.float32), rows[:, 5].astype(np.int64))
+
+
+FLOAT = [[10, 10, 50, 50, 0.9, 0], [60, 60, 120, 120, 0.8, 1], [20, 90, 60, 150, 0.7, 2]]
+QUANT = [
+    [12, 10, 52, 50, 0.85, 0],  # the same box, shifted by 2 px: IoU 1520/1680
+    [60, 60, 120, 120, 0.8, 3],  # right place, wrong class: no match
+]  # and the third float box is lost
+
+
+def test_boxes_match_by_class_and_overlap():
+    rows, metrics = compare_detection([("a.jpg", _boxes(FLOAT), _boxes(QUANT))], _read)
+    assert metrics["box_recall"] == pytest.approx(1 / 3)
+    assert metrics["box_precision"] == pytest.approx(1 / 2)
+    assert metrics["mean_iou"] == pytest.approx(1520 / 1680)
+    assert metrics["score_agreement"] == pytest.approx(1 - 0.05)
+    assert rows[0]["float_boxes"] == 3 and rows[0]["quant_boxes"] == 2 and rows[0]["matched"] == 1
+    assert rows[0]["float_classes"] == [0, 1, 2]
+    failures = check_gate(metrics, {"min_box_recall": 0.9, "min_mean_iou": 0.8})
+    assert failures == ["box_recall 0.333 < min_box_recall 0.900"]
+
+
+def test_each_float_box_is_matched_once_best_score_first():
+    want = _read(_boxes([[0, 0, 100, 100, 0.9, 0]]))
+    rows = np.array([[0, 0, 100, 90], [0, 0, 100, 80]], np.float64)  # in no particular order
+    got = Detections(rows, np.array([0.6, 0.7], np.float32), np.array([0, 0]))
+    assert match_boxes(want, got) == [(0, 1, pytest.approx(0.8))]  # the 0.7 box comes first
+    assert match_boxes(want, _read(_boxes([[0, 0, 100, 40, 0.9, 0]]))) == []  # IoU 0.4 < 0.5
+
+
+def test_metrics_pool_over_images_and_empty_cases():
+    named = [
+        ("a", _boxes(FLOAT), _boxes(FLOAT)),
+        ("empty", _boxes([]), _boxes([])),  # nothing found by either model: agrees
+    ]
+    rows, metrics = compare_detection(named, _read)
+    assert {k: metrics[k] for k in ("box_recall", "box_precision", "mean_iou")} == {
+        "box_recall": 1.0,
+        "box_precision": 1.0,
+        "mean_iou": 1.0,
+    }
+    assert rows[1]["mean_iou"] is None and rows[1]["matched"] == 0
+    # the float model finds nothing anywhere: the images cannot vouch for the detector
+    nothing = compare_detection([("x", _boxes([]), _boxes(QUANT))], _read)[1]
+    assert nothing["box_recall"] == 0.0 and nothing["box_precision"] == 0.0
+    assert check_gate(nothing, {"min_box_recall": 0.9})
+
+
+def test_raw_yolov8_outputs_through_the_daemons_post_processing():
+    size = (160, 160)
+    boxes = [[10, 20, 60, 90], [80, 80, 150, 140], [30, 100, 70, 150]]
+    labels, scores = [1, 3, 0], [0.9, 0.7, 0.6]
+    ref = yolo_outputs("yolov8", boxes, labels, scores, classes=5, input_size=size)
+    moved = [[b[0] + 3, b[1], b[2] + 3, b[3]] for b in boxes[:2]]  # one box lost, two moved
+    out = yolo_outputs("yolov8", moved, labels[:2], [0.8, 0.7], classes=5, input_size=size)
+    placement = Placement(1.0, 1.0, 0, 0, size[1], size[0])
+
+    def read(outputs: Sequence[np.ndarray]) -> Detections:
+        return postprocess(outputs, "yolov8", placement, size, size)
+
+    rows, metrics = compare_detection([("a", ref, out)], read)
+    assert rows[0]["float_boxes"] == 3 and rows[0]["matched"] == 2
+    assert metrics["box_recall"] == pytest.approx(2 / 3) and metrics["box_precision"] == 1.0
+    assert 0.85 < metrics["mean_iou"] < 0.95  # 3 px of a 50 px and a 70 px box
+    assert metrics["score_agreement"] == pytest.approx(1 - 0.05, abs=0.01)
+    assert 0 < metrics["cosine"] < 1
+
+
+def test_markdown_report_lists_boxes_per_image():
+    rows, metrics = compare_detection([("a.jpg", _boxes(FLOAT), _boxes(QUANT))], _read)
+    gate = {"min_box_recall": 0.9}
+    report = {
+        "model": "det",
+        "verdict": "refused",
+        "failures": check_gate(metrics, gate),
+        "metrics": metrics,
+        "gate": gate,
+        "images": rows,
+        "recipe": {"validation": "samples"},
+        "timings": {},
+        "versions": {},
+    }
+    text = render_markdown(report, labels=("circle", "square", "triangle", "star"))
+    assert "| box_recall | 0.3333 | >= 0.900 | **FAIL** |" in text
+    assert "| a.jpg | 3 | 2 | 1 | 0.905 | 0.050 |" in text
+    assert "| 0 circle, 1 square, 2 triangle |" in text
