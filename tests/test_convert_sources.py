@@ -113,6 +113,28 @@ def test_source_errors_name_the_field(tmp_path, convert, words):
     assert words in str(caught.value)
 
 
+# -- the ONNX twin's check ----------------------------------------------------------------
+
+
+def test_twin_agrees_only_within_float_noise_and_the_same_top_output():
+    from rkserve.convert.twin import compare_outputs, place_twin
+
+    ref = [[np.array([[1.0, 5.0, 2.0]], np.float32)], [np.array([[3.0, 1.0, 0.0]], np.float32)]]
+    close = [[r[0] + 2e-5] for r in ref]
+    assert compare_outputs(ref, close) == {
+        "agrees": True,
+        "max_abs_diff": pytest.approx(2e-5, rel=1e-2),
+        "same_top": 2,
+        "images": 2,
+    }
+    off = [[ref[0][0]], [np.array([[3.0, 1.0, 0.2]], np.float32)]]
+    assert compare_outputs(ref, off)["agrees"] is False  # 0.2 of a range of 5
+    assert compare_outputs(ref, [[r[0][:, :2]] for r in ref])["agrees"] is False  # shapes
+    entry = {"file": "model.onnx", "agrees": False, "reason": "torch.onnx.export failed: x"}
+    spec = load_spec(MODELS / "shapes")  # nothing is written without a staged file
+    assert place_twin(entry, spec) == ["no ONNX twin written: torch.onnx.export failed: x"]
+
+
 # -- the mistakes people make with torch files (real torch, converter environment) --------
 
 TORCH_FILES = """
