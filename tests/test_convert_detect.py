@@ -1,15 +1,25 @@
 """The conversion gate for detectors: quantized boxes matched to the float model's.
 
 The metrics are checked on boxes given directly (exact figures), then on raw YOLO outputs
-through the daemon's own post-processing (:mod:`rkserve.tasks.detect`).
+through the daemon's own post-processing (:mod:`rkserve.tasks.detect`); with the converter
+environment, a small real yolov8-layout detector (tests/onnx_detector.py) is converted and
+gated, and refused with a wrong normalisation.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
 
+import cv2
 import numpy as np
 import pytest
+import yaml
+from helpers import convert_cli
+from onnx_detector import square_image
 
 from rkserve.backends.fake_yolo import yolo_outputs
 from rkserve.convert.gate import check_gate, compare_detection, match_boxes
@@ -115,3 +125,118 @@ def test_markdown_report_lists_boxes_per_image():
     assert "| box_recall | 0.3333 | >= 0.900 | **FAIL** |" in text
     assert "| a.jpg | 3 | 2 | 1 | 0.905 | 0.050 |" in text
     assert "| 0 circle, 1 square, 2 triangle |" in text
+
+
+# -- a real detector through rknn-toolkit2 (.venv-convert) -------------------------------
+
+# (x, y, side, channel) squares of pure colour: class = channel (tests/onnx_detector.py)
+PICTURES = [
+    [(10, 10, 40, 0), (70, 60, 40, 2)],
+    [(20, 70, 32, 1)],
+    [(60, 8, 48, 0), (8, 60, 32, 1), (80, 80, 40, 2)],
+    [(40, 40, 48, 2)],
+]
+
+
+# The squares detector of tests/onnx_detector.py made with torch, its box tensors fed by the
+# image (rknn-toolkit2 drops outputs it finds constant): adding the same value to every bin
+# of a side leaves the DFL distance as it is.
+DETECTOR = """
+import sys, torch
+from torch import nn
+sys.path.insert(0, sys.argv[2])
+from onnx_detector import SHARPNESS, SIDE, two_hot
+
+class Detector(nn.Module):
+    def __init__(self, strides=(8, 16, 32)):
+        super().__init__()
+        self.heads = nn.ModuleList()
+        for s in strides:
+            box, cls = nn.Conv2d(3, 64, s, s), nn.Conv2d(3, 3, s, s)
+            box.weight.data.fill_(0.5 / (3 * s * s))
+            box.bias.data = torch.tensor(two_hot(SIDE), dtype=torch.float32).repeat(4)
+            cls.weight.data.zero_()
+            for c in range(3):
+                cls.weight.data[c, c] = SHARPNESS / (s * s)
+            cls.bias.data.fill_(-SHARPNESS / 2)
+            self.heads.append(nn.ModuleList([box, cls]))
+
+    def forward(self, x):
+        out = []
+        for box, cls in self.heads:
+            out += [box(x), torch.sigmoid(cls(x))]
+        return out
+
+torch.onnx.export(Detector().eval(), (torch.zeros(1, 3, 128, 128),), sys.argv[1],
+                  input_names=["images"], opset_version=13, dynamo=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def detector_onnx(converter, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("detector") / "model.onnx"
+    tests = str(Path(__file__).parent)
+    subprocess.run([str(converter), "-c", DETECTOR, str(path), tests], check=True, timeout=300)
+    return path
+
+
+def _detector_folder(root: Path, onnx: Path, convert: Dict[str, Any]) -> Path:
+    folder = root / "det"
+    folder.mkdir(parents=True)
+    shutil.copyfile(onnx, folder / "model.onnx")
+    (folder / "labels.txt").write_text("red\ngreen\nblue\n")
+    spec = {
+        "task": "detection",
+        "labels": "labels.txt",
+        "input": {"size": 128},
+        "onnx": {"mean": 0, "std": 255},
+        "output": {"format": "yolov8"},
+        "convert": {"dataset": "samples", **convert},
+    }
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
+    (folder / "samples").mkdir()
+    for index, squares in enumerate(PICTURES):
+        picture = square_image((128, 160), squares)
+        cv2.imwrite(str(folder / "samples" / f"{index}.png"), picture[:, :, ::-1])
+    return folder
+
+
+@pytest.mark.convert
+@pytest.mark.slow
+def test_a_detector_converts_behind_the_detection_gate(tmp_path, detector_onnx):
+    from rkserve.rknnfile import read_rknn
+
+    folder = _detector_folder(tmp_path, detector_onnx, {})
+    done = convert_cli(str(folder), "--report", str(tmp_path / "r.json"), env={})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["gate"] == {
+        "min_box_recall": 0.9,
+        "min_box_precision": 0.9,
+        "min_mean_iou": 0.8,
+        "min_score_agreement": 0.9,
+    }
+    counts = [(r["float_boxes"], r["quant_boxes"], r["matched"]) for r in report["images"]]
+    assert all(0 < f == q == m for f, q, m in counts), counts  # every box, in each image
+    assert report["metrics"]["box_recall"] == report["metrics"]["box_precision"] == 1.0
+    assert report["metrics"]["mean_iou"] > 0.95 and report["metrics"]["score_agreement"] > 0.95
+    assert len(read_rknn(folder / "model.rknn").outputs) == 6
+    markdown = (folder / "conversion_report.md").read_text()
+    assert "| box_recall | 1.0000 | >= 0.900 | pass |" in markdown
+    found = counts[2][0]
+    assert f"| 2.png | {found} | {found} | {found} |" in markdown
+    assert "| 0 red, 1 green, 2 blue |" in markdown
+
+
+@pytest.mark.convert
+@pytest.mark.slow
+def test_a_detector_below_the_thresholds_is_refused(tmp_path, detector_onnx):
+    folder = _detector_folder(
+        tmp_path, detector_onnx, {"std": 1}
+    )  # model.yaml's onnx: section says 255
+    done = convert_cli(str(folder), env={})
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "refused: box_" in done.stderr
+    assert not (folder / "model.rknn").exists()
+    refused = (folder / "conversion_report.refused.md").read_text()
+    assert "Verdict: **REFUSED**" in refused and "**FAIL**" in refused

@@ -124,7 +124,7 @@ def convert_model(
             with progress.step("ONNX twin", f"torch.onnx.export to {spec.onnx.file}, checked"):
                 twin = export_twin(source, spec, tensors, reference, work)
         built = work / "model.rknn"
-        with _Toolkit(recipe) as kit:
+        with _Toolkit(recipe) as kit, _working_directory(work):
             _build(kit, recipe, spec, source, work, progress)
             with progress.step("export"):
                 kit.check("export_rknn", kit.rknn.export_rknn(str(built)))
@@ -145,6 +145,18 @@ def convert_model(
         if accepted:
             _move_into_place(built, output)
     return Outcome(accepted, report["failures"], report, output, markdown)
+
+
+@contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """The toolkit writes files into the current directory (hybrid quantization's cfg, the
+    values of outputs it found constant): keep them in the conversion's temp folder."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 class _Toolkit:

@@ -39,6 +39,8 @@ MATCH_IOU = 0.5
 
 def measure(spec: ModelSpec, named: Sequence[Named]) -> Tuple[Rows, Dict[str, float]]:
     """The rows and metrics of ``spec.task`` for the two models' outputs on each image."""
+    if spec.task == "detection":
+        return compare_detection(named, read_boxes(spec))
     pairs: List[Pair] = [(name, ref[0], out[0]) for name, ref, out in named]
     if spec.task == "classification":
         return compare_classification(pairs)
@@ -165,6 +167,34 @@ def compare_detection(
         "cosine": _mean([r["cosine"] for r in rows]),
     }
     return rows, metrics
+
+
+def read_boxes(spec: ModelSpec) -> ReadBoxes:
+    """A detector's raw outputs → its boxes as the daemon finds them with model.yaml's
+    defaults (``output.format``, ``strides``, ``anchors``, ``conf``, ``iou``, ``max_det``),
+    in model-input pixels."""
+    from ..tasks.detect import postprocess
+    from ..tasks.image import Placement
+
+    output = spec.detection
+    height, width = spec.input_size
+    placement = Placement(1.0, 1.0, 0, 0, width, height)
+
+    def read(outputs: Sequence[np.ndarray]) -> Detections:
+        return postprocess(
+            outputs,
+            output.format,
+            placement,
+            spec.input_size,
+            spec.input_size,
+            output.conf,
+            output.iou,
+            output.max_det,
+            strides=output.strides,
+            anchors=output.anchors,
+        )
+
+    return read
 
 
 def match_boxes(want: Detections, got: Detections) -> List[Tuple[int, int, float]]:

@@ -272,14 +272,14 @@ def run_torchscript(path: Path, tensors: Sequence[np.ndarray]) -> List[Outputs]:
 
 
 def load_into(kit: _Toolkit, source: Source, spec: ModelSpec) -> None:
-    """The toolkit's own loader for the source's kind (after ``config``)."""
+    """The toolkit's own loader for the source's kind (after ``config``; any directory)."""
     if source.kind == "onnx":
-        kit.call("load_onnx", kit.rknn.load_onnx, model=str(source.path))
+        kit.call("load_onnx", kit.rknn.load_onnx, model=str(source.path.absolute()))
         return
     height, width = spec.input_size
     kit.call(
         "load_pytorch",
         kit.rknn.load_pytorch,
-        model=str(source.path),
+        model=str(source.path.absolute()),
         input_size_list=[[1, 3, height, width]],
     )
