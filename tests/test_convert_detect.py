@@ -22,7 +22,12 @@ from helpers import convert_cli
 from onnx_detector import square_image
 
 from rkserve.backends.fake_yolo import yolo_outputs
-from rkserve.convert.gate import check_gate, compare_detection, match_boxes
+from rkserve.convert.gate import (
+    check_gate,
+    compare_detection,
+    match_boxes,
+    nothing_to_compare,
+)
 from rkserve.convert.report import render_markdown
 from rkserve.tasks.detect import Detections, postprocess
 from rkserve.tasks.image import Placement
@@ -82,9 +87,11 @@ def test_metrics_pool_over_images_and_empty_cases():
     }
     assert rows[1]["mean_iou"] is None and rows[1]["matched"] == 0
     # the float model finds nothing anywhere: the images cannot vouch for the detector
-    nothing = compare_detection([("x", _boxes([]), _boxes(QUANT))], _read)[1]
+    rows, nothing = compare_detection([("x", _boxes([]), _boxes(QUANT))], _read)
     assert nothing["box_recall"] == 0.0 and nothing["box_precision"] == 0.0
     assert check_gate(nothing, {"min_box_recall": 0.9})
+    assert "found no box on any of the 1 validation images" in nothing_to_compare(rows)[0]
+    assert nothing_to_compare(compare_detection(named, _read)[0]) == []
 
 
 def test_raw_yolov8_outputs_through_the_daemons_post_processing():

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import BackendError
 from ..spec import ModelSpec
 from ..tasks.image import decode_image, resize, to_model_colour, to_raw_input
-from .gate import Named, check_gate, measure
+from .gate import Named, check_gate, measure, nothing_to_compare
 from .recipe import Recipe, list_images, show_path
 from .report import (
     describe_rknn,
@@ -290,7 +290,7 @@ def _report(
     progress: Progress,
 ) -> Dict[str, Any]:
     rows, metrics = measure(spec, named)
-    failures = check_gate(metrics, recipe.gate)
+    failures = check_gate(metrics, recipe.gate) + nothing_to_compare(rows)
     progress.timings["total"] = round(time.monotonic() - progress.started, 3)
     found = versions()
     return {

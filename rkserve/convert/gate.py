@@ -234,5 +234,16 @@ def check_gate(metrics: Mapping[str, float], gate: Mapping[str, float]) -> List[
     return failures
 
 
+def nothing_to_compare(rows: Rows) -> List[str]:
+    """Why the figures say nothing: a detector's float model found no box on any image."""
+    if rows and "float_boxes" in rows[0] and not any(r["float_boxes"] for r in rows):
+        return [
+            f"the float model found no box on any of the {len(rows)} validation images, so "
+            "there was nothing to compare: validate on images with objects (and check "
+            "output.conf and the onnx: normalisation)"
+        ]
+    return []
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
