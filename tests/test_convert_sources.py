@@ -132,7 +132,10 @@ def test_twin_agrees_only_within_float_noise_and_the_same_top_output():
     assert compare_outputs(ref, [[r[0][:, :2]] for r in ref])["agrees"] is False  # shapes
     entry = {"file": "model.onnx", "agrees": False, "reason": "torch.onnx.export failed: x"}
     spec = load_spec(MODELS / "shapes")  # nothing is written without a staged file
-    assert place_twin(entry, spec) == ["no ONNX twin written: torch.onnx.export failed: x"]
+    assert place_twin(entry, spec, True) == ["no ONNX twin written: torch.onnx.export failed: x"]
+    staged = {"file": "model.onnx", "agrees": True, "staged": "/nonexistent/twin.onnx"}
+    assert place_twin(staged, spec, False) == ["no ONNX twin written: the conversion was refused"]
+    assert staged == {"file": "model.onnx", "agrees": True, "reason": "the conversion was refused"}
 
 
 # -- the mistakes people make with torch files (real torch, converter environment) --------

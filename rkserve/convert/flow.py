@@ -139,7 +139,7 @@ def convert_model(
         accepted = not report["failures"]
         if twin is not None:
             report["onnx_twin"] = twin
-            for line in place_twin(twin, spec) if accepted else []:
+            for line in place_twin(twin, spec, accepted):
                 progress.say(line)
         markdown = _write_reports(report, spec, output, json_report)
         if accepted:

@@ -195,7 +195,7 @@ def _twin_section(twin: Mapping[str, Any]) -> List[str]:
             f"same top output on {twin['same_top']})."
         )
     else:
-        lines.append(f"Not written: {twin.get('reason') or 'the conversion was refused'}.")
+        lines.append(f"Not written: {twin.get('reason', 'not exported')}.")
     return lines
 
 

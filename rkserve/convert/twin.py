@@ -104,10 +104,13 @@ def compare_outputs(reference: Sequence[Outputs], other: Sequence[Outputs]) -> D
     }
 
 
-def place_twin(entry: Dict[str, Any], spec: ModelSpec) -> List[str]:
-    """Move a staged twin to ``onnx.file`` (write, then rename); the lines to print."""
+def place_twin(entry: Dict[str, Any], spec: ModelSpec, accepted: bool) -> List[str]:
+    """Move a staged twin to ``onnx.file`` (write, then rename) if the conversion was
+    ``accepted``; the lines to print."""
     staged = entry.pop("staged", None)
-    if staged is None:
+    if staged is not None and not accepted:
+        entry["reason"] = "the conversion was refused"
+    if staged is None or not accepted:
         return [f"no ONNX twin written: {entry.get('reason', 'not exported')}"]
     partial = spec.onnx_path.with_name(f".{spec.onnx_path.name}.partial")
     shutil.copyfile(staged, partial)
