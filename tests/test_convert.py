@@ -465,7 +465,7 @@ def _demo(name: str) -> Path:
 
 @pytest.mark.convert
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["shapes-seg"])  # shapes: test_convert_sources.py, both sources
+@pytest.mark.parametrize("name", ["shapes-seg", "shapes-det"])  # shapes: test_convert_sources
 def test_demo_models_convert_with_their_recipe(tmp_path, converter, name):
     from rkserve.rknnfile import read_rknn
 
