@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from helpers import convert_cli
+from helpers import ROOT, convert_cli
 from onnx_detector import square_image
 
 from rkserve.backends.fake_yolo import yolo_outputs
@@ -247,3 +247,18 @@ def test_a_detector_below_the_thresholds_is_refused(tmp_path, detector_onnx):
     assert not (folder / "model.rknn").exists()
     refused = (folder / "conversion_report.refused.md").read_text()
     assert "Verdict: **REFUSED**" in refused and "**FAIL**" in refused
+
+
+@pytest.mark.convert
+@pytest.mark.slow
+def test_constant_outputs_dropped_by_the_toolkit_are_named_and_leave_no_files(tmp_path, converter):
+    from onnx_detector import write_detector
+
+    constant = write_detector(tmp_path / "constant.onnx", size=128)  # its box tensors are
+    folder = _detector_folder(tmp_path, constant, {})  # constants: the toolkit drops them
+    before = set(ROOT.iterdir())
+    done = convert_cli(str(folder), env={})  # runs with the repository as its directory
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "error: the simulator gave 3 outputs, the float model 6" in done.stderr
+    assert set(ROOT.iterdir()) == before  # the toolkit's box8.npy ... stayed in the temp folder
+    assert not (folder / "model.rknn").exists()
