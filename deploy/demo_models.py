@@ -192,7 +192,8 @@ README = (
     "`.rknn` takes raw uint8 RGB pixels.",
     "- output `logits`: {output}.",
     "- network: {network}.",
-    "- `model.onnx`: opset {opset}, static shapes, {params} weights, {size}; operators: {ops}.",
+    "- `model.onnx`: opset {opset}, static shapes, {params} weights, {size}; operators: {ops}."
+    "{torchscript}",
     "- `samples/`: a few images to try{sample_note}; `calib/`: 20 images at the input size for "
     "quantization.",
     "",
@@ -228,6 +229,9 @@ _TEXTS = {
         "network": "five 3x3 convolutions (BatchNorm folded in) with max pooling between them, "
         "a global max pool (as a 6x6 MaxPool) and one linear layer",
         "sample_note": " (the class is in the file name)",
+        "torchscript": "\n- `model.pt`: the same network as TorchScript, traced at `[1,3,{side},{side}]` "
+        "from the trained module (BatchNorm not folded): the PyTorch source `rkserve convert` "
+        "takes (`convert.source: model.pt`, docs/CONVERT.md).",
         "unit": "one label each",
     },
     "segmentation": {
@@ -240,6 +244,7 @@ _TEXTS = {
         "to 1/16, transposed convolutions back up to 1/2 with the encoder's maps added in, a 1x1 "
         "class head and a bilinear x2 resize",
         "sample_note": " with their ground truth (`<name>.mask.png`, pixel = class index)",
+        "torchscript": "",
         "unit": "every pixel at the image's own size (argmax at {side}x{side}, then a "
         "nearest-neighbour resize back, as a serving pipeline does)",
     },

@@ -12,9 +12,11 @@ static batch 1, input ``input`` float32 NCHW normalised as (x - 127.5) / 127.5 *
 graph, so rknn-toolkit2 can bake mean/std in at conversion), checks that the graph only uses
 operators rknn-toolkit2 converts for rk3566/rk3568 and that onnxruntime agrees with torch,
 evaluates the ONNX file on held-out images and writes ``model.onnx``, ``README.md`` (with the
-figures), ``samples/`` and ``calib/`` into the model folder; ``labels.txt`` and ``model.yaml``
-only when missing (once they exist they are maintained by hand). The recipes, the measurement
-and the README live in ``deploy/demo_models.py``, which needs no torch.
+figures), ``samples/`` and ``calib/`` into the model folder (the classifier also as TorchScript,
+``model.pt``, traced from the same network: ``rkserve convert`` converts either);
+``labels.txt`` and ``model.yaml`` only when missing (once they exist they are maintained by
+hand). The recipes, the measurement and the README live in ``deploy/demo_models.py``, which
+needs no torch.
 
 Run it from the repository root, in an environment with a CPU torch, onnx and onnxruntime
 (about 18 minutes for both on 2 busy CPU cores)::
@@ -24,6 +26,12 @@ Run it from the repository root, in an environment with a CPU torch, onnx and on
     /tmp/vtrain/bin/python deploy/train_demo_models.py                   # both models
     /tmp/vtrain/bin/python deploy/train_demo_models.py --model shapes-seg
     /tmp/vtrain/bin/python deploy/train_demo_models.py --eval-only       # measure, write nothing
+    /tmp/vtrain/bin/python deploy/train_demo_models.py --model shapes --torchscript-only
+
+``--torchscript-only`` writes the classifier's ``model.pt`` from an existing ``model.onnx``
+without training (the committed one was trained before this script wrote TorchScript):
+the network rebuilt from the ONNX weights, each BatchNorm as folded into its convolution, and
+checked against ``model.onnx`` on the held-out images.
 
 Reproducible: the data come from fixed seeds, torch is seeded, deterministic and runs on a
 fixed number of threads (``--threads``, default 2; another count may change the last bits).
@@ -63,6 +71,7 @@ from demo_models import (  # noqa: E402  (the folder of this script is on sys.pa
     figures,
     graph_facts,
     results,
+    to_input,
     write_images,
     write_readme,
     write_spec,
@@ -246,6 +255,52 @@ def export(net: nn.Module, recipe: Recipe, path: Path) -> None:
     print(f"  exported {path} ({path.stat().st_size / 1024:.0f} kB, ops: {', '.join(sorted(ops))})")
 
 
+def export_torchscript(net: nn.Module, recipe: Recipe, path: Path) -> None:
+    """The same network as TorchScript, traced at [1,3,side,side] (what ``rknn.load_pytorch``
+    and ``rkserve convert`` take); torch runs the saved file to check it against ``net``."""
+    net.eval()
+    dummy = torch.zeros(1, 3, recipe.side, recipe.side)
+    with torch.no_grad():
+        torch.jit.trace(net, dummy).save(str(path))
+        want = net(dummy + 0.25)
+        got = torch.jit.load(str(path))(dummy + 0.25)
+    if not torch.allclose(want, got, atol=1e-6):
+        raise SystemExit(f"{path}: TorchScript disagrees with torch by {(want - got).abs().max()}")
+    print(f"  exported {path} ({path.stat().st_size / 1024:.0f} kB, TorchScript)")
+
+
+def classifier_from_onnx(path: Path, classes: int) -> Classifier:
+    """The :class:`Classifier` holding an exported model.onnx's weights, for a model.onnx
+    trained before this script wrote model.pt.
+
+    The export folded each BatchNorm into its convolution (``w * g / s``, ``b' = beta -
+    mean * g / s``), so the convolutions take the ONNX weights as they are and each BatchNorm
+    becomes ``x + b'`` exactly: weight 1, running mean 0, running variance 1, eps 0."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {
+        t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer
+    }
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    net = Classifier(classes)
+    blocks = [m for m in net.features if isinstance(m, nn.Sequential)]
+    if len(convs) != len(blocks):
+        raise SystemExit(f"{path}: {len(convs)} convolutions, the classifier has {len(blocks)}")
+    with torch.no_grad():
+        for node, (conv, norm, _) in zip(convs, blocks):
+            conv.weight.copy_(weights[node.input[1]])
+            norm.weight.fill_(1.0)
+            norm.bias.copy_(weights[node.input[2]])
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0)
+            norm.eps = 0.0
+        gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+        net.head.weight.copy_(weights[gemm.input[1]])
+        net.head.bias.copy_(weights[gemm.input[2]])
+    return net.eval()
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -276,6 +331,8 @@ def run(recipe: Recipe, folder: Path, threads: int) -> Dict[str, float]:
     minutes = (time.perf_counter() - started) / 60
     print(f"  {recipe.name}: trained in {minutes:.1f} minutes")
     export(net, recipe, path)
+    if recipe.task == "classification":  # the TorchScript source of `rkserve convert`'s tests
+        export_torchscript(net, recipe, folder / "model.pt")
     confusion = measure(recipe, path, threads)
     facts = {
         "threads": str(threads),
@@ -289,6 +346,33 @@ def run(recipe: Recipe, folder: Path, threads: int) -> Dict[str, float]:
     write_readme(recipe, folder, confusion, facts)
     write_images(recipe, folder)
     return figures(confusion)
+
+
+def torchscript_from_onnx(recipe: Recipe, folder: Path) -> None:
+    """model.pt from model.onnx's weights; both must give the same class on every held-out
+    image and the same logits within float32 rounding."""
+    if recipe.task != "classification":
+        print(f"  {recipe.name}: only the classifier ships as TorchScript; skipped")
+        return
+    net = classifier_from_onnx(folder / "model.onnx", len(recipe.labels))
+    export_torchscript(net, recipe, folder / "model.pt")
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    traced = torch.jit.load(str(folder / "model.pt"))
+    worst, same = 0.0, 0
+    for index in range(recipe.eval_images):
+        image, _ = demo.classification_sample(demo.sample_rng(recipe.seeds[1], index))
+        x = to_input(image, recipe.side)
+        want = session.run(None, {"input": x})[0]
+        with torch.no_grad():
+            got = traced(torch.from_numpy(x)).numpy()
+        worst = max(worst, float(np.abs(want - got).max()))
+        same += int(want.argmax() == got.argmax())
+    print(
+        f"  {recipe.name}: model.pt and model.onnx: same class on {same}/{recipe.eval_images} "
+        f"held-out images, logits differ by {worst:.2g} at most"
+    )
+    if same != recipe.eval_images or worst > 1e-3:
+        raise SystemExit(f"{folder / 'model.pt'}: disagrees with model.onnx")
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -316,6 +400,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         action="store_true",
         help="only measure the existing model.onnx on the held-out images (writes nothing)",
     )
+    parser.add_argument(
+        "--torchscript-only",
+        action="store_true",
+        help="classifier: write model.pt from the existing model.onnx's weights (no training) "
+        "and check that both give the same class on the held-out images",
+    )
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (quick trials)")
     parser.add_argument("--train-images", type=int, help="override the recipe's training-set size")
     parser.add_argument("--eval-images", type=int, help="override the number of held-out images")
@@ -338,6 +428,8 @@ def main(argv: List[str]) -> int:
         folder = args.models_dir / name
         if args.eval_only:
             measure(recipe, folder / "model.onnx", args.threads)
+        elif args.torchscript_only:
+            torchscript_from_onnx(recipe, folder)
         else:
             run(recipe, folder, args.threads)
     return 0

@@ -104,13 +104,20 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a model folder's ONNX to .rknn with its recipe and accuracy gate (PC only)",
+        help="convert a model folder's ONNX or TorchScript model to .rknn with its recipe and "
+        "accuracy gate (PC only)",
         description="Build model.rknn with rknn-toolkit2 (its own environment: deploy/convert-env.sh), "
-        "compare it in the simulator with the float ONNX model on validation images, and write it "
+        "compare it in the simulator with the float model (ONNX or TorchScript) on validation "
+        "images, and write it "
         "only if the gate in model.yaml (convert.gate) passes. Exit 0 accepted, 1 error, 3 refused.",
     )
     p.add_argument("model", metavar="MODEL_DIR", help="the model folder (holds model.yaml)")
-    p.add_argument("--onnx", metavar="FILE", help="the float ONNX model (default: onnx.file)")
+    p.add_argument(
+        "--source",
+        "--onnx",
+        metavar="FILE",
+        help="the float model, .onnx or TorchScript .pt (default: convert.source, else onnx.file)",
+    )
     p.add_argument("--output", metavar="FILE", help="where to write the .rknn (default: rknn.file)")
     p.add_argument("--validation", metavar="DIR", help="validation images (default: samples/)")
     p.add_argument("--target", choices=("rk3566", "rk3568", "rk3588", "rk3576", "rk3562"))

@@ -146,8 +146,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_spec(folder: Path) -> ModelSpec:
-    """Read and validate ``folder/model.yaml``; the folder name is the model name."""
+def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
+    """Read and validate ``folder/model.yaml``; the folder name is the model name.
+
+    ``need_model=False`` accepts a folder with neither model file yet (``rkserve convert``
+    builds them from ``convert.source``)."""
     folder = Path(folder)
     path = folder / SPEC_FILE
     try:
@@ -174,7 +177,8 @@ def load_spec(folder: Path) -> ModelSpec:
         palette=_palette(top),
         **get_task(task).read_spec(top),
     )
-    _check_files(top, spec)
+    if need_model:
+        _check_files(top, spec)
     return spec
 
 
@@ -221,7 +225,8 @@ def _check_files(top: SpecReader, spec: ModelSpec) -> None:
         top.fail(
             "",
             f"neither {spec.rknn_file} (rknn.file) nor {spec.onnx.file} (onnx.file) exists in "
-            f"{spec.folder}: a model needs at least one",
+            f"{spec.folder}: a model needs at least one (rkserve convert makes them from a "
+            "TorchScript model.pt: docs/CONVERT.md)",
         )
 
 

@@ -1,4 +1,5 @@
-"""Markers: `board` tests run only on a board with an NPU and rknn-toolkit-lite2."""
+"""Markers: `board` tests run only on a board with an NPU and rknn-toolkit-lite2; the
+`converter` fixture skips a test when the rknn-toolkit2 environment (.venv-convert) is absent."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ from pathlib import Path
 import pytest
 
 from rkserve.backends import npu_present
+from rkserve.convert.cli import converter_python
 
 DOUBLES = Path(__file__).parent / "doubles"
+
+
+@pytest.fixture(scope="session")
+def converter() -> Path:
+    """The converter environment's Python (deploy/convert-env.sh makes it), or skip."""
+    python = converter_python()
+    if python is None or not python.exists():
+        pytest.skip(
+            "converter environment absent: run deploy/convert-env.sh to create .venv-convert"
+        )
+    return python
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -38,3 +40,17 @@ def write_model(
         spec = {"labels": "labels.txt", **spec}
     (folder / "model.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     return folder
+
+
+def convert_cli(*args: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m rkserve convert ARGS`` from the daemon's environment (it re-executes itself
+    in ``.venv-convert``), output captured as text."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "rkserve", "convert", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=600,
+    )

@@ -17,11 +17,11 @@ from typing import Any, Dict
 
 import numpy as np
 import pytest
-from helpers import ROOT, shared, write_model
+from helpers import ROOT, convert_cli, shared, write_model
 
 from rkserve.cli import build_parser
 from rkserve.convert import list_images, load_recipe, parse_thresholds
-from rkserve.convert.cli import command_line, converter_python
+from rkserve.convert.cli import command_line
 from rkserve.convert.gate import (
     check_gate,
     class_map,
@@ -302,18 +302,6 @@ def test_command_line_round_trip():
     assert command_line(build_parser().parse_args(argv)) == argv
 
 
-def _cli(*args: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "rkserve", "convert", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=600,
-    )
-
-
 def _has_toolkit() -> bool:
     probe = [
         sys.executable,
@@ -330,7 +318,7 @@ def test_reexec_runs_the_converter_python_with_the_same_arguments(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(f'#!/bin/sh\necho "$@" > {record}\necho "$PYTHONPATH" >> {record}\nexit 3\n')
     fake.chmod(0o755)
-    done = _cli(
+    done = convert_cli(
         "models/x", "--target", "rk3566", "--analysis", env={"RKSERVE_CONVERT_PYTHON": str(fake)}
     )
     assert done.returncode == 3, done.stderr
@@ -343,7 +331,9 @@ def test_reexec_runs_the_converter_python_with_the_same_arguments(tmp_path):
 def test_missing_converter_environment_says_how_to_make_it(tmp_path):
     if _has_toolkit():
         pytest.skip("rknn-toolkit2 is importable here: no re-exec to test")
-    done = _cli("models/x", env={"RKSERVE_CONVERT_PYTHON": str(tmp_path / "none" / "python")})
+    done = convert_cli(
+        "models/x", env={"RKSERVE_CONVERT_PYTHON": str(tmp_path / "none" / "python")}
+    )
     assert done.returncode == 1
     assert (
         "rknn-toolkit2 is not installed" in done.stderr and "deploy/convert-env.sh" in done.stderr
@@ -351,16 +341,6 @@ def test_missing_converter_environment_says_how_to_make_it(tmp_path):
 
 
 # -- real conversions with rknn-toolkit2 (.venv-convert) ----------------------------------
-
-
-@pytest.fixture
-def converter() -> Path:
-    python = converter_python()
-    if python is None or not python.exists():
-        pytest.skip(
-            "converter environment absent: run deploy/convert-env.sh to create .venv-convert"
-        )
-    return python
 
 
 def _mobilenet(tmp_path: Path, convert: Dict[str, Any]) -> Path:
@@ -396,7 +376,7 @@ def test_mobilenet_v2_converts_and_agrees_with_float(tmp_path, converter):
 
     folder = _mobilenet(tmp_path, {"gate": {"min_top1_agreement": 0.8, "min_cosine": 0.9}})
     report_file = tmp_path / "report.json"
-    done = _cli(str(folder), "--report", str(report_file), "--analysis", env={})
+    done = convert_cli(str(folder), "--report", str(report_file), "--analysis", env={})
     assert done.returncode == 0, done.stderr[-3000:]
     info = read_rknn(folder / "model.rknn")
     assert info.target_platforms == ("rk3568",) and info.toolkit_version == "2.3.2"
@@ -417,7 +397,7 @@ def test_mobilenet_v2_converts_and_agrees_with_float(tmp_path, converter):
 @pytest.mark.slow
 def test_a_wrong_std_is_refused_and_writes_no_model(tmp_path, converter):
     folder = _mobilenet(tmp_path, {"std": 1})  # model.yaml's onnx: section says 127.5
-    done = _cli(str(folder), "--threshold", "min_top1_agreement=0.9", env={})
+    done = convert_cli(str(folder), "--threshold", "min_top1_agreement=0.9", env={})
     assert done.returncode == 3, done.stderr[-3000:]
     assert "refused: top1_agreement" in done.stderr and "< min_top1_agreement 0.900" in done.stderr
     assert not (folder / "model.rknn").exists()
@@ -433,13 +413,13 @@ def test_hybrid_fp16_layers_build_and_typos_are_named(tmp_path, converter):
     gate = {"min_top1_agreement": 0.8, "min_cosine": 0.9}
     good = _mobilenet(tmp_path / "good", {"hybrid_fp16_layers": ["Relu6__107:0"], "gate": gate})
     plain = _mobilenet(tmp_path / "plain", {"gate": gate})
-    assert _cli(str(good), env={}).returncode == 0
-    assert _cli(str(plain), env={}).returncode == 0
+    assert convert_cli(str(good), env={}).returncode == 0
+    assert convert_cli(str(plain), env={}).returncode == 0
     # the float16 layer makes the file bigger than the all-int8 one
     assert read_rknn(good / "model.rknn").size > read_rknn(plain / "model.rknn").size
     assert '- hybrid_fp16_layers: `["Relu6__107:0"]`' in (good / "conversion_report.md").read_text()
     typo = _mobilenet(tmp_path / "typo", {"hybrid_fp16_layers": ["Relu6__107"], "gate": gate})
-    done = _cli(str(typo), env={})
+    done = convert_cli(str(typo), env={})
     assert done.returncode == 1
     assert "convert.hybrid_fp16_layers: no layer output 'Relu6__107'" in done.stderr
     assert "did you mean Relu6__107:0" in done.stderr
@@ -465,7 +445,7 @@ def test_deeplabv3_segmentation_converts_with_the_default_gate(tmp_path, convert
     labels = shared("labels", "st_labels_pascalvoc.txt")
     folder = write_model(tmp_path / "deeplabv3", spec, onnx=onnx, labels=labels)
     report_file = tmp_path / "report.json"
-    done = _cli(str(folder), "--report", str(report_file), env={})
+    done = convert_cli(str(folder), "--report", str(report_file), env={})
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_rknn(folder / "model.rknn").outputs[0].shape == (1, 21, 257, 257)
     report = json.loads(report_file.read_text())
@@ -485,7 +465,7 @@ def _demo(name: str) -> Path:
 
 @pytest.mark.convert
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["shapes", "shapes-seg"])
+@pytest.mark.parametrize("name", ["shapes-seg", "shapes-det"])  # shapes: test_convert_sources
 def test_demo_models_convert_with_their_recipe(tmp_path, converter, name):
     from rkserve.rknnfile import read_rknn
 
@@ -495,7 +475,7 @@ def test_demo_models_convert_with_their_recipe(tmp_path, converter, name):
         source, folder, ignore=shutil.ignore_patterns("model.rknn", "conversion_report*")
     )
     report_file = tmp_path / "report.json"
-    done = _cli(str(folder), "--report", str(report_file), env={})
+    done = convert_cli(str(folder), "--report", str(report_file), env={})
     assert done.returncode == 0, done.stderr[-3000:]
     spec = load_spec(folder)
     info = read_rknn(folder / "model.rknn")

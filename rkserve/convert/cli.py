@@ -47,7 +47,7 @@ def converter_python() -> Optional[Path]:
 def command_line(args: argparse.Namespace) -> List[str]:
     """The sub-command's arguments rebuilt from the parsed namespace (for the re-exec)."""
     argv = ["convert", args.model]
-    for flag in ("onnx", "output", "validation", "target", "report"):
+    for flag in ("source", "output", "validation", "target", "report"):
         value = getattr(args, flag)
         if value is not None:
             argv += [f"--{flag}", str(value)]
@@ -81,15 +81,15 @@ def run(args: argparse.Namespace) -> int:
     from .flow import Progress, convert_model
     from .recipe import load_recipe, parse_thresholds
 
-    spec = load_spec(Path(args.model))
+    spec = load_spec(Path(args.model), need_model=False)
     thresholds = parse_thresholds(args.threshold or [])
     validation = Path(args.validation) if args.validation else None
-    recipe = load_recipe(spec, args.target, validation, thresholds)
-    onnx = Path(args.onnx) if args.onnx else spec.onnx_path
+    source = Path(args.source) if args.source else None
+    recipe = load_recipe(spec, args.target, validation, thresholds, source)
     output = Path(args.output) if args.output else spec.rknn_path
     report = Path(args.report) if args.report else None
     progress = Progress()
-    outcome = convert_model(spec, recipe, onnx, output, report, args.analysis, progress)
+    outcome = convert_model(spec, recipe, output, report, args.analysis, progress)
     figures = ", ".join(f"{k} {v:.4f}" for k, v in outcome.report["metrics"].items())
     if not outcome.accepted:
         progress.say(f"REFUSED by the accuracy gate: {'; '.join(outcome.failures)}")

@@ -1,10 +1,11 @@
-"""The conversion itself: rknn-toolkit2 build, simulator vs float ONNX, gate, report.
+"""The conversion itself: rknn-toolkit2 build, simulator vs the float source, gate, report.
 
-Runs only where rknn-toolkit2 and onnxruntime are installed (``.venv-convert``): both are
-imported inside the functions. The flow is the toolkit's one path that works on a PC::
+Runs only where rknn-toolkit2, onnxruntime and torch are installed (``.venv-convert``): they
+are imported inside the functions. The flow is the toolkit's one path that works on a PC::
 
-    config → load_onnx → build (or hybrid step1/step2) → export (to a temp file)
-           → [accuracy_analysis] → init_runtime() (simulator) → inference per image
+    check the source → float reference (onnxruntime or torch) → [ONNX twin of a .pt]
+    → config → load_onnx | load_pytorch → build (or hybrid step1/step2) → export (to a temp
+    file) → [accuracy_analysis] → init_runtime() (simulator) → inference per image
 
 The simulator only runs a model built in the same session, so everything happens on one
 ``RKNN`` object. The temp file becomes ``model.rknn`` only if the gate passes.
@@ -25,10 +26,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError
 from ..spec import ModelSpec
-from ..tasks.image import decode_image, resize, to_model_colour, to_onnx_input, to_raw_input
-from .gate import Pair, check_gate, compare_classification, compare_segmentation
+from ..tasks.image import decode_image, resize, to_model_colour, to_raw_input
+from .gate import Named, check_gate, measure, nothing_to_compare
 from .recipe import Recipe, list_images, show_path
 from .report import (
     describe_rknn,
@@ -37,6 +38,8 @@ from .report import (
     versions,
     write_json,
 )
+from .source import Outputs, Source, float_inputs, load_into, open_source, run_float
+from .twin import export_twin, place_twin, twin_needed
 
 REPORT_NAME = "conversion_report.md"
 REFUSED_NAME = "conversion_report.refused.md"
@@ -99,73 +102,61 @@ def load_pixels(path: Path, spec: ModelSpec) -> np.ndarray:
 def convert_model(
     spec: ModelSpec,
     recipe: Recipe,
-    onnx_path: Path,
     output: Path,
     json_report: Optional[Path] = None,
     analysis: bool = False,
     progress: Optional[Progress] = None,
 ) -> Outcome:
-    """Convert, compare with the float model on the validation images, gate, report."""
+    """Convert ``recipe.source``, compare with the float model on the validation images,
+    gate, report; a TorchScript source without an ONNX twin beside it also gets one
+    (:mod:`.twin`)."""
     progress = progress or Progress()
-    _check_onnx(onnx_path, spec, recipe)
+    source = open_source(recipe.source, spec, recipe.quantize)
     images = list_images(recipe.validation)
-    with progress.step("float reference", f"onnxruntime on {len(images)} validation images"):
+    with progress.step("float reference", f"{source.runtime} on {len(images)} validation images"):
         pixels = [load_pixels(p, spec) for p in images]
-        reference = _run_onnx(onnx_path, spec, pixels)
+        tensors = float_inputs(spec, pixels)
+        reference = run_float(source, tensors)
     with tempfile.TemporaryDirectory(prefix="rkserve-convert-") as tmp:
         work = Path(tmp)
+        twin = None
+        if twin_needed(source, spec):
+            with progress.step("ONNX twin", f"torch.onnx.export to {spec.onnx.file}, checked"):
+                twin = export_twin(source, spec, tensors, reference, work)
         built = work / "model.rknn"
-        with _Toolkit(recipe) as kit:
-            _build(kit, recipe, spec, onnx_path, work, progress)
+        with _Toolkit(recipe) as kit, _working_directory(work):
+            _build(kit, recipe, spec, source, work, progress)
             with progress.step("export"):
                 kit.check("export_rknn", kit.rknn.export_rknn(str(built)))
             layers = _analyse(kit, pixels[0], work, progress) if analysis else None
             with progress.step("simulate", f"rknn-toolkit2 simulator on {len(images)} images"):
                 kit.check("init_runtime", kit.rknn.init_runtime())
-                quantized = [kit.infer(p) for p in pixels]
-        pairs: List[Pair] = [
-            (p.name, r, _like(q, r)) for p, r, q in zip(images, reference, quantized)
-        ]
-        report = _report(spec, recipe, onnx_path, pairs, built, progress)
+                quantized = [_like(kit.infer(p), r) for p, r in zip(pixels, reference)]
+        named = [(p.name, r, q) for p, r, q in zip(images, reference, quantized)]
+        report = _report(spec, recipe, source, named, built, progress)
         if layers is not None:
             report["analysis"] = layers
+        accepted = not report["failures"]
+        if twin is not None:
+            report["onnx_twin"] = twin
+            for line in place_twin(twin, spec, accepted):
+                progress.say(line)
         markdown = _write_reports(report, spec, output, json_report)
-        if not report["failures"]:
+        if accepted:
             _move_into_place(built, output)
-    return Outcome(not report["failures"], report["failures"], report, output, markdown)
+    return Outcome(accepted, report["failures"], report, output, markdown)
 
 
-def _check_onnx(path: Path, spec: ModelSpec, recipe: Recipe) -> None:
-    import onnx
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: ONNX model not found")
-    model = onnx.load(str(path), load_external_data=False)
-    ops = {node.op_type for node in model.graph.node}
-    if recipe.quantize and ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}:
-        raise ConfigError(
-            f"{path}: already quantized (QDQ) ONNX; rknn-toolkit2 cannot re-quantize it: "
-            "convert the float model (or set convert.quantize: false)"
-        )
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and dims[1] == 3 and all(dims[2:]) and tuple(dims[2:]) != spec.input_size:
-        raise ConfigError(
-            f"{spec.spec_path}: input.size: {list(spec.input_size)} but {path.name} takes "
-            f"[{dims[2]}, {dims[3]}] (NCHW {dims})"
-        )
-
-
-def _run_onnx(path: Path, spec: ModelSpec, pixels: List[np.ndarray]) -> List[np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    onnx = spec.onnx
-    results = []
-    for image in pixels:
-        tensor = to_onnx_input(image, onnx.layout, onnx.dtype, onnx.mean, onnx.std)
-        results.append(np.asarray(session.run(None, {name: tensor})[0]))
-    return results
+@contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """The toolkit writes files into the current directory (hybrid quantization's cfg, the
+    values of outputs it found constant): keep them in the conversion's temp folder."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 class _Toolkit:
@@ -197,19 +188,20 @@ class _Toolkit:
             raise BackendError(f"rknn-toolkit2 {what} failed: {last[0]}") from None
         self.check(what, ret)
 
-    def infer(self, image: np.ndarray) -> np.ndarray:
+    def infer(self, image: np.ndarray) -> Outputs:
+        """Every output of the simulator for one ``HxWx3 uint8`` image (raw NHWC, as on a board)."""
         outputs = self.rknn.inference(inputs=[to_raw_input(image)], data_format="nhwc")
         if not outputs:
             raise BackendError(
                 "rknn-toolkit2 simulator inference returned nothing; see its log above"
             )
-        return np.asarray(outputs[0])
+        return [np.asarray(o) for o in outputs]
 
 
 def _build(
-    kit: _Toolkit, recipe: Recipe, spec: ModelSpec, onnx_path: Path, work: Path, progress: Progress
+    kit: _Toolkit, recipe: Recipe, spec: ModelSpec, source: Source, work: Path, progress: Progress
 ) -> None:
-    with progress.step("load", f"{onnx_path} for {', '.join(recipe.target_platforms)}"):
+    with progress.step("load", f"{source.path} for {', '.join(recipe.target_platforms)}"):
         kit.call(
             "config",
             kit.rknn.config,
@@ -220,7 +212,7 @@ def _build(
             quantized_algorithm=recipe.quantized_algorithm,
             quantized_method=recipe.quantized_method,
         )
-        kit.call("load_onnx", kit.rknn.load_onnx, model=str(onnx_path))
+        load_into(kit, source, spec)
     dataset = _write_dataset(recipe, spec, work) if recipe.quantize else None
     if recipe.hybrid_fp16_layers:
         from .hybrid import build_hybrid
@@ -228,7 +220,7 @@ def _build(
         with progress.step(
             "build", f"hybrid quantization, {len(recipe.hybrid_fp16_layers)} layers in float16"
         ):
-            build_hybrid(kit, recipe, onnx_path, dataset, work, spec)
+            build_hybrid(kit, recipe, source.path, dataset, work, spec)
         return
     detail = (
         f"quantize {recipe.quantized_dtype}/{recipe.quantized_algorithm}"
@@ -272,34 +264,41 @@ def _analyse(
     return parse_error_analysis(text)
 
 
-def _like(quantized: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    if quantized.shape == reference.shape:
-        return quantized
-    if quantized.size == reference.size:
-        return quantized.reshape(reference.shape)
-    raise BackendError(
-        f"the simulator's output shape {list(quantized.shape)} does not match the ONNX model's "
-        f"{list(reference.shape)}"
-    )
+def _like(quantized: Outputs, reference: Outputs) -> Outputs:
+    """The simulator's outputs in the float model's shapes (it may drop or add unit axes)."""
+    if len(quantized) != len(reference):
+        raise BackendError(
+            f"the simulator gave {len(quantized)} outputs, the float model {len(reference)}"
+        )
+    shaped = []
+    for q, r in zip(quantized, reference):
+        if q.shape != r.shape and q.size != r.size:
+            raise BackendError(
+                f"the simulator's output shape {list(q.shape)} does not match the float "
+                f"model's {list(r.shape)}"
+            )
+        shaped.append(q.reshape(r.shape))
+    return shaped
 
 
 def _report(
     spec: ModelSpec,
     recipe: Recipe,
-    onnx_path: Path,
-    pairs: List[Pair],
+    source: Source,
+    named: List[Named],
     built: Path,
     progress: Progress,
 ) -> Dict[str, Any]:
-    if spec.task == "classification":
-        rows, metrics = compare_classification(pairs)
-    else:
-        rows, metrics = compare_segmentation(pairs, spec.output_layout, spec.output != "class_map")
-    failures = check_gate(metrics, recipe.gate)
+    rows, metrics = measure(spec, named)
+    failures = check_gate(metrics, recipe.gate) + nothing_to_compare(rows)
     progress.timings["total"] = round(time.monotonic() - progress.started, 3)
+    found = versions()
     return {
         "model": spec.name,
-        "onnx": show_path(onnx_path, spec.folder),
+        "source": show_path(source.path, spec.folder),
+        "source_kind": source.kind,
+        "reference": f"{source.runtime} {found.get(source.runtime, '?')} running "
+        f"{source.describe()}",
         "verdict": "refused" if failures else "accepted",
         "failures": failures,
         "metrics": metrics,
@@ -308,7 +307,7 @@ def _report(
         "rknn": describe_rknn(built),
         "recipe": recipe.to_dict(spec.folder),
         "timings": dict(progress.timings),
-        "versions": versions(),
+        "versions": found,
     }
 
 

@@ -9,17 +9,42 @@ Pure functions on the two models' raw outputs for the same validation images. Ea
 - ``pixel_agreement``: share of pixels whose argmax class is the same (segmentation);
 - ``miou``: mean IoU of the quantized argmax map against the float one, over every class that
   appears in either map across the whole validation set;
-- ``cosine``: mean cosine similarity of the raw outputs, flattened.
+- ``cosine``: mean cosine similarity of the raw outputs, flattened (all outputs joined);
+- detection (:func:`compare_detection`): both models' outputs are post-processed into boxes
+  the same way (the daemon's decode and NMS), and each quantized box is matched to the
+  unmatched float box of the same class it overlaps most, at IoU >= 0.5 (best score first):
+  ``box_recall`` (matched / float boxes), ``box_precision`` (matched / quantized boxes),
+  ``mean_iou`` (of the matched pairs) and ``score_agreement`` (1 - mean absolute score
+  difference of the matched pairs), each pooled over all validation images. A validation
+  set on which the float model finds no box cannot vouch for a detector: recall is 0 then.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..spec import ModelSpec
+    from ..tasks.detect import Detections
+
 Pair = Tuple[str, np.ndarray, np.ndarray]  # (image name, float output, quantized output)
+# (image name, every float output, every quantized output), outputs in the model's order
+Named = Tuple[str, List[np.ndarray], List[np.ndarray]]
 Rows = List[Dict[str, Any]]
+ReadBoxes = Callable[[Sequence[np.ndarray]], "Detections"]  # raw outputs → boxes, best first
+MATCH_IOU = 0.5
+
+
+def measure(spec: ModelSpec, named: Sequence[Named]) -> Tuple[Rows, Dict[str, float]]:
+    """The rows and metrics of ``spec.task`` for the two models' outputs on each image."""
+    if spec.task == "detection":
+        return compare_detection(named, read_boxes(spec))
+    pairs: List[Pair] = [(name, ref[0], out[0]) for name, ref, out in named]
+    if spec.task == "classification":
+        return compare_classification(pairs)
+    return compare_segmentation(pairs, spec.output_layout, spec.output != "class_map")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -104,6 +129,98 @@ def compare_segmentation(
     return rows, metrics
 
 
+def compare_detection(
+    named: Sequence[Named], read_boxes: ReadBoxes
+) -> Tuple[Rows, Dict[str, float]]:
+    """Per-image rows and ``box_recall``, ``box_precision``, ``mean_iou``,
+    ``score_agreement``, ``cosine``; ``read_boxes`` turns one image's raw outputs into boxes."""
+    rows: Rows = []
+    ious: List[float] = []
+    gaps: List[float] = []
+    found = kept = 0
+    for name, ref, out in named:
+        want, got = read_boxes(ref), read_boxes(out)
+        pairs = match_boxes(want, got)
+        pair_ious = [iou for _, _, iou in pairs]
+        pair_gaps = [abs(float(want.scores[f]) - float(got.scores[q])) for f, q, _ in pairs]
+        ious += pair_ious
+        gaps += pair_gaps
+        found, kept = found + len(want), kept + len(got)
+        rows.append(
+            {
+                "image": name,
+                "float_boxes": len(want),
+                "quant_boxes": len(got),
+                "matched": len(pairs),
+                "mean_iou": _mean(pair_ious) if pairs else None,
+                "max_score_diff": max(pair_gaps) if pairs else None,
+                "float_classes": sorted({int(c) for c in want.classes}),
+                "cosine": cosine(_joined(ref), _joined(out)),
+            }
+        )
+    matched = len(ious)
+    metrics = {
+        "box_recall": matched / found if found else 0.0,
+        "box_precision": matched / kept if kept else float(found == 0),
+        "mean_iou": _mean(ious) if ious else float(found == kept == 0),
+        "score_agreement": 1.0 - _mean(gaps) if gaps else float(found == kept == 0),
+        "cosine": _mean([r["cosine"] for r in rows]),
+    }
+    return rows, metrics
+
+
+def read_boxes(spec: ModelSpec) -> ReadBoxes:
+    """A detector's raw outputs → its boxes as the daemon finds them with model.yaml's
+    defaults (``output.format``, ``strides``, ``anchors``, ``conf``, ``iou``, ``max_det``),
+    in model-input pixels."""
+    from ..tasks.detect import postprocess
+    from ..tasks.image import Placement
+
+    output = spec.detection
+    height, width = spec.input_size
+    placement = Placement(1.0, 1.0, 0, 0, width, height)
+
+    def read(outputs: Sequence[np.ndarray]) -> Detections:
+        return postprocess(
+            outputs,
+            output.format,
+            placement,
+            spec.input_size,
+            spec.input_size,
+            output.conf,
+            output.iou,
+            output.max_det,
+            strides=output.strides,
+            anchors=output.anchors,
+        )
+
+    return read
+
+
+def match_boxes(want: Detections, got: Detections) -> List[Tuple[int, int, float]]:
+    """``(float index, quantized index, IoU)`` pairs: each quantized box, best score first,
+    takes the unmatched float box of its class that it overlaps most, if that IoU >= 0.5."""
+    from ..tasks.detect import box_iou
+
+    if not len(want) or not len(got):
+        return []
+    overlap = np.nan_to_num(box_iou(got.boxes, want.boxes))
+    overlap[got.classes[:, None] != want.classes[None, :]] = 0.0
+    taken = np.zeros(len(want), bool)
+    pairs = []
+    for q in np.argsort(-got.scores, kind="stable").tolist():
+        row = np.where(taken, 0.0, overlap[q])
+        f = int(np.argmax(row))
+        if row[f] >= MATCH_IOU:
+            taken[f] = True
+            pairs.append((f, int(q), float(row[f])))
+    return pairs
+
+
+def _joined(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(o, np.float64).ravel() for o in outputs])
+
+
 def check_gate(metrics: Mapping[str, float], gate: Mapping[str, float]) -> List[str]:
     """One message per threshold not met, e.g. ``top1_agreement 0.700 < min_top1_agreement 0.900``."""
     failures = []
@@ -115,6 +232,17 @@ def check_gate(metrics: Mapping[str, float], gate: Mapping[str, float]) -> List[
         elif value < threshold:
             failures.append(f"{name} {value:.3f} < {key} {threshold:.3f}")
     return failures
+
+
+def nothing_to_compare(rows: Rows) -> List[str]:
+    """Why the figures say nothing: a detector's float model found no box on any image."""
+    if rows and "float_boxes" in rows[0] and not any(r["float_boxes"] for r in rows):
+        return [
+            f"the float model found no box on any of the {len(rows)} validation images, so "
+            "there was nothing to compare: validate on images with objects (and check "
+            "output.conf and the onnx: normalisation)"
+        ]
+    return []
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import yaml
 
@@ -27,41 +25,30 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 
-@contextmanager
-def _cwd(path: Path) -> Iterator[None]:
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def build_hybrid(
     kit: _Toolkit,
     recipe: Recipe,
-    onnx_path: Path,
+    model_path: Path,
     dataset: Optional[str],
     work: Path,
     spec: ModelSpec,
 ) -> None:
-    """Step 1, mark the layers float16 in the cfg, step 2; the model stays in ``kit`` for the simulator."""
-    stem = onnx_path.stem
-    with _cwd(work):
-        kit.call("hybrid_quantization_step1", kit.rknn.hybrid_quantization_step1, dataset=dataset)
+    """Step 1, mark the layers float16 in the cfg, step 2; the model stays in ``kit`` for the
+    simulator. Runs in ``work`` as the current directory (the flow builds there)."""
+    stem = model_path.stem
+    kit.call("hybrid_quantization_step1", kit.rknn.hybrid_quantization_step1, dataset=dataset)
     cfg = work / f"{stem}.quantization.cfg"
     text = cfg.read_text(encoding="utf-8")
     known = list((yaml.safe_load(text) or {}).get("quantize_parameters") or {})
     check_layers(recipe.hybrid_fp16_layers, known, spec)
     cfg.write_text(mark_float16(text, recipe.hybrid_fp16_layers), encoding="utf-8")
-    with _cwd(work):
-        kit.call(
-            "hybrid_quantization_step2",
-            kit.rknn.hybrid_quantization_step2,
-            model_input=f"{stem}.model",
-            data_input=f"{stem}.data",
-            model_quantization_cfg=cfg.name,
-        )
+    kit.call(
+        "hybrid_quantization_step2",
+        kit.rknn.hybrid_quantization_step2,
+        model_input=f"{stem}.model",
+        data_input=f"{stem}.data",
+        model_quantization_cfg=cfg.name,
+    )
 
 
 def check_layers(wanted: Sequence[str], known: Sequence[str], spec: ModelSpec) -> None:

@@ -40,8 +40,16 @@ MASK_SUFFIX = ".mask.png"  # ground truth beside a sample, never a model input
 GATES: Dict[str, Dict[str, Optional[float]]] = {
     "classification": {"min_top1_agreement": 0.9, "min_top5_agreement": None, "min_cosine": 0.98},
     "segmentation": {"min_pixel_agreement": 0.95, "min_miou": 0.8, "min_cosine": None},
+    "detection": {
+        "min_box_recall": 0.9,
+        "min_box_precision": 0.9,
+        "min_mean_iou": 0.8,
+        "min_score_agreement": 0.9,
+        "min_cosine": None,
+    },
 }
 _FIELDS = (
+    "source",
     "target_platform",
     "mean",
     "std",
@@ -58,8 +66,10 @@ _FIELDS = (
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated ``convert:`` section. Paths are absolute; mean/std in the model's colour order."""
+    """A validated ``convert:`` section. Paths are absolute (``source`` is in the model folder
+    or as given on the command line); mean/std in the model's colour order."""
 
+    source: Path  # the float model: .onnx, or TorchScript .pt
     target_platforms: Tuple[str, ...]
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
@@ -75,6 +85,7 @@ class Recipe:
     def to_dict(self, folder: Optional[Path] = None) -> Dict[str, Any]:
         """JSON-ready; paths inside ``folder`` (the model folder) are given relative to it."""
         return {
+            "source": show_path(self.source, folder),
             "target_platform": list(self.target_platforms),
             "mean": list(self.mean),
             "std": list(self.std),
@@ -151,8 +162,10 @@ def load_recipe(
     target: Optional[str] = None,
     validation: Optional[Path] = None,
     thresholds: Optional[Mapping[str, Optional[float]]] = None,
+    source: Optional[Path] = None,
 ) -> Recipe:
-    """Validate ``spec.convert``; ``target``, ``validation`` and ``thresholds`` override it."""
+    """Validate ``spec.convert``; ``target``, ``validation``, ``thresholds`` and ``source``
+    override it."""
     if spec.task not in GATES:
         raise ConfigError(
             f"{spec.spec_path}: task: rkserve convert has an accuracy gate for "
@@ -169,6 +182,7 @@ def load_recipe(
         raise section.fail("quantize", f"expected true or false, got {quantize!r}")
     dataset = _dataset(section, quantize)
     return Recipe(
+        source=_source(section, source),
         target_platforms=_platforms(section, target),
         mean=section.triple("mean", spec.onnx.mean, positive=False),
         std=section.triple("std", spec.onnx.std, positive=True),
@@ -189,6 +203,27 @@ def _check_onnx_input(spec: ModelSpec) -> None:
             f"{spec.spec_path}: onnx: rknn-toolkit2 converts float32 NCHW ONNX inputs; this "
             f"model declares {spec.onnx.dtype} {spec.onnx.layout.upper()} (export a float NCHW model)"
         )
+
+
+def _source(section: _Section, override: Optional[Path]) -> Path:
+    """``convert.source`` (default ``onnx.file``) in the model folder, or ``--source``."""
+    from .source import source_kind
+
+    if override is not None:
+        path, where = Path(override), f"--source {override}"
+    else:
+        value = section.data.get("source", section.spec.onnx.file)
+        if not isinstance(value, str) or not value:
+            raise section.fail("source", f"expected a file name in the model folder, got {value!r}")
+        path, where = section.spec.folder / value, f"{section.spec.spec_path}: convert.source"
+    try:
+        source_kind(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).split(': ', 1)[1]}") from None
+    if not path.is_file():
+        hint = "" if "source" in section.data else " (or name the model: convert.source: model.pt)"
+        raise ConfigError(f"{where}: {path} does not exist{hint}")
+    return path
 
 
 def _platforms(section: _Section, override: Optional[str]) -> Tuple[str, ...]:

@@ -1,10 +1,13 @@
 """The conversion report: a JSON-ready dict, its Markdown rendering, and the toolkit's analysis.
 
-The report dict has the keys ``model``, ``verdict`` (``accepted`` | ``refused``), ``failures``,
-``versions``, ``recipe``, ``timings`` (seconds), ``metrics``, ``gate``, ``images`` (one row
-per validation image), ``rknn`` (what the produced file says about itself) and, with
+The report dict has the keys ``model``, ``source`` (the converted file), ``source_kind``
+(``onnx`` | ``torchscript``), ``reference`` (what ran the float model), ``verdict``
+(``accepted`` | ``refused``), ``failures``, ``versions``, ``recipe``, ``timings`` (seconds),
+``metrics``, ``gate``, ``images`` (one row per validation image), ``rknn`` (what the produced
+file says about itself) and, with
 ``--analysis``, ``analysis`` (per-layer cosine of the quantized model vs float, from
-rknn-toolkit2's ``accuracy_analysis``).
+rknn-toolkit2's ``accuracy_analysis``) and, for a TorchScript source without an ONNX file,
+``onnx_twin`` (see :mod:`rkserve.convert.twin`).
 """
 
 from __future__ import annotations
@@ -71,7 +74,14 @@ def render_markdown(
     verdict = "accepted" if report["verdict"] == "accepted" else "**REFUSED**"
     lines = [f"# Conversion report: {report['model']}", "", f"Verdict: {verdict}"]
     lines += [f"- {failure}" for failure in report["failures"]]
-    lines += ["", "## Accuracy against the float ONNX model", ""]
+    lines += ["", "## Accuracy against the float model", ""]
+    if report.get("source"):
+        loader = "load_onnx" if report.get("source_kind") == "onnx" else "load_pytorch"
+        lines += [
+            f"Converted from `{report['source']}` (rknn-toolkit2 `{loader}`); float reference: "
+            f"{report.get('reference', '?')}.",
+            "",
+        ]
     lines += _metrics_table(report["metrics"], report["gate"])
     lines += [
         "",
@@ -81,6 +91,8 @@ def render_markdown(
     lines += _images_table(report["images"], labels, label_offset)
     if report.get("analysis"):
         lines += ["", *_analysis_section(report["analysis"])]
+    if report.get("onnx_twin"):
+        lines += ["", *_twin_section(report["onnx_twin"])]
     sections = (
         ("Produced file", report.get("rknn") or {}),
         ("Recipe", report["recipe"]),
@@ -120,11 +132,32 @@ def _images_table(
                 f"| {r['image']} | {ref} | {got} | {same} | {r['top5_overlap']:.2f} | {r['cosine']:.4f} |"
             )
         return out
+    if rows and "float_boxes" in rows[0]:
+        return _boxes_table(rows, labels, offset)
     out = ["| image | pixel agreement | cosine | classes (float) |", "|---|---|---|---|"]
     for r in rows:
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "-"
         classes = ", ".join(_label(c, labels, offset) for c in r["float_classes"])
         out.append(f"| {r['image']} | {r['pixel_agreement']:.4f} | {cos} | {classes} |")
+    return out
+
+
+def _boxes_table(
+    rows: Sequence[Mapping[str, Any]], labels: Sequence[str], offset: int
+) -> List[str]:
+    out = [
+        "| image | float boxes | quantized boxes | matched | mean IoU | max score diff | cosine "
+        "| classes (float) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        iou = "-" if r["mean_iou"] is None else f"{r['mean_iou']:.3f}"
+        gap = "-" if r["max_score_diff"] is None else f"{r['max_score_diff']:.3f}"
+        classes = ", ".join(_label(c, labels, offset) for c in r["float_classes"])
+        out.append(
+            f"| {r['image']} | {r['float_boxes']} | {r['quant_boxes']} | {r['matched']} | {iou} "
+            f"| {gap} | {r['cosine']:.4f} | {classes} |"
+        )
     return out
 
 
@@ -150,6 +183,19 @@ def _analysis_section(rows: Sequence[Mapping[str, Any]]) -> List[str]:
         lines.append(
             f"| `{r['name']}` | {r['op']} | {r['single_cosine']:.5f} | {r['entire_cosine']:.5f} |"
         )
+    return lines
+
+
+def _twin_section(twin: Mapping[str, Any]) -> List[str]:
+    lines = ["## ONNX twin (for serving on a PC)", ""]
+    if twin.get("written"):
+        lines.append(
+            f"Written to `{twin['file']}` by torch.onnx.export: onnxruntime agrees with torch on "
+            f"{twin['images']} validation images (max difference {twin['max_abs_diff']:.2g}, "
+            f"same top output on {twin['same_top']})."
+        )
+    else:
+        lines.append(f"Not written: {twin.get('reason', 'not exported')}.")
     return lines
 
 
