@@ -484,3 +484,15 @@ def test_demo_models_convert_with_their_recipe(tmp_path, converter, name):
     report = json.loads(report_file.read_text())
     gate: Dict[str, float] = report["gate"]
     assert gate and all(report["metrics"][k[len("min_") :]] >= v for k, v in gate.items())
+
+
+@pytest.mark.convert
+def test_a_model_folder_given_relative_to_the_working_directory_converts(tmp_path, converter):
+    # the toolkit session runs in a temporary folder: paths from the command line must not
+    # be read relative to it
+    folder = tmp_path / "shapes"
+    skip = shutil.ignore_patterns("model.rknn", "model.pt", "conversion_report*")
+    shutil.copytree(ROOT / "models" / "shapes", folder, ignore=skip)
+    done = convert_cli(os.path.relpath(folder, ROOT), env={})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (folder / "model.rknn").is_file()
