@@ -42,6 +42,9 @@ def check_endpoint(endpoint: str) -> None:
             raise BadRequest(f"endpoint {endpoint!r}: expected tcp://HOST:PORT (port 1-65535)")
 
 
+_CLIENTS = itertools.count(1)  # numbers the clients of this process
+
+
 @dataclass
 class InferResult:
     model: str
@@ -87,7 +90,9 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._curve = curve
         self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid()}-{id(self) & 0xFFFF:x}-"
+        # unique per client in this process (the low bits of id() were not: two clients at
+        # addresses 64 kB apart shared their ids, and their replies looked like duplicates)
+        self._prefix = f"{os.getpid()}-{next(_CLIENTS)}-"
         self._sock: Optional[zmq.Socket] = None
 
     def _socket(self) -> zmq.Socket:

@@ -133,7 +133,7 @@ def test_real_models_on_rk3568(tmp_path: Path, site: Path) -> None:
 def test_broken_model_folders(tmp_path: Path) -> None:
     models = tmp_path / "models"
     bad_yaml = model(models, "bad_yaml", toolkit="2.3.0", target="rk3568")
-    (bad_yaml / "model.yaml").write_text("task: detection\ninput: {size: 224}\n")
+    (bad_yaml / "model.yaml").write_text("task: pose\ninput: {size: 224}\n")
     bad_file = model(models, "bad_file")
     (bad_file / "model.rknn").write_bytes(b"\x7fELF not a model")
     (models / "notes").mkdir()  # no model.yaml: not a model folder

@@ -261,6 +261,7 @@ def test_convert_refuses_a_tensor_model_with_its_reason(tmp_path):
         tmp_path / "m", MULTI_SPEC, onnx=shared("onnx", "multiple_input_demo_test.onnx")
     )
     with pytest.raises(
-        ConfigError, match="accuracy gate for classification, segmentation models, not tensor"
+        ConfigError,
+        match="accuracy gate for classification, segmentation, detection models, not tensor",
     ):
         load_recipe(load_spec(folder))
