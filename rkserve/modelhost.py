@@ -49,6 +49,7 @@ class ModelHost:
         self.queue_size = queue_size
         self.info = info or {}
         self.pending = 0  # admitted, not yet taken by the runner
+        self.stopping = False  # the runners are told to stop: nothing more is taken on
         self._lock = threading.Lock()
         self._queue: queue.Queue[Optional[Job]] = queue.Queue()
         self._threads: List[threading.Thread] = []
@@ -81,7 +82,10 @@ class ModelHost:
         return info
 
     def unavailable(self) -> ModelUnavailable:
-        """Why requests are refused now (``loading``, ``failed``, ``refused``, ``stuck``)."""
+        """Why requests are refused now (``loading``, ``failed``, ``refused``, ``stuck``, or
+        this version stopped: replaced by a reload)."""
+        if self.stopping:
+            return ModelUnavailable(f"model {self.name!r} was replaced or stopped; retry")
         return ModelUnavailable(
             f"model {self.name!r} is {self.state}" + (f": {self.error}" if self.error else "")
         )
@@ -92,6 +96,8 @@ class ModelHost:
         if not self.ready:
             raise self.unavailable()
         with self._lock:
+            if self.stopping:
+                raise self.unavailable()
             if self.pending >= self.queue_size:
                 raise Overloaded(
                     f"model {self.name!r} has {self.pending} requests queued (queue_size {self.queue_size}); retry later"
@@ -103,8 +109,14 @@ class ModelHost:
         with self._lock:
             self.pending -= 1
 
-    def enqueue(self, job: Job) -> None:
-        self._queue.put(job)
+    def enqueue(self, job: Job) -> bool:
+        """Queue ``job`` for the runners; False once they are told to stop (a job queued
+        behind their stop would never be taken)."""
+        with self._lock:
+            if self.stopping:
+                return False
+            self._queue.put(job)
+            return True
 
     # runner threads
     def start(self, step: Step) -> None:
@@ -140,6 +152,8 @@ class ModelHost:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the runners once the queue is empty, then close the backends; False when a
         runner did not stop in time (wedged in the runtime: the backends stay open)."""
+        with self._lock:
+            self.stopping = True
         for _ in self._threads:
             self._queue.put(None)
         until = time.monotonic() + timeout

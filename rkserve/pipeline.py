@@ -148,10 +148,12 @@ class Pipeline:
         except RkserveError:
             self._drop(job)
             raise
-        if idle:
-            host.enqueue(job)  # the runner prepares it itself: one hand-off fewer
-        else:
+        if not idle:
             self.pool.submit(self._prepare, job)
+        elif not host.enqueue(job):  # the runner prepares it itself: one hand-off fewer
+            host.release()
+            self._drop(job)
+            raise host.unavailable()
         return job
 
     def _hold(self, job: Job) -> None:
@@ -176,10 +178,13 @@ class Pipeline:
 
     # CPU pool ----------------------------------------------------------------------------
     def _prepare(self, job: Job) -> None:
+        host = job.host
         if job.answered or self.stopped:
-            return  # answered by a drain or a wedge while it waited for a worker
-        if self._prepared(job):
-            job.host.enqueue(job)
+            host.release()  # answered by a drain or a wedge while it waited for a worker
+            return
+        if self._prepared(job) and not host.enqueue(job):
+            host.release()  # its version was retired meanwhile: no runner will take it
+            self.fail(job, host.unavailable())
 
     def _prepared(self, job: Job) -> bool:
         """Decode and preprocess; False when the job was answered instead."""
@@ -197,7 +202,14 @@ class Pipeline:
 
     # runner thread -----------------------------------------------------------------------
     def step(self, host: ModelHost, job: Job, engine: Engine) -> None:
-        """The runner's part: (prepare,) run on its ``engine``, and finish when that is cheap."""
+        """The runner's part: (prepare,) run on its ``engine``, and finish when that is cheap;
+        never raises (a runner that died would leave its queue unanswered)."""
+        try:
+            self._step(host, job, engine)
+        except Exception as exc:
+            self.fail(job, reply_error(exc, f"model {host.name}: the runner"))
+
+    def _step(self, host: ModelHost, job: Job, engine: Engine) -> None:
         if job.answered or self.stopped:
             return
         if job.prepared is None and not self._prepared_on_runner(job):
@@ -247,11 +259,12 @@ class Pipeline:
             assert host.engine is not None and job.prepared is not None
             result = host.engine.finish(job.prepared, outputs)
             body = {"model": host.name, "task": host.engine.task, "result": result.result}
+            reply = protocol.ok_reply(job.request.id, body, job.timings())  # before the claim
         except Exception as exc:
             self.fail(job, reply_error(exc, f"model {host.name}: postprocessing"))
             return
         if job.claim():
-            self._answer(job, protocol.ok_reply(job.request.id, body, job.timings()), "ok")
+            self._answer(job, reply, "ok")
 
     def fail(self, job: Job, error: RkserveError) -> None:
         """Answer ``job`` with ``error`` unless something answered it first (any thread)."""
@@ -260,9 +273,11 @@ class Pipeline:
             self._answer(job, reply, error.code)
 
     def _answer(self, job: Job, reply: bytes, code: str) -> None:
-        self.metrics.observe(job.request.model, code, job.timings())
-        self._send(job.envelope, job.request.id, reply)
-        self._drop(job)  # after the send: a drain that sees no jobs has sent every reply
+        try:
+            self.metrics.observe(job.request.model, code, job.timings())
+            self._send(job.envelope, job.request.id, reply)
+        finally:
+            self._drop(job)  # after the send: a drain that sees no jobs has sent every reply
 
     # drain (frontend thread) and the loader ----------------------------------------------
     def fail_all(self, error: RkserveError, host: Optional[ModelHost] = None) -> int:
