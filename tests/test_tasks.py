@@ -16,7 +16,7 @@ from test_rknnfile import SYNTHETIC_META, container
 from rkserve import tasks
 from rkserve.backends import open_backend
 from rkserve.engine import Engine
-from rkserve.errors import ConfigError
+from rkserve.errors import BadImage, ConfigError
 from rkserve.rknnops import custom_ops, describe_custom, plugins
 from rkserve.spec import load_spec
 from rkserve.tasks import classify, image
@@ -178,6 +178,16 @@ def test_crop_sizes_and_placement_follow_torchvision():
     out, _ = image.resize(marked, (224, 224), "crop", "nearest")
     edge = int(250 * 341 / 500) + placement.pad_x
     assert out[100, edge - 2, 0] == 0 and out[100, edge + 2, 0] == 200
+
+
+def test_crop_refuses_a_thin_image_it_would_enlarge_past_the_memory_budget():
+    thin = np.zeros((64000, 8, 3), np.uint8)  # 1.5 MB; scaled to 110 wide: 110x880000, 290 MB
+    with pytest.raises(BadImage, match="8x64000: a centre crop would first scale it"):
+        image.resize(thin, (96, 96), "crop", "linear")
+    out, _ = image.resize(np.zeros((1600, 100, 3), np.uint8), (96, 96), "crop")  # 16:1
+    assert out.shape == (96, 96, 3)
+    out, _ = image.resize(np.zeros((8, 4000, 3), np.uint8), (8, 8), "crop", shorter_side=8)
+    assert out.shape == (8, 8, 3)  # as long, but shrunk: no larger than the image itself
 
 
 @pytest.mark.parametrize("interpolation", sorted(image.INTERPOLATIONS))

@@ -161,6 +161,7 @@ INTERPOLATIONS = {
     "area": cv2.INTER_AREA,  # pixel-area averaging when shrinking (linear when enlarging)
 }
 CROP_RATIO = 0.875  # torchvision's ImageNet convention: resize to 256, crop 224
+CROP_ASPECT = 16  # an image enlarged for a crop: at most this many shorter sides long
 
 
 def resize(
@@ -216,10 +217,25 @@ def _resize_crop(
         new_w, new_h = shorter, int(shorter * src_h / src_w)
     else:
         new_w, new_h = int(shorter * src_w / src_h), shorter
+    check_enlargement(src_w, src_h, new_w, new_h, shorter)
     resized = cv2.resize(image, (new_w, new_h), interpolation=flag)
     top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
     out = np.ascontiguousarray(resized[top : top + height, left : left + width])
     return out, Placement(new_w / src_w, new_h / src_h, -left, -top, new_w, new_h)
+
+
+def check_enlargement(src_w: int, src_h: int, new_w: int, new_h: int, shorter: int) -> None:
+    """A crop resizes the whole image before cutting its centre: an image thinner than the
+    shorter side grows by its aspect ratio (8x64000 → 110x880000, 290 MB, for a 96 px crop),
+    past anything the memory budget counted for it. Refused unless it stays within the
+    larger of the image itself and ``CROP_ASPECT`` squares of the shorter side."""
+    if new_w * new_h <= max(src_w * src_h, CROP_ASPECT * shorter * shorter):
+        return
+    raise BadImage(
+        f"image is {src_w}x{src_h}: a centre crop would first scale it to {new_w}x{new_h}; "
+        f"an image smaller than the crop's shorter side ({shorter} px) may be at most "
+        f"{CROP_ASPECT} times longer than wide"
+    )
 
 
 def to_model_colour(rgb: np.ndarray, colour: str) -> np.ndarray:
