@@ -250,8 +250,8 @@ class Server:
             if error is not None
             else protocol.ok_reply(request_id, body or {}, timings)
         )
-        with self._sock_lock:
-            self.frontend.send_multipart([*envelope, reply])
+        with self._sock_lock:  # through the outbox: a models reply grows with the repository
+            self.outbox.send(envelope, request_id, reply)
 
     def _admit(self, envelope: List[bytes], request: Any, hosts: Any) -> None:
         if self.draining:

@@ -209,3 +209,31 @@ def test_heartbeats_cut_connections_that_stop_answering(tmp_path):
 def test_the_unit_raises_the_descriptor_limit():
     unit = (Path(__file__).resolve().parents[1] / "systemd" / "rkserve.service").read_text()
     assert "\nLimitNOFILE=16384\n" in unit
+
+
+def test_status_replies_a_client_does_not_read_are_held_to_the_reply_bound(tmp_path):
+    """``models`` replies grow with the repository (here 100 kB each); before, they left
+    outside the byte count, so a client sending ``models`` without reading held
+    ``SNDHWM`` x that per connection, over any ``peer_reply_mb``."""
+    models = fake_models(tmp_path / "models")
+    for name in ("cls", "seg"):
+        spec = models / name / "model.yaml"
+        spec.write_text(spec.read_text() + f"description: {'x' * 50_000}\n")
+    d = Daemon(tmp_path, models, "--backend", "fake", "--peer-reply-mb", "1").start()
+    rogue = zmq.Context.instance().socket(zmq.DEALER)
+    rogue.setsockopt(zmq.RCVBUF, 4096)
+    rogue.setsockopt(zmq.RCVHWM, 1)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(d.endpoint)
+    try:
+        for n in range(100):  # 10 MB of replies it never reads
+            rogue.send_multipart([b"", msgpack.packb({"v": 1, "id": n, "op": "models"})])
+        until = time.monotonic() + 10
+        while "replies it has not read" not in d.log() and time.monotonic() < until:
+            time.sleep(0.1)
+        assert "replies it has not read" in d.log(), d.log()
+        with d.client(retries=0) as client:
+            assert client.health()["live"]
+    finally:
+        rogue.close()
+        assert d.stop() == 0, d.log()
