@@ -17,13 +17,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import zmq
 
 from . import memory, protocol, security
 from .config import Settings
-from .errors import ModelUnavailable, RkserveError, Unavailable
+from .errors import BadRequest, ModelUnavailable, RkserveError, Unavailable
 from .loader import Loader
 from .metrics import Metrics
 from .modelhost import ModelHost
@@ -35,6 +35,7 @@ log = logging.getLogger("rkserve")
 POLL_MS = 100
 CHORES_S = 0.05  # events, watchdog pings and the outbox's bookkeeping, at most this often
 RCVHWM = 32  # requests queued per peer before ZeroMQ stops reading that peer's connection
+MAX_FRAMES = 16  # a request's frames: routing envelope (one per proxy hop) + the message
 EXIT_OK, EXIT_FORCED = 0, 1
 
 
@@ -166,8 +167,35 @@ class Server:
             with self._sock_lock:
                 if not self._requests_waiting():
                     return
-                frames = self.frontend.recv_multipart(zmq.NOBLOCK, copy=False)
-            self._on_request(frames)
+                frames, parts = self._recv_frames()
+            if parts > MAX_FRAMES:
+                self._refuse_frames(frames[0], parts)
+            else:
+                self._on_request(frames)
+
+    def _recv_frames(self) -> Tuple[List[zmq.Frame], int]:
+        """Under the lock: one message's first ``MAX_FRAMES`` frames and how many it had. The
+        rest are read and dropped: a message of 200,000 empty frames took the frontend 0.5 s
+        and its reply echoed them all."""
+        frames = [self.frontend.recv(zmq.NOBLOCK, copy=False)]
+        parts = 1
+        while frames[-1].more:
+            frame = self.frontend.recv(zmq.NOBLOCK, copy=False)
+            parts += 1
+            if parts <= MAX_FRAMES:
+                frames.append(frame)
+            else:
+                frames[-1] = frame  # only the last one's ``more`` is needed
+        return frames, parts
+
+    def _refuse_frames(self, identity: zmq.Frame, parts: int) -> None:
+        error = BadRequest(
+            f"message has {parts} frames; a request is at most {MAX_FRAMES} (its routing "
+            "envelope and the msgpack map)"
+        )
+        self.metrics.requests.labels("", error.code).inc()
+        with self._sock_lock:
+            self.outbox.send([identity.bytes, b""], None, protocol.error_reply(None, error))
 
     def _housekeeping(self, next_ping: float) -> float:
         with self._sock_lock:

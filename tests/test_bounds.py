@@ -237,3 +237,26 @@ def test_status_replies_a_client_does_not_read_are_held_to_the_reply_bound(tmp_p
     finally:
         rogue.close()
         assert d.stop() == 0, d.log()
+
+
+def test_a_message_of_many_frames_is_refused_not_echoed(tmp_path):
+    """Before: a message of 100,000 empty frames and a health request was answered with
+    its 100,000 frames echoed back (the frontend busy about half a second with each)."""
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake").start()
+    rogue = zmq.Context.instance().socket(zmq.DEALER)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(d.endpoint)
+    try:
+        health = msgpack.packb({"v": 1, "id": 1, "op": "health"})
+        rogue.send_multipart([b""] * 100_000 + [health])
+        assert rogue.poll(20000)
+        reply = rogue.recv_multipart()
+        assert len(reply) == 2, f"{len(reply)} frames came back"
+        error = msgpack.unpackb(reply[-1])["error"]
+        assert error["code"] == "bad_request" and "100002 frames" in error["message"]
+        rogue.send_multipart([b"", b"", health])  # a proxy hop's envelope is fine
+        assert rogue.poll(10000)
+        assert msgpack.unpackb(rogue.recv_multipart()[-1])["ok"]
+    finally:
+        rogue.close()
+        assert d.stop() == 0, d.log()
