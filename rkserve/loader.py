@@ -224,6 +224,11 @@ class Loader:
             engines = self._open_instances(entry, kind)
         except RkserveError as exc:
             return self._failed(entry, exc)
+        except Exception as exc:  # a runtime or library error at load: this model fails, alone
+            log.error("model %s: loading crashed", entry.name, exc_info=exc)
+            return self._failed(
+                entry, BackendError(f"loading crashed: {type(exc).__name__}: {exc}")
+            )
         engine = engines[0]
         log.info(
             "model %s ready (%s, %s backend%s)",

@@ -16,6 +16,7 @@ import yaml
 from .errors import ConfigError
 
 SPEC_FILE = "model.yaml"
+MAX_INSTANCES = 16  # runtime objects (and runner threads) per model: a few per NPU core
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,14 @@ class SpecReader:
             self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
         return str(value)
 
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+    def integer(
+        self, key: str, default: int, minimum: int = 0, maximum: Optional[int] = None
+    ) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(key, f"expected an integer >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            self.fail(key, f"expected an integer {minimum}..{maximum}, got {value!r}")
         return int(value)
 
     def text(self, key: str, default: str = "") -> str:
@@ -171,7 +176,7 @@ def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
         rknn_file=top.section("rknn").text("file", "model.rknn"),
         onnx=_onnx_input(top.section("onnx")),
         convert=dict(top.data.get("convert") or {}),
-        instances=top.integer("instances", 0),
+        instances=top.integer("instances", 0, maximum=MAX_INSTANCES),
         labels=_labels(top, folder),
         labels_file=top.text("labels"),
         palette=_palette(top),

@@ -52,6 +52,28 @@ def test_models_are_listed_as_loading_and_answer_model_unavailable_while_they_lo
         assert d.stop() == 0, d.log()
 
 
+def test_a_model_whose_load_crashes_fails_alone(tmp_path):
+    """Before: an error that is not rkserve's own while loading one model (here numpy's
+    MemoryError for a 3.6 TB warm-up tensor) ended the whole pass: the models after it
+    stayed `loading` for good and the daemon never reported serving."""
+    models = fake_models(tmp_path / "models")
+    huge = models / "a-huge"
+    huge.mkdir()
+    huge.joinpath("model.onnx").write_bytes(b"placeholder")
+    huge.joinpath("model.yaml").write_text(
+        "task: tensor\ninputs: [{name: x, shape: [100000, 100000, 100], dtype: float32}]\n"
+    )
+    d = Daemon(tmp_path, models, "--backend", "fake").start(wait_ready=False)
+    try:
+        health = d.wait(lambda h: h["status"] == "serving" and h["models"]["cls"]["ready"], 20)
+        assert health["models"]["a-huge"]["state"] == "failed"
+        assert "MemoryError" in health["models"]["a-huge"]["error"]
+        with d.client(retries=0) as client:
+            assert client.infer("seg", SEG).task == "segmentation"
+    finally:
+        assert d.stop() == 0, d.log()
+
+
 def test_a_reload_asked_for_as_a_pass_ends_is_never_lost(tmp_path, monkeypatch):
     """Before: a SIGHUP that arrived after the loader's last look for more work, but before
     its thread ended, was dropped (the thread was still alive, so no new one started)."""

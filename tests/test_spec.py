@@ -47,6 +47,18 @@ def test_good_spec_and_defaults(tmp_path):
         ),
         ({"labels": "missing.txt"}, "labels", "cannot read"),
         ({"palette": [[0, 0, 300]]}, "palette", "0..255"),
+        # before: 100,000 runtime objects and runner threads; a 10 Mpx crop side; top_k
+        # refused at warm-up as if a client had sent it
+        ({"instances": 100_000}, "instances", "0..16"),
+        (
+            {
+                "task": "classification",
+                "input": {"size": 16, "resize": "crop", "shorter_side": 10**7},
+            },
+            "input.shorter_side",
+            "0..8192",
+        ),
+        ({"task": "classification", "output": {"top_k": 10**11}}, "output.top_k", "1..1000"),
     ],
 )
 def test_errors_name_file_and_field(tmp_path, change, field, words):

@@ -37,7 +37,7 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
         **vision.read_input(top.section("input"), vision.CROP_MODES),
         "output": output.choice("kind", ("probabilities", "logits"), "probabilities"),
         "label_offset": output.integer("label_offset", 0),
-        "top_k": output.integer("top_k", 5, minimum=1),
+        "top_k": output.integer("top_k", 5, minimum=1, maximum=MAX_TOP_K),
     }
 
 

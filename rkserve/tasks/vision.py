@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 ImageInput = Union[bytes, bytearray, memoryview, np.ndarray]
 RESIZE_MODES = ("stretch", "letterbox")  # every image task
 CROP_MODES = (*RESIZE_MODES, "crop")  # tasks whose result does not map back onto the image
+MAX_SIDE = 8192  # a model input side, and a crop's shorter side, in pixels
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,12 @@ def read_input(
     if not (
         isinstance(size, list)
         and len(size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192 for v in size)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size)
     ):
-        section.fail("size", f"expected [height, width] in pixels (1..8192), got {size!r}")
+        section.fail("size", f"expected [height, width] in pixels (1..{MAX_SIDE}), got {size!r}")
     input_size = (int(size[0]), int(size[1]))
     resize = section.choice("resize", modes, resize)
-    shorter = section.integer("shorter_side", 0)
+    shorter = section.integer("shorter_side", 0, maximum=MAX_SIDE)
     if shorter and resize != "crop":
         section.fail("shorter_side", "only used with resize: crop")
     if shorter and shorter < max(input_size):
