@@ -19,6 +19,7 @@ from .errors import ConfigError
 # decode + colour conversion + model input; a segmentation overlay adds its blend and JPEG.
 BYTES_PER_PIXEL = 6
 OVERLAY_BYTES_PER_PIXEL = 11
+MIN_PIXELS = 8 * 8  # the smallest image decoded (tasks/image.py MIN_SIDE)
 
 
 def _setting(default: Any, doc: str) -> Any:
@@ -171,6 +172,12 @@ def _validate(settings: Settings) -> None:
         problems.append("gc_every must be 0 (off) or more")
     if settings.queue_size < 1:
         problems.append("queue_size must be at least 1")
+    if settings.workers < 0:
+        problems.append("workers must be 0 (one per core) or more")
+    if settings.max_message_mb <= 0:
+        problems.append("max_message_mb must be positive")
+    if settings.max_pixels < MIN_PIXELS:
+        problems.append(f"max_pixels must be at least {MIN_PIXELS} (the smallest image decoded)")
     if settings.deadline_ms < 1 or settings.drain_timeout_s < 0 or settings.runner_timeout_s <= 0:
         problems.append("deadline_ms, drain_timeout_s and runner_timeout_s must be positive")
     if settings.memory_budget_mb * 2**20 < settings.max_pixels * OVERLAY_BYTES_PER_PIXEL:

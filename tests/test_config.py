@@ -35,6 +35,10 @@ def test_precedence_file_then_env_then_flags(tmp_path):
         ("", {"RKSERVE_STRICT": "maybe"}, "RKSERVE_STRICT: strict: expected bool"),
         ("backend: tpu\n", {}, "backend must be one of"),
         ("queue_size: 0\n", {}, "queue_size must be at least 1"),
+        # before: a traceback; every request too_large; every image too_large
+        ("workers: -1\n", {}, "workers must be 0 \\(one per core\\) or more"),
+        ("max_message_mb: 0\n", {}, "max_message_mb must be positive"),
+        ("max_pixels: 0\n", {}, "max_pixels must be at least 64"),
     ],
 )
 def test_errors_say_where_and_what(tmp_path, content, env, words):
