@@ -16,6 +16,15 @@ MODELS = ROOT / "models"
 DATA = Path(os.environ.get("RKSERVE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def run_rkserve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m rkserve ARGS`` from the project root, its output captured as text."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "rkserve", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT)
+    )
+
+
 def shared(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test with the reason."""
     path = DATA.joinpath(*parts)

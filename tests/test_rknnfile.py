@@ -6,13 +6,13 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import pytest
+from helpers import run_rkserve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -497,15 +497,7 @@ def test_garbage_only_raises_rknn_file_error(prefix: bytes, body: bytes, flips: 
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "rkserve", "inspect", *args],
-        cwd=str(REPO),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_rkserve("inspect", *args, timeout=60)
 
 
 def test_cli_text() -> None:

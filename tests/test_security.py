@@ -8,7 +8,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 import tokenize
 from typing import Any, Dict, List
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import zmq
 from daemon import ROOT, Daemon, fake_models
+from helpers import run_rkserve
 
 from rkserve.client import Client
 from rkserve.errors import ConfigError, Unavailable
@@ -28,15 +28,7 @@ FORBIDDEN_MODULES = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill"
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "rkserve", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=str(ROOT),
-    )
+    return run_rkserve(*args, timeout=timeout)
 
 
 def test_keys_writes_a_0600_secret_whatever_the_umask(tmp_path):

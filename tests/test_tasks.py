@@ -4,13 +4,11 @@ deterministic top-k, custom ops in .rknn files."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import shared, write_model
+from helpers import run_rkserve, shared, write_model
 from test_rknnfile import SYNTHETIC_META, container
 
 from rkserve import tasks
@@ -281,12 +279,6 @@ def test_custom_op_plugin_presence(tmp_path):
     assert describe_custom(("ArgMax",), tmp_path) == "ArgMax (plugin librkcst_argmax.so)"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "rkserve", *args], capture_output=True, text=True, cwd=ROOT
-    )
-
-
 def test_inspect_shows_two_inputs_and_custom_ops():
     names = [
         ("built", "multiple_input_demo_rk3568_i8_tk2.3.2.rknn"),
@@ -295,7 +287,7 @@ def test_inspect_shows_two_inputs_and_custom_ops():
         ("rockchip", "multiple_input_demo_RK356X_tk1.1.0.rknn"),
     ]
     paths = [str(shared("rknn", *n)) for n in names]
-    done = run_cli("inspect", "--json", *paths)
+    done = run_rkserve("inspect", "--json", *paths)
     assert done.returncode == 0, done.stderr
     for item in json.loads(done.stdout):
         assert [i["name"] for i in item["inputs"]] == ["input.1", "input"]
@@ -304,7 +296,7 @@ def test_inspect_shows_two_inputs_and_custom_ops():
     human = str(
         shared("rknn", "rockchip", "pp_human_segv2_custom_argmax_RK3566_RK3568_tk2.3.1.rknn")
     )
-    done = run_cli("inspect", paths[0], human)
+    done = run_rkserve("inspect", paths[0], human)
     assert "inputs (2):" in done.stdout and "custom ops       none" in done.stdout
     assert "custom ops       ArgMax (no plugin); the runtime cannot run it without" in done.stdout
 

@@ -8,18 +8,14 @@ detector declared as a classifier.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import cv2
 import msgpack
 import numpy as np
 import pytest
 import zmq
 from boards import AFTER_UPDATE, make_board
-from daemon import ROOT, Daemon
-from helpers import shared, write_model
+from daemon import Daemon
+from helpers import run_rkserve, shared, write_model
 from test_metrics import board_daemon
 from test_tasks import YOLOV8_OUTPUTS, labels_file, synthetic_rknn
 from test_tensor import MULTI_SPEC, demo_inputs, onnxruntime_direct
@@ -164,7 +160,7 @@ def test_misdeclared_segmenter_refused_with_its_reason_everywhere(onnx_daemon):
     health = onnx_daemon.health()
     assert health["models"]["deeplab20"]["state"] == "refused" and not health["ready"]
     assert reason in health["models"]["deeplab20"]["error"]
-    done = cli("models", "-e", onnx_daemon.endpoint)
+    done = run_rkserve("models", "-e", onnx_daemon.endpoint)
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if line.startswith("deeplab20 "))
     assert row.split()[-1] == "refused"
@@ -175,24 +171,12 @@ def test_misdeclared_segmenter_refused_with_its_reason_everywhere(onnx_daemon):
         client.segment("deeplab20", b"x")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "rkserve", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_cli_infer_tensor_writes_npy_outputs(onnx_daemon, tmp_path):
     first, second = demo_inputs()
     np.save(tmp_path / "a.npy", first)
     np.save(tmp_path / "b.npy", second)
     out = tmp_path / "out"
-    done = cli(
+    done = run_rkserve(
         "infer", "-e", onnx_daemon.endpoint, "-m", "multi", "--out", str(out),
         "--tensor", f"input={tmp_path / 'b.npy'}", "--tensor", f"input.1={tmp_path / 'a.npy'}",
     )  # fmt: skip
@@ -202,12 +186,12 @@ def test_cli_infer_tensor_writes_npy_outputs(onnx_daemon, tmp_path):
     )
     written = np.load(out / "8.npy")
     assert np.abs(written - onnxruntime_direct(first, second)).max() == 0
-    done = cli(
+    done = run_rkserve(
         "infer", "-e", onnx_daemon.endpoint, "-m", "multi", "--tensor", str(tmp_path / "a.npy")
     )
     assert done.returncode == 1 and "takes 2 inputs" in done.stderr
     (tmp_path / "text.npy").write_text("not an array")
-    done = cli(
+    done = run_rkserve(
         "infer", "-e", onnx_daemon.endpoint, "-m", "multi", "--tensor", str(tmp_path / "text.npy")
     )
     assert done.returncode == 1 and "not a readable .npy array" in done.stderr
@@ -215,7 +199,7 @@ def test_cli_infer_tensor_writes_npy_outputs(onnx_daemon, tmp_path):
 
 def test_bench_tensor_on_a_tensor_model(onnx_daemon, tmp_path):
     report = tmp_path / "bench.json"
-    done = cli(
+    done = run_rkserve(
         "bench", "-e", onnx_daemon.endpoint, "-m", "multi", "--tensor", "-c", "1",
         "--requests", "4", "--warmup", "0", "--json", str(report),
     )  # fmt: skip
