@@ -50,6 +50,20 @@ def test_bad_bytes(data, error, words):
         image.decode_image(data)
 
 
+def test_jpeg_header_walk_is_bounded():
+    """The frontend reads every image's header: 2 million 4-byte comment markers before the
+    frame header took it 1.3 s (every other client waiting) and were then decoded."""
+    sof = b"\xff\xc0\x00\x11\x08\x00\x14\x00\x1e"  # a 30x20 frame header
+    markers = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 2_000_000 + sof
+    assert image.image_size(markers) is None
+    few = b"\xff\xd8" + b"\xff\xfe\x00\x02" * (image.MAX_JPEG_SEGMENTS - 1) + sof
+    assert image.image_size(few) == (30, 20)
+    filled = b"\xff\xd8" + b"\xff" * 8_000_000 + sof  # fill bytes: skipped, not counted
+    assert image.image_size(filled) == (30, 20)
+    jpeg = cv2.imencode(".jpg", np.zeros((20, 30, 3), np.uint8))[1].tobytes()
+    assert image.image_size(jpeg.replace(b"\xff\xdb", b"\xff\xff\xff\xdb", 1)) == (30, 20)
+
+
 def test_tiny_image_refused():
     with pytest.raises(BadImage, match="1x1"):
         image.decode_image(_png(np.zeros((1, 1, 3), np.uint8)))

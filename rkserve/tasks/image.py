@@ -7,6 +7,7 @@ about backends: the engine picks :func:`to_raw_input` (what the NPU takes) or
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -19,6 +20,8 @@ from ..errors import BadImage, TooLarge
 MAX_PIXELS = 16_000_000  # 16 MP (4608x3456); the daemon's max_pixels setting overrides it
 MIN_SIDE = 8  # smaller images carry no usable signal for any model we serve
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing uses
+MAX_JPEG_SEGMENTS = 1000  # markers before the frame header (cameras write about a dozen)
+_FILL = re.compile(rb"\xff+")
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,23 @@ def image_size(data: bytes) -> Optional[Tuple[int, int]]:
 
 def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
     """The first SOFn's size, walking the markers strictly: libjpeg skips stray bytes (and
-    ``FF 00``) between markers, so anything but a marker here could hide another SOF."""
-    pos = 2
+    ``FF 00``) between markers, so anything but a marker here could hide another SOF.
+
+    The frontend reads this for every request: runs of fill bytes are skipped in C, and a
+    file with more than ``MAX_JPEG_SEGMENTS`` markers before its frame header is refused
+    (an 8 MB file of 4-byte markers, or of fill bytes, took 1.3 s of the frontend each).
+    """
+    pos, segments = 2, 0
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
+        if data[pos + 1] == 0xFF:  # fill bytes: up to the last 0xFF of the run
+            pos = _FILL.match(data, pos).end() - 1  # type: ignore[union-attr]
             continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            return None
+        marker = data[pos + 1]
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
             pos += 2
             continue
