@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 # No numpy/zmq at import time: `rkserve --version`, `doctor` and `convert` must start without them.
 CLIENT_ENDPOINT = os.environ.get("RKSERVE_CLIENT_ENDPOINT", "tcp://127.0.0.1:5555")
@@ -285,11 +286,13 @@ def _infer_tensors(args: argparse.Namespace) -> int:
     with _client(args) as client:
         reply = client.infer_tensors(args.model, read_tensor_args(args.tensor))
     folder = Path(args.out or ".")
-    folder.mkdir(parents=True, exist_ok=True)
+    with _writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     rows = [("OUTPUT", "DTYPE", "SHAPE", "FILE")]
     for name, array in reply.outputs.items():
         target = folder / (_file_name(name) + ".npy")
-        np.save(target, array)
+        with _writing(target):
+            np.save(target, array)
         rows.append((name, array.dtype.name, "x".join(map(str, array.shape)), str(target)))
     if args.json:
         print(
@@ -362,11 +365,23 @@ def _write_mask(image: str, reply: Any, out: str, several: bool) -> None:
         ("overlay", ".overlay.jpg") if "overlay" in reply.result else ("mask", ".mask.png")
     )
     target = Path(out)
-    if several or target.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        target = target / (Path(image).stem + suffix)
-    target.write_bytes(reply.result[key]["data"])
+    with _writing(target):
+        if several or target.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            target = target / (Path(image).stem + suffix)
+        target.write_bytes(reply.result[key]["data"])
     print(f"wrote {target}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """A file or folder --out names that cannot be written: one line, not a traceback."""
+    from .errors import BadRequest
+
+    try:
+        yield
+    except OSError as exc:
+        raise BadRequest(f"--out {target}: cannot write: {exc.strerror or exc}") from None
 
 
 def _result_text(image: str, reply: Any) -> str:

@@ -59,6 +59,19 @@ def test_infer_names_a_missing_file_and_a_directory_and_prints_the_good_ones(dae
     assert f"{tmp_path / 'broken.jpg'}: bad_image:" in err
 
 
+def test_an_out_path_that_cannot_be_written_is_one_line(daemon, tmp_path):
+    """Before: a FileNotFoundError traceback."""
+    image = jpeg(tmp_path / "good.jpg")
+    out = tmp_path / "no" / "such" / "folder"
+    (tmp_path / "no").write_text("a file where a folder would be")
+    for many in ([image], [image, image]):
+        code, _, err = rkserve(
+            "infer", "-e", daemon.endpoint, "-m", "seg", "--out", str(out), *many
+        )
+        assert code == 1 and "Traceback" not in err, err
+        assert f"--out {out}" in err and "cannot write: Not a directory" in err
+
+
 def test_infer_refuses_out_on_a_classification_model(daemon, tmp_path):
     code, _, err = rkserve(
         "infer", "-e", daemon.endpoint, "-m", "cls", jpeg(tmp_path / "a.jpg"), "--out", "m.png"
