@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon import fake_models
 from helpers import run_rkserve, shared, write_model
 from test_rknnfile import SYNTHETIC_META, container
 
 from rkserve import tasks
 from rkserve.backends import open_backend
 from rkserve.engine import Engine
-from rkserve.errors import BadImage, ConfigError
+from rkserve.errors import BadImage, ConfigError, TooLarge
+from rkserve.repository import open_engine
 from rkserve.rknnops import custom_ops, describe_custom, plugins
 from rkserve.spec import load_spec
 from rkserve.tasks import classify, image
@@ -330,3 +332,12 @@ def test_doctor_names_custom_ops_and_their_plugin(tmp_path):
     plugin.write_bytes(b"\x7fELF")
     (check,) = custom_check(run_doctor(root, tmp_path / "models"), "human")
     assert (check.status, check.detail) == ("OK", "ArgMax (plugin librkcst_argmax.so)")
+
+
+def test_an_overlay_jpeg_cannot_hold_refuses_too_large_not_internal(tmp_path):
+    """Before: cv2 could not encode the JPEG and the request was answered `internal`."""
+    engine = open_engine(fake_models(tmp_path / "models"), "seg", "fake")
+    thin = np.full((70_000, 8, 3), 90, np.uint8)
+    with pytest.raises(TooLarge, match="8x70000: an overlay is a JPEG"):
+        engine.infer(thin, {"overlay": True})
+    assert engine.infer(thin, {"mask": "raw"}).result["height"] == 70_000
