@@ -29,7 +29,7 @@ from . import checks, probes, repository
 from .backends import choose_backend
 from .config import Settings
 from .engine import Engine
-from .errors import BackendError, ConfigError, RknnFileError, RkserveError
+from .errors import BackendError, ConfigError, ModelUnavailable, RknnFileError, RkserveError
 from .metrics import Metrics
 from .modelhost import ModelHost
 from .rknnfile import read_rknn
@@ -309,7 +309,10 @@ class Loader:
             until = time.monotonic() + self.settings.drain_timeout_s
             while host.pending > 0 and time.monotonic() < until:
                 time.sleep(0.01)
-            host.stop(timeout=self.settings.drain_timeout_s)
+            if not host.stop(timeout=self.settings.drain_timeout_s):
+                # wedged: what still waits behind it (admitted as it was found stuck) is
+                # answered now, not when (if ever) the runtime returns
+                self._abandon(host, ModelUnavailable(f"model {host.name!r} was replaced; retry"))
 
         thread = threading.Thread(target=retire, name=f"retire-{host.name}", daemon=True)
         self._retiring = [t for t in self._retiring if t.is_alive()] + [thread]

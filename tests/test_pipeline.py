@@ -23,6 +23,7 @@ from rkserve import protocol, repository
 from rkserve.config import Settings
 from rkserve.engine import Engine, Result
 from rkserve.errors import BackendError, ModelUnavailable
+from rkserve.loader import Loader
 from rkserve.metrics import Metrics
 from rkserve.modelhost import ModelHost
 from rkserve.pipeline import Pipeline
@@ -65,6 +66,7 @@ def parts(tmp_path: Path):
     replies = Replies()
     pipeline = Pipeline(settings, Metrics(tmp_path), replies)
     hosts: List[ModelHost] = []
+    fault = entry.folder / "fake-fault"
 
     def host(latency_ms: float = 0.0, engine_type: type = Engine) -> ModelHost:
         assert entry.spec is not None
@@ -75,6 +77,7 @@ def parts(tmp_path: Path):
         return made
 
     yield pipeline, host, replies
+    fault.unlink(missing_ok=True)  # a runner hung in the fake runtime returns
     pipeline.stop()
     for made in hosts:
         made.stop(timeout=2.0)
@@ -137,3 +140,26 @@ def test_a_job_admitted_to_a_retired_version_is_answered(parts):
         assert reply, "a job admitted to a stopped model version was never answered"
         assert reply[0]["error"]["code"] == "model_unavailable"
     assert pipeline.inflight == 0 and pipeline.held == 0 and old.pending == 0
+
+
+def test_a_job_queued_behind_a_wedged_runner_is_answered_when_its_version_retires(parts):
+    """The loader's watchdog answers a wedged model's jobs, then retires it; a job admitted
+    as the model was found stuck (past the ready check, not yet in the jobs it answered)
+    waited behind the hung runtime. Before: never answered (until shutdown)."""
+    pipeline, make_host, replies = parts
+    host = make_host()
+    host.start(pipeline.step)
+    (host.entry.folder / "fake-fault").write_text("hang")
+    pipeline.admit([b"a"], request(1), {"cls": host})  # the runner hangs in the runtime
+    assert until(lambda: host.stuck_for() > 0)
+    pipeline.fail_all(BackendError("the runtime is wedged"), host)  # the watchdog
+    pipeline.admit([b"b"], request(2), {"cls": host})  # slipped past the ready check
+    settings = Settings(models_dir=str(host.entry.folder.parent), drain_timeout_s=0.3)
+    loader = Loader(
+        settings, pipeline.metrics, lambda h: None, lambda h, e: pipeline.fail_all(e, h)
+    )
+    loader._retire(host)  # replaced by a fresh version
+    replies.wait(2, timeout=5.0)
+    answered = dict(replies.sent)
+    assert b"b" in answered, "the job behind the wedged runner was never answered"
+    assert answered[b"b"]["error"]["code"] == "model_unavailable"
