@@ -334,10 +334,17 @@ def test_doctor_names_custom_ops_and_their_plugin(tmp_path):
     assert (check.status, check.detail) == ("OK", "ArgMax (plugin librkcst_argmax.so)")
 
 
-def test_an_overlay_jpeg_cannot_hold_refuses_too_large_not_internal(tmp_path):
+@pytest.mark.parametrize("model,without", [("seg", {"mask": "raw"}), ("det", {})])
+def test_an_overlay_jpeg_cannot_hold_refuses_too_large_not_internal(tmp_path, model, without):
     """Before: cv2 could not encode the JPEG and the request was answered `internal`."""
-    engine = open_engine(fake_models(tmp_path / "models"), "seg", "fake")
+    models = fake_models(tmp_path / "models")
+    write_model(
+        models / "det",
+        {"task": "detection", "input": {"size": 64}, "output": {"format": "yolov5", "classes": 2}},
+        onnx=models / "seg" / "model.onnx",  # a placeholder: the fake backend never reads it
+    )
+    engine = open_engine(models, model, "fake")
     thin = np.full((70_000, 8, 3), 90, np.uint8)
     with pytest.raises(TooLarge, match="8x70000: an overlay is a JPEG"):
-        engine.infer(thin, {"overlay": True})
-    assert engine.infer(thin, {"mask": "raw"}).result["height"] == 70_000
+        engine.infer(thin, {"overlay": True, **without})
+    assert engine.infer(thin, without).result["height"] == 70_000

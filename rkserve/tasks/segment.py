@@ -197,9 +197,6 @@ def overlay(
     return blended
 
 
-JPEG_MAX_SIDE = 65_500  # libjpeg's limit on either side (OpenCV refuses larger)
-
-
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     ok, data = cv2.imencode(
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]

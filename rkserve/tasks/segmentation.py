@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import BadRequest, ConfigError, TooLarge
+from ..errors import BadRequest, ConfigError
 from ..protocol import show
 from . import segment, vision
 from .base import Prepared, reject_unknown
@@ -100,16 +100,9 @@ def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
 def prepare(
     data: Any, spec: ModelSpec, backend: Backend, params: Params, max_pixels: int
 ) -> Prepared:
-    prepared = vision.prepare_image(
+    return vision.prepare_image(
         data, spec, backend.raw_input, params, max_pixels, keep=params.overlay
     )
-    height, width = prepared.context.size
-    if params.overlay and max(height, width) > segment.JPEG_MAX_SIDE:
-        raise TooLarge(
-            f"image is {width}x{height}: an overlay is a JPEG, whose sides are at most "
-            f"{segment.JPEG_MAX_SIDE} px; ask for the mask only"
-        )
-    return prepared
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:

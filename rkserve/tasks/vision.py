@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BadRequest, ConfigError
+from ..errors import BadRequest, ConfigError, TooLarge
 from . import image
 from .base import Prepared, elapsed_ms
 
@@ -21,6 +21,7 @@ ImageInput = Union[bytes, bytearray, memoryview, np.ndarray]
 RESIZE_MODES = ("stretch", "letterbox")  # every image task
 CROP_MODES = (*RESIZE_MODES, "crop")  # tasks whose result does not map back onto the image
 MAX_SIDE = 8192  # a model input side, and a crop's shorter side, in pixels
+JPEG_MAX_SIDE = 65_500  # libjpeg's limit on either side of an overlay (OpenCV refuses more)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ def prepare_image(
 ) -> Prepared:
     """Decode (bytes) or check (``HxWx3 uint8`` RGB array), resize, then make the model input:
     ``1xHxWx3 uint8`` for the NPU, or the ONNX twin's normalised tensor. ``keep`` holds on to
-    the decoded image for ``finish``; otherwise a queued request holds only its model input
-    (16 queued 40-megapixel JPEGs of 1 kB each once took the daemon to 2 GB)."""
+    the decoded image for ``finish`` to draw an overlay JPEG on (refused ``too_large`` with a
+    side over JPEG's limit, before inference); otherwise a queued request holds only its model
+    input (16 queued 40-megapixel JPEGs of 1 kB each once took the daemon to 2 GB)."""
     started = time.perf_counter()
     if isinstance(data, np.ndarray):
         rgb = image.check_tensor(data, max_pixels)
@@ -93,6 +95,11 @@ def prepare_image(
         raise BadRequest(
             f"model {spec.name!r} ({spec.task}) takes an image: send image (encoded bytes) "
             "or tensor (HxWx3 uint8), not inputs"
+        )
+    if keep and max(rgb.shape[:2]) > JPEG_MAX_SIDE:
+        raise TooLarge(
+            f"image is {rgb.shape[1]}x{rgb.shape[0]}: an overlay is a JPEG, whose sides are at "
+            f"most {JPEG_MAX_SIDE} px; ask for the results without one"
         )
     timings = {"decode": elapsed_ms(started)}
     started = time.perf_counter()
