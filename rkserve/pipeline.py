@@ -138,7 +138,7 @@ class Pipeline:
             raise host.unavailable()
         params = host.engine.parse_params(request.params)
         pixels = _pixels(request, self.settings.max_pixels)
-        cost = _cost(request, params, pixels)
+        cost = _cost(request, params, pixels, host.engine.backend.raw_input)
         deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
         job = Job(envelope, request, host, params, deadline, cost, pixels)
         self._hold(job)
@@ -316,10 +316,18 @@ def _pixels(request: protocol.Request, max_pixels: int) -> int:
     return width * height
 
 
-def _cost(request: protocol.Request, params: Any, pixels: int) -> int:
+def _cost(request: protocol.Request, params: Any, pixels: int, raw: bool = True) -> int:
     """Bytes the request may need at its peak: per pixel of its image (an overlay keeps the
     image and draws on it), or a few copies of its named tensors (cast, normalised)."""
     if request.inputs is not None:
-        return INPUT_COPIES * sum(int(t.array.nbytes) for t in request.inputs.tensors)
+        return sum(_input_cost(t.array, raw) for t in request.inputs.tensors)
     overlay = bool(getattr(params, "overlay", False))
     return pixels * (OVERLAY_BYTES_PER_PIXEL if overlay else BYTES_PER_PIXEL)
+
+
+def _input_cost(array: np.ndarray, raw: bool) -> int:
+    """A named input's message bytes and its working copies: as sent for the NPU, float32 for
+    an ONNX twin (a uint8 input's cast and normalised copies are 4 bytes an element: its
+    peak was 5-9x the bytes sent, where 3x was counted)."""
+    copy = array.nbytes if raw else array.size * max(array.itemsize, 4)
+    return int(array.nbytes + (INPUT_COPIES - 1) * copy)

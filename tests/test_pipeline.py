@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
@@ -18,8 +19,10 @@ import msgpack
 import numpy as np
 import pytest
 from daemon import fake_models
+from helpers import shared, write_model
 
 from rkserve import protocol, repository
+from rkserve.backends import open_backend
 from rkserve.config import Settings
 from rkserve.engine import Engine, Result
 from rkserve.errors import BackendError, ModelUnavailable
@@ -27,6 +30,7 @@ from rkserve.loader import Loader
 from rkserve.metrics import Metrics
 from rkserve.modelhost import ModelHost
 from rkserve.pipeline import Pipeline
+from rkserve.spec import load_spec
 
 IMAGE = np.full((32, 32, 3), 7, np.uint8)
 
@@ -163,3 +167,35 @@ def test_a_job_queued_behind_a_wedged_runner_is_answered_when_its_version_retire
     answered = dict(replies.sent)
     assert b"b" in answered, "the job behind the wedged runner was never answered"
     assert answered[b"b"]["error"]["code"] == "model_unavailable"
+
+
+def test_the_budget_charged_for_named_inputs_covers_their_peak(tmp_path):
+    """uint8 inputs to an ONNX twin are cast to float32 (4 bytes an element) and normalised:
+    before, 3x the bytes sent was charged for a peak of up to 9x."""
+    spec = {
+        "task": "tensor",
+        "inputs": [{"dtype": "uint8", "mean": 10, "std": 2}, {"dtype": "uint8"}],
+    }
+    folder = write_model(
+        tmp_path / "multi", spec, onnx=shared("onnx", "multiple_input_demo_test.onnx")
+    )
+    loaded = load_spec(folder)
+    engine = Engine(loaded, open_backend("onnx", loaded))
+    first = np.fromfile(shared("images", "multiple_input_demo_input1.bin"), np.uint8)
+    second = np.fromfile(shared("images", "multiple_input_demo_input2.bin"), np.uint8)
+    inputs = protocol.Inputs.of([first.reshape(1, 128, 128, 1), second.reshape(1, 128, 128, 3)])
+    params = engine.parse_params({})
+    engine.prepare(inputs, params)  # first-call allocations are not the request's
+    tracemalloc.start()
+    kept = engine.prepare(inputs, params)  # held until the NPU has run it
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    sent = first.nbytes + second.nbytes
+    pipeline = Pipeline(Settings(), Metrics(tmp_path), Replies())
+    host = ModelHost(repository.load_entry(folder), engine, None, "ready", 8)  # no runner
+    request = protocol.Request(id=1, op="infer", model="multi", inputs=inputs)
+    pipeline.admit([b"peer"], request, {"multi": host})
+    charged = pipeline.held
+    pipeline.stop()
+    assert len(kept.tensors) == 2
+    assert sent + peak <= charged, f"peak {sent + peak} B, charged {charged} B"
