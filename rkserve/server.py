@@ -36,6 +36,7 @@ POLL_MS = 100
 CHORES_S = 0.05  # events, watchdog pings and the outbox's bookkeeping, at most this often
 RCVHWM = 32  # requests queued per peer before ZeroMQ stops reading that peer's connection
 MAX_FRAMES = 16  # a request's frames: routing envelope (one per proxy hop) + the message
+BATCH = 64  # requests read in a row before the loop turns to signals and chores
 EXIT_OK, EXIT_FORCED = 0, 1
 
 
@@ -138,8 +139,9 @@ class Server:
     def main_loop(self) -> None:
         poller = self._poller()
         next_ping = next_chores = 0.0
+        backlog = False
         while not self.should_exit:
-            self._poll_once(poller)
+            backlog = self._poll_once(poller, 0 if backlog else POLL_MS)
             if self.should_reload:
                 self.should_reload = False
                 self.notifier.reloading("reloading models")
@@ -159,19 +161,24 @@ class Server:
         poller.register(self._wake_r, zmq.POLLIN)
         return poller
 
-    def _poll_once(self, poller: zmq.Poller) -> None:
-        for fd, _ in poller.poll(POLL_MS):
+    def _poll_once(self, poller: zmq.Poller, timeout: int = POLL_MS) -> bool:
+        """Wait up to ``timeout`` ms, then read up to ``BATCH`` requests; True when more are
+        waiting (poll again at once: the FD's edge is spent). A flood that never lets the
+        queue empty must not hold off SIGTERM, SIGHUP and the watchdog's pings (before, it
+        held them for as long as it lasted)."""
+        for fd, _ in poller.poll(timeout):
             if fd == self._wake_r:
                 os.read(self._wake_r, 4096)
-        while True:  # take every waiting request; the last look at EVENTS re-arms the FD
+        for _ in range(BATCH):  # the last look at EVENTS re-arms the FD
             with self._sock_lock:
                 if not self._requests_waiting():
-                    return
+                    return False
                 frames, parts = self._recv_frames()
             if parts > MAX_FRAMES:
                 self._refuse_frames(frames[0], parts)
             else:
                 self._on_request(frames)
+        return True
 
     def _recv_frames(self) -> Tuple[List[zmq.Frame], int]:
         """Under the lock: one message's first ``MAX_FRAMES`` frames and how many it had. The
@@ -225,8 +232,9 @@ class Server:
         self.notifier.stopping(f"draining {self.pipeline.inflight} requests")
         poller = self._poller()
         until = time.monotonic() + self.settings.drain_timeout_s
+        backlog = False
         while self.pipeline.inflight > 0 and time.monotonic() < until and not self.force_exit:
-            self._poll_once(poller)
+            backlog = self._poll_once(poller, 0 if backlog else POLL_MS)
         code = EXIT_FORCED if self.force_exit else EXIT_OK
         stopped = Unavailable("the server stopped before this request finished")
         late = self.pipeline.fail_all(stopped)

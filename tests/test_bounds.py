@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List
@@ -260,3 +262,41 @@ def test_a_message_of_many_frames_is_refused_not_echoed(tmp_path):
     finally:
         rogue.close()
         assert d.stop() == 0, d.log()
+
+
+FLOOD = """
+import sys, time, zmq
+ctx = zmq.Context()
+socks = [ctx.socket(zmq.DEALER) for _ in range(20)]
+for s in socks:
+    s.setsockopt(zmq.SNDHWM, 1000000)
+    s.setsockopt(zmq.RCVHWM, 1)
+    s.setsockopt(zmq.RCVBUF, 4096)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(sys.argv[1])
+until = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < until:
+    for s in socks:
+        try:
+            s.send_multipart([b"", b"\\xc1"], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+"""
+
+
+def test_sigterm_is_honoured_during_a_flood_that_never_lets_the_queue_empty(tmp_path):
+    """Two processes send junk as fast as they can for 30 s. Before: the frontend read as
+    long as requests were waiting, so SIGTERM (and SIGHUP, and the watchdog's pings) waited
+    for the flood to end."""
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake").start()
+    flooders = [subprocess.Popen([sys.executable, "-c", FLOOD, d.endpoint, "30"]) for _ in range(2)]
+    try:
+        time.sleep(4)  # the flood is on
+        started = time.monotonic()
+        code = d.stop(timeout=20)  # SIGTERM; killed after 20 s
+        took = time.monotonic() - started
+        assert code == 0 and took < 10, f"exit {code} {took:.1f} s after SIGTERM; {d.log()}"
+    finally:
+        for flooder in flooders:
+            flooder.kill()
+            flooder.wait()
