@@ -258,7 +258,12 @@ def test_overload_and_deadline(tmp_path, models):
         threads, results = _parallel(d, 2, deadline_ms=150)
         for t in threads:
             t.join()
-        assert isinstance(results[1], DeadlineExceeded), results
+        # one runs; the other waits past its deadline (whichever reached the daemon second:
+        # the threads' 10 ms stagger does not order them on a busy machine)
+        assert sorted(isinstance(r, DeadlineExceeded) for r in results) == [False, True], results
+        assert not any(
+            isinstance(r, Exception) and not isinstance(r, DeadlineExceeded) for r in results
+        )
     finally:
         assert d.stop() == 0
 
