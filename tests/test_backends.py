@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import types
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -89,6 +92,32 @@ def test_rknnlite_runs_through_the_runtime_contract(rknnlite_double, mobilenet_r
     assert runtime.calls == 1 and runtime.runtime
     backend.close()
     assert not runtime.runtime
+
+
+def reachable(root: object, limit: int = 10_000) -> List[object]:
+    """What ``root`` refers to, directly or not (classes and modules not followed)."""
+    seen, todo, found = {id(root)}, [root], []
+    while todo and len(found) < limit:
+        for ref in gc.get_referents(todo.pop()):
+            if id(ref) not in seen and not isinstance(ref, (type, types.ModuleType)):
+                seen.add(id(ref))
+                found.append(ref)
+                todo.append(ref)
+    return found
+
+
+def test_a_closed_rknnlite_backend_no_longer_holds_the_model_file(rknnlite_double, mobilenet_rknn):
+    """RKNNLite's ``release()`` keeps the bytes ``load_rknn`` read (the double does as the
+    wheel): a closed backend that stayed referenced held the whole file."""
+    backend = open_backend("rknnlite", mobilenet_rknn)
+    data = rknnlite_double.instances[-1].rknn_data
+    assert data is not None and any(ref is data for ref in reachable(backend))
+    backend.close()
+    assert not rknnlite_double.instances[-1].runtime
+    assert not any(ref is data for ref in reachable(backend))
+    with pytest.raises(BackendError, match="closed"):
+        backend.run([np.zeros((1, 224, 224, 3), np.uint8)])
+    backend.close()  # a second close does nothing
 
 
 def test_rknnlite_never_passes_core_mask_on_rk3568(rknnlite_double, mobilenet_rknn):

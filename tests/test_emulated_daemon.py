@@ -196,9 +196,10 @@ PAD_MB = 16  # zeros after the model: RKNNLite reads the whole file into one byt
 def test_rss_growth_per_reload_stays_far_below_the_model_file(tmp_path):
     """The demo classifier padded to 16 MB, touched before each of 8 reloads, on the real
     wheel. RKNNLite keeps the file's bytes for the object's lifetime (``release()`` does not
-    drop them): a replaced version that stayed referenced would add 16 MB per reload. What
-    is left is qemu-user's own (about 0.27 MB per guest thread started; a reload starts a
-    runner and a retiring thread per model): docs/RELIABILITY.md."""
+    drop them): a replaced version left open, or closed but still holding the wheel's
+    object, would add 16 MB per reload. What is left is qemu-user's own (about 0.27 MB per
+    guest thread started; a reload starts a runner and a retiring thread per model):
+    docs/RELIABILITY.md."""
     rk3568 = board("rk3568")
     models, records = tmp_path / "models", tmp_path / "records"
     folder = models / "shapes"

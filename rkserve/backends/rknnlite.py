@@ -46,7 +46,7 @@ class RknnLiteBackend:
         info = read_rknn(self.path)  # a clear error for a non-RKNN or truncated file first
         self.inputs = [TensorSpec(t.name, nhwc(t.shape), feed_dtype(t.dtype)) for t in info.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
-        self._rknn = _import_rknnlite()(verbose=False)
+        self._rknn: Any = _import_rknnlite()(verbose=False)
         try:
             self._start(core_mask)
         except BackendError:
@@ -65,6 +65,8 @@ class RknnLiteBackend:
             raise BackendError(f"init_runtime for {self.path} returned {ret}: {INIT_HINT}")
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
+        if self._rknn is None:
+            raise BackendError(f"the RKNNLite backend of {self.path.name} is closed")
         # Read-only views of a message and strided arrays go in as they are: the wheel
         # (lite2 2.3.0-2.5.0, on the emulated board) hands the runtime their exact bytes.
         outputs = self._rknn.inference(inputs=list(inputs), data_format="nhwc")
@@ -76,7 +78,12 @@ class RknnLiteBackend:
         return [np.asarray(o) for o in outputs]
 
     def close(self) -> None:
-        self._rknn.release()
+        """Release the runtime and let the RKNNLite object go: ``release()`` keeps the whole
+        model file that ``load_rknn`` read (lite2 2.3.0-2.5.0), so whatever still refers to a
+        closed backend would otherwise hold the file's size (docs/RELIABILITY.md)."""
+        if self._rknn is not None:
+            self._rknn.release()
+            self._rknn = None
 
 
 def feed_dtype(model_dtype: str) -> str:

@@ -168,8 +168,9 @@ class RKNNLite:
         return SDK_BANNER.format(api="2.3.2 (double)", driver="0.9.8")
 
     def release(self) -> None:
+        """As the real wheel (lite2 2.3.0-2.5.0): the runtime goes, the file's bytes that
+        ``load_rknn`` read stay for as long as the object does."""
         self.runtime = False
-        self.rknn_data = None
 
 
 def _nhwc(shape: Any) -> tuple:
