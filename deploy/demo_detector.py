@@ -39,8 +39,8 @@ class DetRecipe:
     side: int = 160  # square input side, pixels
     strides: Tuple[int, ...] = (8, 16, 32)
     bins: int = 16  # DFL bins per box side (the yolov8 export's 64 = 4 x 16 channels)
-    train_images: int = 6000
-    epochs: int = 6
+    train_images: int = 8000
+    epochs: int = 14
     batch: int = 32
     lr: float = 4e-3
     polish_epochs: int = 4  # a second one-cycle from the first one's weights, at polish_lr
