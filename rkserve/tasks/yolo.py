@@ -280,7 +280,7 @@ def explain(shapes: Sequence[Shape], input_size: Optional[Tuple[int, int]] = Non
             f"{count}: looks like an Ultralytics default export ([1, 4+classes, boxes], decoded "
             "in the model): rkserve reads the model zoo's exports (output.format yolov5 or yolov8)"
         )
-    if len(shapes) == 1 and int(np.prod(shapes[0])) == max(shapes[0]):
+    if len(shapes) == 1 and shapes[0] and int(np.prod(shapes[0])) == max(shapes[0]):
         return f"{count}: looks like a classifier ({max(shapes[0])} scores)"
     if len(shapes) == 1 and len(shapes[0]) in (3, 4):
         return f"{count} {list(shapes[0])}: could be a segmenter (per-class scores or a class map)"
