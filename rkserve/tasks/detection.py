@@ -234,12 +234,7 @@ def _param_classes(value: Any, count: int) -> Optional[Tuple[int, ...]]:
     return tuple(int(i) for i in value)
 
 
-def prepare(
-    data: Any, spec: ModelSpec, backend: Backend, params: Params, max_pixels: int
-) -> Prepared:
-    return vision.prepare_image(
-        data, spec, backend.raw_input, params, max_pixels, keep=params.overlay
-    )
+prepare = vision.prepare_with_overlay
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:

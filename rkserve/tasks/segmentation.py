@@ -97,12 +97,7 @@ def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
     return Params(mask, overlay)
 
 
-def prepare(
-    data: Any, spec: ModelSpec, backend: Backend, params: Params, max_pixels: int
-) -> Prepared:
-    return vision.prepare_image(
-        data, spec, backend.raw_input, params, max_pixels, keep=params.overlay
-    )
+prepare = vision.prepare_with_overlay
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:

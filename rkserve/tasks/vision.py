@@ -78,6 +78,13 @@ def _grey(section: SpecReader, key: str, default: int) -> int:
     return int(value)
 
 
+def prepare_with_overlay(
+    data: Any, spec: ModelSpec, backend: Backend, params: Any, max_pixels: int
+) -> Prepared:
+    """A task's ``prepare`` when its params say ``overlay``: the image is kept only then."""
+    return prepare_image(data, spec, backend.raw_input, params, max_pixels, keep=params.overlay)
+
+
 def prepare_image(
     data: Any, spec: ModelSpec, raw_input: bool, params: Any, max_pixels: int, keep: bool
 ) -> Prepared:
