@@ -195,7 +195,9 @@ def test_rss_growth_per_reload_is_bounded(tmp_path, backend):
                 sizes.append(next(int(s.split()[1]) for s in status if s.startswith("VmRSS:")))
         per_reload = (sizes[-1] - sizes[2]) / 1024 / (len(sizes) - 3)
         print(f"\nRSS per reload (MB): {[round(s / 1024) for s in sizes]}; {per_reload:+.2f} MB")
-        assert per_reload < 1.0, sizes
+        # the old loader grew +9.9 MB per reload here; a flat daemon measures +0.0 to +1.1
+        # (malloc keeps up to 16 MB free at the top of each heap, docs/BENCHMARKS.md)
+        assert per_reload < 2.5, sizes
     finally:
         assert d.stop() == 0, d.log()
 
