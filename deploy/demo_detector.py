@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo_models import MEAN, OPSET, STD, graph_facts  # noqa: E402
+from demo_models import MEAN, OPSET, STD, graph_facts, write_once  # noqa: E402
 
 from rkserve import demo  # noqa: E402
 from rkserve.tasks import detect  # noqa: E402
@@ -187,12 +187,6 @@ def results(recipe: DetRecipe, got: Dict[str, Any]) -> List[str]:
 
 def write_spec(recipe: DetRecipe, folder: Path) -> None:
     """labels.txt and model.yaml, only when missing (edited by hand afterwards)."""
-    labels = folder / "labels.txt"
-    if not labels.exists():
-        labels.write_text("\n".join(recipe.labels) + "\n", encoding="utf-8")
-    spec = folder / "model.yaml"
-    if spec.exists():
-        return
     strides = ", ".join(str(s) for s in recipe.strides)
     lines = [
         "task: detection",
@@ -220,7 +214,7 @@ def write_spec(recipe: DetRecipe, folder: Path) -> None:
         "    min_mean_iou: 0.8",
         "    min_score_agreement: 0.9",
     ]
-    spec.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_once(folder, recipe.labels, lines)
 
 
 def write_images(recipe: DetRecipe, folder: Path) -> None:

@@ -10,7 +10,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -105,14 +105,17 @@ def figures(confusion: np.ndarray) -> Dict[str, float]:
 # --- the model folder --------------------------------------------------------------------------
 
 
+def write_once(folder: Path, labels: Sequence[str], spec_lines: Sequence[str]) -> None:
+    """Write labels.txt and model.yaml where they are missing: once they exist they are
+    maintained by hand."""
+    for name, lines in (("labels.txt", labels), ("model.yaml", spec_lines)):
+        path = folder / name
+        if not path.exists():
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def write_spec(recipe: Recipe, folder: Path) -> None:
     """labels.txt and model.yaml, only when missing (edited by hand afterwards)."""
-    labels = folder / "labels.txt"
-    if not labels.exists():
-        labels.write_text("\n".join(recipe.labels) + "\n", encoding="utf-8")
-    spec = folder / "model.yaml"
-    if spec.exists():
-        return
     kind = "Synthetic shapes " + ("classifier" if recipe.task == "classification" else "segmenter")
     lines = [
         f"task: {recipe.task}",
@@ -130,7 +133,7 @@ def write_spec(recipe: Recipe, folder: Path) -> None:
         lines.append("palette: [" + ", ".join(f"[{r}, {g}, {b}]" for r, g, b in PALETTE) + "]")
     lines += ["convert:", "  target_platform: rk3568", "  quantize: true"]
     lines.append("  dataset: calib      # folder of calibration images")
-    spec.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_once(folder, recipe.labels, lines)
 
 
 def write_images(recipe: Recipe, folder: Path) -> None:
