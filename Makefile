@@ -2,7 +2,7 @@
 #   make serve   set up .venv and run the daemon on the demo models (onnx backend on a PC)
 #   make test    set up everything and run the whole suite on CPython 3.8 and 3.11
 #                (the emulated-board tests on 3.11 only: they run aarch64 CPython 3.11 anyway)
-#   make bench   run benchmarks/run.py (a few minutes) and rewrite docs/BENCHMARKS.md
+#   make bench   run python -m benchmarks.run (a few minutes) and rewrite docs/BENCHMARKS.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -61,11 +61,11 @@ test38: venv38
 test: venv venv38 convert-env emulated-board lint test38 test311
 
 bench: venv
-	$(VENV)/bin/python benchmarks/run.py $(ARGS)
+	$(VENV)/bin/python -m benchmarks.run $(ARGS)
 
 demo-models:
-	$(PY311) deploy/train_demo_models.py
-	$(PY311) deploy/train_demo_detector.py
+	$(PY311) -m tools.demo.train_models
+	$(PY311) -m tools.demo.train_detector
 
 clean:
 	rm -rf $(VENV) $(VENV38) .venv-convert .emulated .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import msgpack
 import zmq
-from common import (
+
+from benchmarks.common import (
     ROOT,
     Daemon,
     Section,

@@ -15,11 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rkserve import demo  # noqa: E402
-from rkserve.client import Client  # noqa: E402
-from rkserve.errors import RkserveError  # noqa: E402
+from rkserve.client import Client
+from rkserve.errors import RkserveError
+from tools.demo import shapes as demo
 
 DEMO_MODELS = ROOT / "models"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from baseline import closed_loop
-from common import Daemon, Section, Target, fake_model, jpeg, main, ratio, table
+from benchmarks.baseline import closed_loop
+from benchmarks.common import Daemon, Section, Target, fake_model, jpeg, main, ratio, table
 
 NPU_MS = 20.0
 CONCURRENCY = 6

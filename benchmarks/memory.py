@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import List
 
-from common import Daemon, Section, Target, fake_model, jpeg, table
-
-from rkserve.bench import Plan, run_step
+from benchmarks.common import Daemon, Section, Target, fake_model, jpeg, table
+from rkserve.loadtest import Plan, run_step
 
 WARMUP, MEASURED, ERRORS, CONCURRENCY = 2_000, 20_000, 4_000, 4
 IMAGE_REQUESTS = (500, 1_500)

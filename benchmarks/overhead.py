@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import msgpack
 import zmq
-from common import (
+
+from benchmarks.common import (
     Daemon,
     Section,
     Target,
@@ -32,7 +33,6 @@ from common import (
     table,
     time_calls,
 )
-
 from rkserve import protocol, repository
 from rkserve.client import Client
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from common import (
+from benchmarks.common import (
     Daemon,
     Section,
     Target,
@@ -28,9 +28,8 @@ from common import (
     ratio,
     table,
 )
-
 from rkserve import repository
-from rkserve.bench import Plan, Step, run_plan
+from rkserve.loadtest import Plan, Step, run_plan
 
 # name, task, input size, classes, NPU ms, requests measured per step, warm-up seconds
 MODELS = (
@@ -121,7 +120,7 @@ def reduced_decode(images: Dict[str, bytes], size: int = 224) -> List[List[Any]]
     import cv2
     import numpy as np
 
-    from rkserve.tasks import image as img
+    from rkserve.kernels import image as img
 
     flags = {
         2: cv2.IMREAD_REDUCED_COLOR_2,

@@ -17,10 +17,10 @@ import cv2
 import msgpack
 import numpy as np
 import zmq
-from common import Daemon, Section, Target, best_ms, fake_model, jpeg, ratio, table
 
+from benchmarks.common import Daemon, Section, Target, best_ms, fake_model, jpeg, ratio, table
 from rkserve import protocol
-from rkserve.tasks import segment
+from rkserve.kernels import segment
 
 ARGMAX_SHAPES = ((1, 19, 512, 512), (1, 21, 257, 257))
 FORMATS = (

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import List
 
-from common import Daemon, Section, demo_models, demo_repository, fake_model, table
+from benchmarks.common import Daemon, Section, demo_models, demo_repository, fake_model, table
 
 STARTS = 3
 

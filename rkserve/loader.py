@@ -25,14 +25,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional
 
-from . import checks, probes, repository
+from . import repository
 from .backends import choose_backend
+from .board import checks, probes
+from .board.rknnfile import read_rknn
 from .config import Settings
 from .engine import Engine
 from .errors import BackendError, ConfigError, ModelUnavailable, RknnFileError, RkserveError
 from .metrics import Metrics
 from .modelhost import ModelHost
-from .rknnfile import read_rknn
 
 log = logging.getLogger("rkserve")
 # Board checks that decide whether a model is served (rknn-toolkit-lite2's own absence

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 import yaml
 
 from .errors import ConfigError
+from .kernels.labels import read_labels
 
 SPEC_FILE = "model.yaml"
 MAX_INSTANCES = 16  # runtime objects (and runner threads) per model: a few per NPU core
@@ -151,27 +152,25 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
-    """Read and validate ``folder/model.yaml``; the folder name is the model name.
-
-    ``need_model=False`` accepts a folder with neither model file yet (``rkserve convert``
-    builds them from ``convert.source``)."""
-    folder = Path(folder)
-    path = folder / SPEC_FILE
+def read_yaml(folder: Path) -> SpecReader:
+    """``folder/model.yaml``, parsed, behind a reader whose errors name the file."""
+    path = Path(folder) / SPEC_FILE
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    from .tasks import get_task, task_names
+    return SpecReader(path, data)
 
-    top = SpecReader(path, data)
-    task = top.choice("task", task_names())
-    spec = ModelSpec(
+
+def common_fields(top: SpecReader, folder: Path) -> Dict[str, Any]:
+    """The fields every task shares, as ``ModelSpec`` keyword arguments; the folder name is
+    the model name."""
+    folder = Path(folder)
+    return dict(
         name=folder.name,
         folder=folder,
-        task=task,
         description=top.text("description"),
         rknn_file=top.section("rknn").text("file", "model.rknn"),
         onnx=_onnx_input(top.section("onnx")),
@@ -180,11 +179,7 @@ def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
         labels=_labels(top, folder),
         labels_file=top.text("labels"),
         palette=_palette(top),
-        **get_task(task).read_spec(top),
     )
-    if need_model:
-        _check_files(top, spec)
-    return spec
 
 
 def _onnx_input(section: SpecReader) -> OnnxInput:
@@ -201,8 +196,6 @@ def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     name = top.text("labels")
     if not name:
         return ()
-    from .tasks.labels import read_labels
-
     try:
         labels = tuple(read_labels(folder / name))
     except OSError as exc:
@@ -225,7 +218,8 @@ def _palette(top: SpecReader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
     return tuple((int(c[0]), int(c[1]), int(c[2])) for c in value)
 
 
-def _check_files(top: SpecReader, spec: ModelSpec) -> None:
+def check_files(top: SpecReader, spec: ModelSpec) -> None:
+    """A model needs a ``.rknn`` or an ONNX twin."""
     if not spec.rknn_path.is_file() and not spec.onnx_path.is_file():
         top.fail(
             "",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rkserve.backends import npu_present
-from rkserve.convert.cli import converter_python
+from rkserve.cli.convert import converter_python
 
 DOUBLES = Path(__file__).parent / "doubles"
 

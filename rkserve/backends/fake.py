@@ -31,9 +31,11 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from ..errors import BackendError, ConfigError
+from ..kernels.classify import softmax
+from ..kernels.yolo import output_shapes
 from ..spec import ModelSpec
-from ..tasks.classify import softmax
 from . import TensorSpec
+from .fake_yolo import yolo_outputs
 
 
 class FakeBackend:
@@ -80,9 +82,10 @@ class FakeBackend:
     def _output_shapes(self) -> List[tuple]:
         height, width = self.spec.input_size
         if self.spec.task == "detection":
-            from ..tasks.detection import expected_shapes
-
-            return expected_shapes(self.spec)
+            output = self.spec.detection
+            return output_shapes(
+                output.format, self.classes, self.spec.input_size, output.strides, output.anchors
+            )
         if self.spec.task == "classification":
             return [(1, self.classes)]
         if self.spec.output == "class_map":
@@ -154,8 +157,6 @@ class FakeBackend:
         return [onehot[None]]
 
     def _boxes(self, tensor: np.ndarray) -> List[np.ndarray]:
-        from .fake_yolo import yolo_outputs
-
         rows, cols = np.nonzero(tensor[0].mean(axis=2, dtype=np.float32) > 128)
         boxes = [[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]] if rows.size else []
         winner = int(tensor.sum(dtype=np.uint64)) % self.classes
@@ -196,7 +197,5 @@ def _declared_inputs(spec: ModelSpec) -> List[TensorSpec]:
 
 def _class_count(spec: ModelSpec) -> int:
     if spec.task == "detection":
-        from ..tasks.detection import class_count
-
-        return class_count(spec)
+        return int(spec.detection.classes) or len(spec.labels)
     return len(spec.labels) + spec.label_offset

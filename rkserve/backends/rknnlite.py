@@ -11,8 +11,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..board.rknnfile import read_rknn
 from ..errors import BackendError
-from ..rknnfile import read_rknn
 from ..spec import ModelSpec
 from . import TensorSpec
 

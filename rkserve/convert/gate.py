@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Sequence, 
 
 import numpy as np
 
+from ..kernels.detect import box_iou, postprocess
+from ..kernels.image import Placement
+
 if TYPE_CHECKING:
+    from ..kernels.detect import Detections
     from ..spec import ModelSpec
-    from ..tasks.detect import Detections
 
 Pair = Tuple[str, np.ndarray, np.ndarray]  # (image name, float output, quantized output)
 # (image name, every float output, every quantized output), outputs in the model's order
@@ -173,8 +176,6 @@ def read_boxes(spec: ModelSpec) -> ReadBoxes:
     """A detector's raw outputs → its boxes as the daemon finds them with model.yaml's
     defaults (``output.format``, ``strides``, ``anchors``, ``conf``, ``iou``, ``max_det``),
     in model-input pixels."""
-    from ..tasks.detect import postprocess
-    from ..tasks.image import Placement
 
     output = spec.detection
     height, width = spec.input_size
@@ -200,7 +201,6 @@ def read_boxes(spec: ModelSpec) -> ReadBoxes:
 def match_boxes(want: Detections, got: Detections) -> List[Tuple[int, int, float]]:
     """``(float index, quantized index, IoU)`` pairs: each quantized box, best score first,
     takes the unmatched float box of its class that it overlaps most, if that IoU >= 0.5."""
-    from ..tasks.detect import box_iou
 
     if not len(want) or not len(got):
         return []

@@ -11,7 +11,7 @@ The recipe is the ``convert:`` section of ``model.yaml`` (documented in ``docs/C
 This module validates the recipe; it imports neither rknn-toolkit2 nor onnxruntime, so the
 daemon's environment can use it. The conversion itself is
 :func:`rkserve.convert.flow.convert_model`, which runs inside ``.venv-convert``;
-:mod:`rkserve.convert.cli` gets the command there.
+:mod:`rkserve.cli.convert` gets the command there.
 
 Example::
 
@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from ..spec import ModelSpec
+from .source import source_kind
 
 PLATFORMS = ("rk3566", "rk3568", "rk3588", "rk3576", "rk3562")
 DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
@@ -207,8 +208,6 @@ def _check_onnx_input(spec: ModelSpec) -> None:
 
 def _source(section: _Section, override: Optional[Path]) -> Path:
     """``convert.source`` (default ``onnx.file``) in the model folder, or ``--source``."""
-    from .source import source_kind
-
     if override is not None:
         path, where = Path(override), f"--source {override}"
     else:
@@ -329,7 +328,7 @@ def parse_thresholds(items: Sequence[str]) -> Dict[str, Optional[float]]:
 def list_images(source: Path) -> List[Path]:
     """The images of a folder (sorted) or of a .txt list (one path per line, relative to it).
 
-    In a folder, ``*.mask.png`` files are ground-truth class maps (as :mod:`rkserve.demo`
+    In a folder, ``*.mask.png`` files are ground-truth class maps (as :mod:`tools.demo.shapes`
     writes them beside each sample), not inputs: they are left out.
     """
     if source.is_dir():

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import BadRequest, ConfigError
+from ..kernels import classify
 from ..protocol import show
-from . import classify, vision
+from . import vision
 from .base import Prepared, reject_unknown
 
 if TYPE_CHECKING:

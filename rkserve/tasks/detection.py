@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from ..errors import BadRequest, ConfigError
+from ..kernels import detect, segment
+from ..kernels.yolo import FORMATS, STRIDES, YOLOV5_ANCHORS, explain, output_shapes
 from ..protocol import show
-from . import detect, segment, vision
+from . import vision
 from .base import Prepared, reject_unknown
-from .yolo import DFL_BINS, FORMATS, STRIDES, YOLOV5_ANCHORS, explain
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -168,17 +169,9 @@ def check(spec: ModelSpec, backend: Backend) -> None:
 def expected_shapes(spec: ModelSpec) -> List[Tuple[int, ...]]:
     """The outputs model.yaml describes (yolov8: without score sums)."""
     output: Output = spec.detection
-    classes = class_count(spec)
-    height, width = spec.input_size
-    shapes: List[Tuple[int, ...]] = []
-    for i, stride in enumerate(output.strides):
-        grid = (height // stride, width // stride)
-        if output.format == "yolov5":
-            anchors = len(output.anchors[i]) if output.anchors else 3
-            shapes.append((1, anchors * (5 + classes), *grid))
-        else:
-            shapes += [(1, 4 * DFL_BINS, *grid), (1, classes, *grid)]
-    return shapes
+    return output_shapes(
+        output.format, class_count(spec), spec.input_size, output.strides, output.anchors
+    )
 
 
 def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]]) -> bool:

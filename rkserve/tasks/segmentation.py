@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import BadRequest, ConfigError
+from ..kernels import segment
 from ..protocol import show
-from . import segment, vision
+from . import vision
 from .base import Prepared, reject_unknown
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ import numpy as np
 from ..backends.rknnlite import nhwc
 from ..errors import BadRequest, BadTensor, ConfigError
 from ..protocol import INPUT_DTYPES, Inputs, NamedTensor, encode_tensor, show
+from ..spec import InputSpec, SpecReader
 from .base import Prepared, elapsed_ms, reject_unknown
 
 if TYPE_CHECKING:
@@ -67,7 +68,6 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
 
 
 def _declared(top: SpecReader) -> Tuple[InputSpec, ...]:
-    from ..spec import SpecReader
 
     value = top.data.get("inputs")
     if value is None:
@@ -90,7 +90,6 @@ def _named(key: Any, value: Any) -> Any:
 
 
 def _input_spec(section: SpecReader) -> InputSpec:
-    from ..spec import InputSpec
 
     shape = section.data.get("shape", [])
     if not (

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BadRequest, ConfigError, TooLarge
-from . import image
+from ..kernels import image
+from ..kernels.yolo import explain, read_layout
 from .base import Prepared, elapsed_ms
 
 if TYPE_CHECKING:
@@ -145,7 +146,6 @@ def check_input(spec: ModelSpec, backend: Backend) -> None:
 
 def refuse_detector(spec: ModelSpec, backend: Backend) -> None:
     """A YOLO detector's outputs served as another task: say what the file looks like."""
-    from .yolo import explain, read_layout
 
     outputs = [tuple(t.shape) for t in backend.outputs]
     if read_layout(outputs, spec.input_size) is not None:
