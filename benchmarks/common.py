@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
 from rkserve.client import Client
 from rkserve.errors import RkserveError
 from tools.demo import shapes as demo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_MODELS = ROOT / "models"
 

@@ -293,12 +293,12 @@ def output_shapes(
     input_size: Tuple[int, int],
     strides: Sequence[int] = STRIDES,
     anchors: Optional[Sequence[Sequence[Any]]] = None,
-) -> List[Shape]:
+) -> List[Tuple[int, ...]]:
     """The outputs of a ``format`` export (yolov8: without the score sums) for an input of
     ``input_size`` (height, width): yolov5 ``[1, A*(5+C), H, W]`` per stride, yolov8
     ``[1, 64, H, W]`` and ``[1, C, H, W]`` per stride."""
     height, width = input_size
-    shapes: List[Shape] = []
+    shapes: List[Tuple[int, ...]] = []
     for i, stride in enumerate(strides):
         grid = (height // stride, width // stride)
         if format == "yolov5":

@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterator, Tuple
 import msgpack
 import pytest
 import zmq
-from tests.kernels.test_fuzz_images import bmp_with_size, encode, jpeg_with_size, png_with_size
 
+from tests.kernels.test_fuzz_images import bmp_with_size, encode, jpeg_with_size, png_with_size
 from tools.harness import Daemon, fake_models
 
 MAX_MB = 1

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.daemon.test_fuzz_daemon import rss_kb
 
 from rkserve import memory
 from rkserve.backends.fake import FakeBackend
 from rkserve.tasks import load_spec
+from tests.daemon.test_fuzz_daemon import rss_kb
 from tools.harness import Daemon, fake_models
 
 LEAK = 100_000  # bytes per call, a little over twice RKNNLite's ~42 kB: a clear signal

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.board.test_rknnfile import SYNTHETIC_META, container
 
 from rkserve.errors import BadImage, BadRequest, ModelUnavailable, UnknownModel
 from rkserve.metrics import BUCKETS
+from tests.board.test_rknnfile import SYNTHETIC_META, container
 from tests.boards import (
     AFTER_UPDATE,
     BEFORE_UPDATE,

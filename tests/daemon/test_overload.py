@@ -17,9 +17,9 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+
 from tests.daemon.test_fuzz_daemon import rss_kb
 from tests.kernels.test_fuzz_images import jpeg_with_size
-
 from tools.harness import Daemon, fake_models
 
 LATENCY_MS = 20.0

@@ -13,15 +13,15 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from tests.daemon.test_metrics import board_daemon
-from tests.tasks.test_tasks import YOLOV8_OUTPUTS, labels_file, synthetic_rknn
-from tests.tasks.test_tensor import MULTI_SPEC, demo_inputs, onnxruntime_direct
 
 from rkserve import repository
 from rkserve.errors import BadRequest, BadTensor, ModelUnavailable
 from rkserve.protocol import STAGES, decode_output
 from tests.boards import AFTER_UPDATE, make_board
+from tests.daemon.test_metrics import board_daemon
 from tests.helpers import run_rkserve, shared, write_model
+from tests.tasks.test_tasks import YOLOV8_OUTPUTS, labels_file, synthetic_rknn
+from tests.tasks.test_tensor import MULTI_SPEC, demo_inputs, onnxruntime_direct
 from tools.harness import Daemon
 
 

@@ -11,10 +11,10 @@ from typing import Any, Dict, List, Set
 
 import pytest
 import yaml
-from tests.daemon.test_metrics import Scrape, board_daemon, jpeg, settle, synthetic_model
 
 from rkserve.errors import BadImage
 from tests.boards import AFTER_UPDATE, make_board
+from tests.daemon.test_metrics import Scrape, board_daemon, jpeg, settle, synthetic_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
-from tests import emuboard
 import numpy as np
 import pytest
 
@@ -20,6 +19,7 @@ from rkserve.backends import open_backend
 from rkserve.engine import Engine
 from rkserve.errors import BackendError
 from rkserve.tasks import load_spec
+from tests import emuboard
 from tests.emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, same_answer
 from tests.helpers import MODELS
 from tools.harness import Daemon

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.board.test_rknnfile import SYNTHETIC_META, container
 
 from rkserve import tasks
 from rkserve.backends import open_backend
@@ -18,6 +17,7 @@ from rkserve.errors import BadImage, ConfigError, TooLarge
 from rkserve.kernels import classify, image
 from rkserve.repository import open_engine
 from rkserve.tasks import load_spec
+from tests.board.test_rknnfile import SYNTHETIC_META, container
 from tests.helpers import run_rkserve, shared, write_model
 from tools.harness import fake_models
 

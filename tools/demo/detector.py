@@ -16,11 +16,12 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[2]
 from rkserve.kernels import detect
 from rkserve.kernels.image import Placement, resize, to_onnx_input
 from tools.demo import shapes as demo
 from tools.demo.models import MEAN, OPSET, STD, graph_facts, write_once
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PAD = 0  # letterbox fill: the model zoo's (RGA's) value, so the .rknn sees what it was trained on
 

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-ROOT = Path(__file__).resolve().parents[2]
 from tools.demo import shapes as demo
+
+ROOT = Path(__file__).resolve().parents[2]
 
 OPSET = 13
 MEAN, STD = 127.5, 127.5  # on RGB pixels, outside the graph: model.yaml's onnx.mean/std

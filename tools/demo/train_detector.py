@@ -57,7 +57,6 @@ import onnxruntime as ort
 import torch
 from torch import nn
 from torch.nn import functional as F
-from train_demo_models import ALLOWED_OPS
 
 from tools.demo import shapes as demo
 from tools.demo.detector import (
@@ -70,6 +69,9 @@ from tools.demo.detector import (
     measure,
     write_folder,
 )
+from tools.demo.train_models import ALLOWED_OPS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DET_OPS = ALLOWED_OPS | {"Sigmoid"}
 MAX_BOXES = 8  # per image in a training batch (the generator draws at most 6)

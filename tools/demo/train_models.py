@@ -58,9 +58,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from tools.demo import shapes as demo  # noqa: E402
+from tools.demo import shapes as demo
 from tools.demo.models import (
     MEAN,
     OPSET,
@@ -76,6 +74,8 @@ from tools.demo.models import (
     write_readme,
     write_spec,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ALLOWED_OPS = {
     "Conv", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
