@@ -139,6 +139,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from benchmarks.common import (
-    Daemon,
     Section,
     Target,
     best_ms,
@@ -26,10 +25,12 @@ from benchmarks.common import (
     fake_model,
     jpeg,
     ratio,
+    rkserve_daemon,
     table,
 )
 from rkserve import repository
 from rkserve.loadtest import Plan, Step, run_plan
+from tools.harness import Daemon
 
 # name, task, input size, classes, NPU ms, requests measured per step, warm-up seconds
 MODELS = (
@@ -92,7 +93,7 @@ def run_model(work: Path, model: Tuple[Any, ...], images: Dict[str, bytes]) -> D
     results: Dict[str, Any] = {}
     flags = ("--backend", "fake", "--fake-latency-ms", str(npu_ms), "--queue-size", "32")
     seconds = 1.5 if npu_ms < 50 else 2.5
-    with Daemon(models, *flags) as daemon:
+    with rkserve_daemon(models, *flags) as daemon:
         for label, image in images.items():
             # the serial loop runs just before and after the sweep (the daemon idle), so
             # that both see about the same share of a shared machine
@@ -320,6 +321,6 @@ def _targets(name: str, label: str, npu_ms: float, r: Dict[str, Any]) -> List[Ta
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -18,7 +18,16 @@ import msgpack
 import numpy as np
 import zmq
 
-from benchmarks.common import Daemon, Section, Target, best_ms, fake_model, jpeg, ratio, table
+from benchmarks.common import (
+    Section,
+    Target,
+    best_ms,
+    fake_model,
+    jpeg,
+    ratio,
+    rkserve_daemon,
+    table,
+)
 from rkserve import protocol
 from rkserve.kernels import segment
 
@@ -110,7 +119,7 @@ def reply_sizes(work: Path) -> List[List[Any]]:
     fake_model(work / "seg", "seg", "segmentation", 512, 19)
     images = {f"{w}x{h}": jpeg(work, w, h).read_bytes() for w, h in ((512, 512), (1920, 1080))}
     rows = []
-    with Daemon(work / "seg", "--backend", "fake") as daemon:
+    with rkserve_daemon(work / "seg", "--backend", "fake") as daemon:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.connect(daemon.endpoint)
@@ -192,6 +201,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -82,17 +82,17 @@ class ModelHost:
     def __init__(
         self,
         entry: Entry,
-        engine: Optional[Engine],
-        error: Optional[str],
         state: str,
         queue_size: int,
+        engines: Sequence[Engine] = (),
+        error: Optional[str] = None,
         info: Optional[Dict[str, str]] = None,
-        spares: Sequence[Engine] = (),
     ) -> None:
         self.entry = entry
         self.name = entry.name
-        self.engine = engine  # the first instance; prepare and finish use it (pure CPU work)
-        self.engines: List[Engine] = ([engine] if engine is not None else []) + list(spares)
+        self.engines: List[Engine] = list(engines)  # one per runtime instance (runner)
+        # the first instance; prepare and finish use it (pure CPU work)
+        self.engine: Optional[Engine] = self.engines[0] if self.engines else None
         self.error = error  # why it is not serving, or why its last reload failed
         self.state = state  # one of STATES; written by the loader thread only
         self.queue_size = queue_size
@@ -103,6 +103,23 @@ class ModelHost:
         self._queue: queue.Queue[Optional[Job]] = queue.Queue()
         self._threads: List[threading.Thread] = []
         self._busy: Dict[int, float] = {}  # runner index -> when its current job started
+
+    @classmethod
+    def loading(cls, entry: Entry, queue_size: int) -> ModelHost:
+        """Listed while its first version loads: requests are answered model_unavailable."""
+        return cls(entry, "loading", queue_size)
+
+    @classmethod
+    def unserved(cls, entry: Entry, state: str, error: str, queue_size: int) -> ModelHost:
+        """``failed`` or ``refused``, with the reason shown in ``models`` and ``health``."""
+        return cls(entry, state, queue_size, error=error)
+
+    @classmethod
+    def serving(
+        cls, entry: Entry, engines: Sequence[Engine], info: Dict[str, str], queue_size: int
+    ) -> ModelHost:
+        """Loaded and warmed up: one runner per engine once started."""
+        return cls(entry, "ready", queue_size, engines=engines, info=info)
 
     @property
     def ready(self) -> bool:

@@ -16,16 +16,17 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import zmq
 
 from . import memory, protocol, security
+from .builder import HostBuilder
 from .config import Settings
 from .errors import ModelUnavailable, RkserveError, Unavailable
 from .frontend import Frontend
 from .loader import Loader
-from .metrics import Metrics
+from .metrics import Metrics, ModelState
 from .modelhost import ModelHost
 from .pipeline import Pipeline
 from .systemd import Notifier
@@ -44,7 +45,9 @@ class Server:
         self.ctx = zmq.Context()
         self.frontend = Frontend(settings, self.metrics, self)
         self.pipeline = Pipeline(settings, self.metrics, self.frontend.send)
-        self.loader = Loader(settings, self.metrics, self._start_runner, self._abandon)
+        build = HostBuilder(settings, self.metrics)
+        self.loader = Loader(settings, build, self._start_runner, self._abandon)
+        self.metrics.watch_models(self._model_states)
         self.should_exit = self.force_exit = self.should_reload = False
         self.draining = False
         self.metrics_port: Optional[int] = None
@@ -203,6 +206,11 @@ class Server:
             "status": status,
             "models": models,
         }
+
+    def _model_states(self) -> Iterator[ModelState]:
+        """The model table as the metrics show it (read at scrape time, any thread)."""
+        for host in self.loader.table.hosts.values():
+            yield ModelState(host.name, host.ready, host.info, host.pending)
 
     # the loader's thread ------------------------------------------------------------------
     def _start_runner(self, host: ModelHost) -> None:

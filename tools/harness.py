@@ -1,4 +1,4 @@
-"""Start the real daemon in a subprocess for a test, and stop it."""
+"""The real daemon in a subprocess, for the tests and the benchmarks: start, wait, measure, stop."""
 
 from __future__ import annotations
 
@@ -25,12 +25,24 @@ def free_port() -> int:
 
 
 class Daemon:
-    """``rkserve serve`` on an ipc:// endpoint in ``folder``, metrics on a free port."""
+    """``rkserve serve`` in a subprocess: its endpoint (``ipc://`` in ``folder``, or a free
+    loopback TCP port with ``transport="tcp"``), metrics on a free port, its log in
+    ``folder/daemon.log``. Tests and benchmarks both start the daemon through this class."""
 
     def __init__(
-        self, folder: Path, models: Path, *flags: str, env: Optional[Dict[str, str]] = None
+        self,
+        folder: Path,
+        models: Path,
+        *flags: str,
+        env: Optional[Dict[str, str]] = None,
+        transport: str = "ipc",
     ) -> None:
-        self.endpoint = f"ipc://{folder}/rkserve.sock"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.endpoint = (
+            f"tcp://127.0.0.1:{free_port()}"
+            if transport == "tcp"
+            else f"ipc://{folder}/rkserve.sock"
+        )
         self.metrics_port = free_port()
         self.log_path = folder / "daemon.log"
         self.args = [
@@ -56,15 +68,24 @@ class Daemon:
             **(env or {}),
         }
         self.proc: Optional[subprocess.Popen] = None
+        self.ready_after = 0.0  # seconds from start to serving
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Daemon:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process lifetime
+        started = time.perf_counter()
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT)
         )
         if wait_ready:
             self.wait(lambda h: h["status"] == "serving", timeout)
+            self.ready_after = time.perf_counter() - started
         return self
+
+    def __enter__(self) -> Daemon:
+        return self.start(timeout=120.0) if self.proc is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
     def client(self, **kw: Any) -> Client:
         return Client(self.endpoint, **{"timeout": 10.0, **kw})
@@ -86,7 +107,7 @@ class Daemon:
                     return last
             except RkserveError as exc:
                 last = exc
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise AssertionError(
             f"condition not met within {timeout} s; last health: {last}\n{self.log()}"
         )
@@ -109,6 +130,39 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> str:
+        """``running``, or how it ended and the end of its log."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            return "the daemon is running"
+        return f"the daemon exited with {self.proc.returncode}: {self.log()[-2000:]}"
+
+    # what the process uses, from /proc ------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc/<pid>/status")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon has used so far (all its threads)."""
+        return sum(_stat(self.pid)[11:13]) / os.sysconf("SC_CLK_TCK")
+
+    def minor_faults(self) -> int:
+        """Page faults served without I/O so far: memory mapped in afresh."""
+        return _stat(self.pid)[7]
+
+
+def _stat(pid: int) -> List[int]:
+    """``/proc/PID/stat``'s numeric fields after the command name (field 3 is index 0)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return [int(f) if f.lstrip("-").isdigit() else 0 for f in fields]
 
 
 def fake_models(folder: Path, classes: List[str] = ("a", "b", "c", "d")) -> Path:  # type: ignore[assignment]

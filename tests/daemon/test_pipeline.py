@@ -21,6 +21,7 @@ import pytest
 
 from rkserve import protocol, repository
 from rkserve.backends import open_backend
+from rkserve.builder import HostBuilder
 from rkserve.config import Settings
 from rkserve.engine import Engine, Result
 from rkserve.errors import BackendError, ModelUnavailable
@@ -76,7 +77,7 @@ def parts(tmp_path: Path):
         assert entry.spec is not None
         backend = repository.build_engine(entry.spec, "fake", 16_000_000, latency_ms=latency_ms)
         engine = engine_type(entry.spec, backend.backend)
-        made = ModelHost(entry, engine, None, "ready", settings.queue_size)
+        made = ModelHost.serving(entry, [engine], {}, settings.queue_size)
         hosts.append(made)
         return made
 
@@ -160,7 +161,10 @@ def test_a_job_queued_behind_a_wedged_runner_is_answered_when_its_version_retire
     pipeline.admit([b"b"], request(2), {"cls": host})  # slipped past the ready check
     settings = Settings(models_dir=str(host.entry.folder.parent), drain_timeout_s=0.3)
     loader = Loader(
-        settings, pipeline.metrics, lambda h: None, lambda h, e: pipeline.fail_all(e, h)
+        settings,
+        HostBuilder(settings, pipeline.metrics),
+        lambda h: None,
+        lambda h, e: pipeline.fail_all(e, h),
     )
     loader._retire(host)  # replaced by a fresh version
     replies.wait(2, timeout=5.0)
@@ -192,7 +196,7 @@ def test_the_budget_charged_for_named_inputs_covers_their_peak(tmp_path):
     tracemalloc.stop()
     sent = first.nbytes + second.nbytes
     pipeline = Pipeline(Settings(), Metrics(tmp_path), Replies())
-    host = ModelHost(repository.load_entry(folder), engine, None, "ready", 8)  # no runner
+    host = ModelHost.serving(repository.load_entry(folder), [engine], {}, 8)  # no runner
     request = protocol.Request(id=1, op="infer", model="multi", inputs=inputs)
     pipeline.admit([b"peer"], request, {"multi": host})
     charged = pipeline.held

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from rkserve import repository
+from rkserve.builder import HostBuilder, core_masks
 from rkserve.config import Settings
 from rkserve.errors import ModelUnavailable
 from rkserve.loader import Loader
@@ -93,7 +94,8 @@ def test_a_reload_asked_for_as_a_pass_ends_is_never_lost(tmp_path, monkeypatch):
     sys.setswitchinterval(1e-6)  # switch threads as often as possible: widen every race
     threading.setprofile(slow)  # threads started from now on: the loader's
     settings = Settings(models_dir=str(tmp_path), backend="fake")
-    loader = Loader(settings, Metrics(tmp_path), lambda host: None, lambda host, error: None)
+    build = HostBuilder(settings, Metrics(tmp_path))
+    loader = Loader(settings, build, lambda host: None, lambda host, error: None)
     try:
         loader.start()
         for attempt in range(100):
@@ -230,7 +232,6 @@ def test_instances_serve_a_model_in_parallel(tmp_path):
 
 def test_each_instance_gets_its_own_core_only_on_a_multi_core_npu():
     from rkserve.board.probes import npu_cores
-    from rkserve.loader import core_masks
 
     assert [npu_cores(s) for s in ("rk3588", "rk3588s", "rk3576", "rk3568", "rk3566", None)] == [
         3,
