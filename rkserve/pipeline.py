@@ -135,17 +135,19 @@ class Pipeline:
             host.release()  # its version was retired meanwhile: no runner will take it
             self.fail(job, host.unavailable())
 
-    def _prepared(self, job: Job) -> bool:
-        """Decode and preprocess; False when the job was answered instead."""
+    def _prepared(self, job: Job, on_runner: bool = False) -> bool:
+        """Decode and preprocess (on a CPU worker, or on the runner that took the job idle);
+        False when the job was answered instead."""
         host = job.host
         try:
             if job.expired():
-                raise job.deadline_error("a CPU worker")
+                raise job.deadline_error("the NPU" if on_runner else "a CPU worker")
             assert host.engine is not None
             job.prepared = host.engine.prepare(job.request.input, job.params)
             return True
         except Exception as exc:
-            host.release()
+            if not on_runner:
+                host.release()  # a runner released it as it took it; a worker did not
             self.fail(job, reply_error(exc, f"model {host.name}: preprocessing"))
             return False
 
@@ -161,7 +163,7 @@ class Pipeline:
     def _step(self, host: ModelHost, job: Job, engine: Engine) -> None:
         if job.answered or self.stopped:
             return
-        if job.prepared is None and not self._prepared_on_runner(job):
+        if job.prepared is None and not self._prepared(job, on_runner=True):
             return
         if job.expired():
             self.fail(job, job.deadline_error("the NPU"))
@@ -181,17 +183,6 @@ class Pipeline:
             self.pool.submit(self._finish, job, outputs)
         except RuntimeError:  # the pool stopped under us: the drain answers the job
             self.fail(job, Unavailable("the server stopped before this request finished"))
-
-    def _prepared_on_runner(self, job: Job) -> bool:
-        try:
-            if job.expired():
-                raise job.deadline_error("the NPU")
-            assert job.host.engine is not None
-            job.prepared = job.host.engine.prepare(job.request.input, job.params)
-            return True
-        except Exception as exc:
-            self.fail(job, reply_error(exc, f"model {job.host.name}: preprocessing"))
-            return False
 
     @staticmethod
     def _cheap(job: Job, outputs: Sequence[np.ndarray]) -> bool:

@@ -275,7 +275,8 @@ def _write_reports(
     markdown.parent.mkdir(parents=True, exist_ok=True)
     if accepted:
         (output.parent / REFUSED_NAME).unlink(missing_ok=True)
-    markdown.write_text(render_markdown(report, spec.labels, spec.label_offset), encoding="utf-8")
+    offset = getattr(spec.task_config, "label_offset", 0)  # a classifier's
+    markdown.write_text(render_markdown(report, spec.labels, offset), encoding="utf-8")
     if json_report is not None:
         write_json(report, json_report)
     return markdown

@@ -47,7 +47,8 @@ def measure(spec: ModelSpec, named: Sequence[Named]) -> Tuple[Rows, Dict[str, fl
     pairs: List[Pair] = [(name, ref[0], out[0]) for name, ref, out in named]
     if spec.task == "classification":
         return compare_classification(pairs)
-    return compare_segmentation(pairs, spec.output_layout, spec.output != "class_map")
+    config = spec.task_config
+    return compare_segmentation(pairs, config.layout, config.kind != "class_map")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -177,7 +178,7 @@ def read_boxes(spec: ModelSpec) -> ReadBoxes:
     defaults (``output.format``, ``strides``, ``anchors``, ``conf``, ``iou``, ``max_det``),
     in model-input pixels."""
 
-    output = spec.detection
+    output = spec.task_config
     height, width = spec.input_size
     placement = Placement(1.0, 1.0, 0, 0, width, height)
 

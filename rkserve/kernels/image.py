@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -275,3 +275,11 @@ def to_onnx_input(
     if layout == "nchw":
         tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
     return tensor[None]
+
+
+def nhwc(shape: Sequence[int]) -> Tuple[int, ...]:
+    """The runtime's NHWC view of an input the toolkit recorded as NCHW ``[1,C,H,W]``."""
+    shape = tuple(shape)
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+        return (shape[0], shape[2], shape[3], shape[1])
+    return shape

@@ -212,8 +212,9 @@ def test_classifier_shapes_match_spec(shapes: Tuple[ModelSpec, Any]) -> None:
 def test_segmenter_shapes_match_spec(shapes_seg: Tuple[ModelSpec, Any]) -> None:
     spec, session = shapes_seg
     assert spec.task == "segmentation" and spec.labels == demo.SEG_CLASSES
-    assert spec.output == "logits" and spec.output_layout == "nchw"
-    assert spec.palette is not None and len(spec.palette) == len(spec.labels)
+    assert spec.task_config.kind == "logits" and spec.task_config.layout == "nchw"
+    assert spec.task_config.palette is not None
+    assert len(spec.task_config.palette) == len(spec.labels)
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert inp.name == "input" and inp.type == "tensor(float)"
     assert inp.shape == [1, 3, *spec.input_size] == [1, 3, 128, 128]

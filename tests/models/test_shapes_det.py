@@ -43,7 +43,7 @@ def test_model_files() -> None:
     spec = load_spec(FOLDER)
     assert spec.task == "detection" and spec.labels == demo.CLASSES
     assert spec.resize == "letterbox" and spec.pad == 0 and spec.input_size == (160, 160)
-    assert spec.detection.format == "yolov8" and spec.detection.strides == (8, 16, 32)
+    assert spec.task_config.format == "yolov8" and spec.task_config.strides == (8, 16, 32)
     assert spec.onnx_path.stat().st_size < 1_500_000
     calib = sorted((FOLDER / "calib").iterdir())
     assert len(calib) == 20 and all(p.suffix == ".jpg" for p in calib)

@@ -21,7 +21,7 @@ from rkserve import repository
 from rkserve.errors import BadRequest, ConfigError
 from rkserve.kernels import detect
 from rkserve.tasks import load_spec
-from rkserve.tasks.detection import Output
+from rkserve.tasks.detection import Config
 from tests.onnx_detector import square_image, write_detector
 from tools.harness import ROOT, Daemon
 
@@ -77,13 +77,13 @@ def engine(models: Path):
 
 def test_spec_defaults(tmp_path: Path) -> None:
     spec = load_spec(model_folder(tmp_path))
-    assert spec.detection == Output("yolov8", 0, (8, 16, 32), None, 0.25, 0.45, 100)
+    assert spec.task_config == Config("yolov8", 0, (8, 16, 32), None, 0.25, 0.45, 100)
     assert (spec.resize, spec.pad) == ("letterbox", 0)
     v5 = load_spec(model_folder(tmp_path, "v5", with_output(format="yolov5")))
-    assert v5.detection.anchors[2] == ((116.0, 90.0), (156.0, 198.0), (373.0, 326.0))
+    assert v5.task_config.anchors[2] == ((116.0, 90.0), (156.0, 198.0), (373.0, 326.0))
     flat = list(range(1, 19))
     custom = load_spec(model_folder(tmp_path, "v7", with_output(format="yolov5", anchors=flat)))
-    assert custom.detection.anchors[1] == ((7.0, 8.0), (9.0, 10.0), (11.0, 12.0))
+    assert custom.task_config.anchors[1] == ((7.0, 8.0), (9.0, 10.0), (11.0, 12.0))
 
 
 @pytest.mark.parametrize(
@@ -464,7 +464,7 @@ def test_the_demo_detectors_outputs_give_the_zoos_boxes(tmp_path: Path) -> None:
 
     folder = demo_detector()
     engine = repository.open_engine(folder.parent, folder.name, backend="onnx")
-    output = engine.spec.detection
+    output = engine.spec.task_config
     samples = sorted((folder / "samples").glob("*.jpg"))
     assert samples
     for sample in samples:

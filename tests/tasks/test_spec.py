@@ -28,7 +28,7 @@ def test_good_spec_and_defaults(tmp_path):
     spec = load_spec(_folder(tmp_path, GOOD))
     assert spec.name == "m" and spec.input_size == (16, 24) and spec.color == "bgr"
     assert spec.onnx.mean == (127.5,) * 3 and spec.onnx.std == (1.0, 2.0, 3.0)
-    assert spec.output == "logits" and spec.resize == "stretch" and spec.labels == ()
+    assert spec.task_config.kind == "logits" and spec.resize == "stretch" and spec.labels == ()
 
 
 @pytest.mark.parametrize(
