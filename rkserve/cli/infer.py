@@ -247,13 +247,15 @@ def _result_text(image: str, reply: Any) -> str:
         ]
         if len(rows) == 1:
             return head + "\nno detections"
-    else:
+    elif reply.task == "segmentation":
         head += f", {reply.result['width']}x{reply.result['height']}"
         rows = [("INDEX", "PIXELS", "RATIO", "LABEL")]
         rows += [
             (str(c["index"]), str(c["pixels"]), f"{c['ratio']:.3f}", c["label"])
             for c in reply.classes
         ]
+    else:  # a task without a table of its own: its result as JSON
+        return head + "\n" + json.dumps(_jsonable(reply.result), indent=2)
     return head + "\n" + table(rows)
 
 

@@ -22,6 +22,7 @@ def _options_used(script: str) -> List[str]:
     return used
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("script", ["deploy/install.sh", "deploy/push"])
 def test_documented_options_exist(script: str) -> None:
     used = _options_used(script)

@@ -59,6 +59,7 @@ def site(tmp_path: Path) -> Path:
     return write_lite2(tmp_path / "site", "2.3.0")
 
 
+@pytest.mark.process
 def test_updated_board_passes_with_warnings(tmp_path: Path, site: Path) -> None:
     root = make_board(tmp_path, **AFTER_UPDATE)
     models = tmp_path / "models"
@@ -77,6 +78,7 @@ def test_updated_board_passes_with_warnings(tmp_path: Path, site: Path) -> None:
     assert report["summary"][WARN] == 1 and report["summary"][FAIL] == 0
 
 
+@pytest.mark.process
 def test_old_runtime_refuses_new_model(tmp_path: Path, site: Path) -> None:
     root = make_board(tmp_path, **BEFORE_UPDATE)
     models = tmp_path / "models"
@@ -91,6 +93,7 @@ def test_old_runtime_refuses_new_model(tmp_path: Path, site: Path) -> None:
     assert "Invalid RKNN model version 6" in detail
 
 
+@pytest.mark.process
 def test_table_and_strict(tmp_path: Path, site: Path) -> None:
     root = make_board(tmp_path, **AFTER_UPDATE)
     args = ["--root", str(root), "--models", str(tmp_path / "none")]
@@ -107,6 +110,7 @@ def test_table_and_strict(tmp_path: Path, site: Path) -> None:
     assert "FAIL    board: driver" in strict.stdout
 
 
+@pytest.mark.process
 def test_without_lite2_or_librknnrt_fails(tmp_path: Path) -> None:
     root = make_board(tmp_path, **AFTER_UPDATE)
     missing_lite2 = doctor("--root", str(root), "--models", str(tmp_path / "none"), "--json")
@@ -120,6 +124,7 @@ def test_without_lite2_or_librknnrt_fails(tmp_path: Path) -> None:
     assert found["board"]["librknnrt_path"] == "/opt/rk/librknnrt.so"
 
 
+@pytest.mark.process
 def test_real_models_on_rk3568(tmp_path: Path, site: Path) -> None:
     root = make_board(tmp_path, **AFTER_UPDATE)
     models = tmp_path / "models"

@@ -500,6 +500,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return run_rkserve("inspect", *args, timeout=60)
 
 
+@pytest.mark.process
 def test_cli_text() -> None:
     path = shared_file("rockchip/multiple_input_demo_RK3566_RK3568_tk1.6.2.rknn")
     done = run_cli(str(path))
@@ -510,6 +511,7 @@ def test_cli_text() -> None:
     assert "[1, 1, 128, 128]" in done.stdout and "[1, 8, 128, 128]" in done.stdout
 
 
+@pytest.mark.process
 def test_cli_json() -> None:
     paths = [shared_file(rel) for rel in sorted(EXPECTED)]
     done = run_cli("--json", *map(str, paths))
@@ -519,6 +521,7 @@ def test_cli_json() -> None:
     assert listed == [{**read_rknn(p).to_dict(), "custom_ops": list(custom_ops(p))} for p in paths]
 
 
+@pytest.mark.process
 def test_cli_bad_file_fails_but_reports_the_others(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.rknn", tmp_path / "bad.onnx"
     good.write_bytes(container(6, flatbuffer(SYNTHETIC_STRINGS)))

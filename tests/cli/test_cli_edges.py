@@ -21,6 +21,8 @@ import pytest
 
 from tools.harness import ROOT, Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 
 def rkserve(*args: str, shell_tail: str = "") -> Tuple[int, str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

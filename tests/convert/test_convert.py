@@ -311,6 +311,7 @@ def _has_toolkit() -> bool:
     return subprocess.run(probe, capture_output=True, text=True).stdout.strip() == "True"
 
 
+@pytest.mark.process
 def test_reexec_runs_the_converter_python_with_the_same_arguments(tmp_path):
     if _has_toolkit():
         pytest.skip("rknn-toolkit2 is importable here: no re-exec to test")
@@ -328,6 +329,7 @@ def test_reexec_runs_the_converter_python_with_the_same_arguments(tmp_path):
     assert f"running under {fake}" in done.stderr
 
 
+@pytest.mark.process
 def test_missing_converter_environment_says_how_to_make_it(tmp_path):
     if _has_toolkit():
         pytest.skip("rknn-toolkit2 is importable here: no re-exec to test")
@@ -369,6 +371,7 @@ def _mobilenet(tmp_path: Path, convert: Dict[str, Any]) -> Path:
     return write_model(tmp_path / "mobilenet_v2", spec, onnx=onnx, labels=labels)
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_mobilenet_v2_converts_and_agrees_with_float(tmp_path, converter):
@@ -393,6 +396,7 @@ def test_mobilenet_v2_converts_and_agrees_with_float(tmp_path, converter):
     assert "| bell.jpg | 494 chime" in markdown
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_a_wrong_std_is_refused_and_writes_no_model(tmp_path, converter):
@@ -405,6 +409,7 @@ def test_a_wrong_std_is_refused_and_writes_no_model(tmp_path, converter):
     assert "Verdict: **REFUSED**" in (folder / "conversion_report.refused.md").read_text()
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_hybrid_fp16_layers_build_and_typos_are_named(tmp_path, converter):
@@ -426,6 +431,7 @@ def test_hybrid_fp16_layers_build_and_typos_are_named(tmp_path, converter):
     assert not (typo / "model.rknn").exists()
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_deeplabv3_segmentation_converts_with_the_default_gate(tmp_path, converter):
@@ -463,6 +469,7 @@ def _demo(name: str) -> Path:
     return folder
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shapes-seg", "shapes-det"])  # shapes: test_convert_sources
@@ -486,6 +493,7 @@ def test_demo_models_convert_with_their_recipe(tmp_path, converter, name):
     assert gate and all(report["metrics"][k[len("min_") :]] >= v for k, v in gate.items())
 
 
+@pytest.mark.process
 @pytest.mark.convert
 def test_a_model_folder_given_relative_to_the_working_directory_converts(tmp_path, converter):
     # the toolkit session runs in a temporary folder: paths from the command line must not

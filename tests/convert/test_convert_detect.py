@@ -203,6 +203,7 @@ def _detector_folder(root: Path, onnx: Path, convert: Dict[str, Any]) -> Path:
     return folder
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_a_detector_converts_behind_the_detection_gate(tmp_path, detector_onnx):
@@ -230,6 +231,7 @@ def test_a_detector_converts_behind_the_detection_gate(tmp_path, detector_onnx):
     assert "| 0 red, 1 green, 2 blue |" in markdown
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_a_detector_below_the_thresholds_is_refused(tmp_path, detector_onnx):
@@ -244,6 +246,7 @@ def test_a_detector_below_the_thresholds_is_refused(tmp_path, detector_onnx):
     assert "Verdict: **REFUSED**" in refused and "**FAIL**" in refused
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_constant_outputs_dropped_by_the_toolkit_are_named_and_leave_no_files(tmp_path, converter):

@@ -174,6 +174,7 @@ def torch_files(converter, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.parametrize(
     "name,size,words",
@@ -257,6 +258,7 @@ def from_pt(converter, tmp_path_factory) -> Tuple[Path, Dict[str, Any]]:
     return _convert_demo(tmp_path_factory.mktemp("pt"), "model.pt")
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_demo_classifier_converts_alike_from_pt_and_onnx(from_onnx, from_pt):
@@ -284,6 +286,7 @@ def test_demo_classifier_converts_alike_from_pt_and_onnx(from_onnx, from_pt):
     assert "onnx_twin" not in onnx  # an ONNX source is its own twin
 
 
+@pytest.mark.process
 @pytest.mark.convert
 @pytest.mark.slow
 def test_onnx_twin_from_pt_serves_like_the_committed_model(from_pt, tmp_path):

@@ -45,6 +45,7 @@ def request(n: int, model: str, image: bytes, **params: object) -> bytes:
     return msgpack.packb(message)
 
 
+@pytest.mark.process
 def test_a_client_that_stops_reading_cannot_grow_the_daemon_past_its_reply_bound(tmp_path):
     """Before: 60 raw 2000x2000 masks (4 MB each) to a client that never reads stayed in the
     ROUTER's queue for that client (1,000 messages deep): +240 MB, and more without end."""
@@ -93,6 +94,7 @@ def flood(rogue: zmq.Socket, image: bytes, first: int, pid: int) -> int:
     return rss_kb(pid)
 
 
+@pytest.mark.process
 def test_images_in_flight_are_held_to_the_memory_budget(tmp_path):
     """16 clients send a 4000x4000 JPEG for segmentation with an overlay at once, with a
     four-core board's settings. Before: 967 MB peak, 135 MB over SECURITY.md's bound; now
@@ -157,6 +159,7 @@ def low_soft_limit():
     return wrap
 
 
+@pytest.mark.process
 def test_two_thousand_silent_connections_do_not_lock_a_client_out(tmp_path, low_soft_limit):
     """Before: under the default soft limit of 1,024 descriptors, ~1,012 connections that
     finished the handshake and went silent left every other client without a reply."""
@@ -185,6 +188,7 @@ def test_two_thousand_silent_connections_do_not_lock_a_client_out(tmp_path, low_
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.process
 def test_heartbeats_cut_connections_that_stop_answering(tmp_path):
     d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake")
     d.args += ["--heartbeat-s", "0.5"]
@@ -214,6 +218,7 @@ def test_the_unit_raises_the_descriptor_limit():
     assert "\nLimitNOFILE=16384\n" in unit
 
 
+@pytest.mark.process
 def test_status_replies_a_client_does_not_read_are_held_to_the_reply_bound(tmp_path):
     """``models`` replies grow with the repository (here 100 kB each); before, they left
     outside the byte count, so a client sending ``models`` without reading held
@@ -242,6 +247,7 @@ def test_status_replies_a_client_does_not_read_are_held_to_the_reply_bound(tmp_p
         assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 def test_a_message_of_many_frames_is_refused_not_echoed(tmp_path):
     """Before: a message of 100,000 empty frames and a health request was answered with
     its 100,000 frames echoed back (the frontend busy about half a second with each)."""
@@ -285,6 +291,7 @@ while time.monotonic() < until:
 """
 
 
+@pytest.mark.process
 def test_sigterm_is_honoured_during_a_flood_that_never_lets_the_queue_empty(tmp_path):
     """Two processes send junk as fast as they can for 30 s. Before: the frontend read as
     long as requests were waiting, so SIGTERM (and SIGHUP, and the watchdog's pings) waited

@@ -20,6 +20,8 @@ from rkserve.protocol import STAGES
 from tests.helpers import MODELS, shared, write_model
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 RNG = np.random.default_rng(7)
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 
 class NotifySocket:
     def __init__(self, path) -> None:

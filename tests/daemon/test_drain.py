@@ -20,6 +20,8 @@ import zmq
 
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 REQUESTS = 16
 
 

@@ -27,6 +27,8 @@ from rkserve.errors import BackendError, ModelUnavailable
 from tests.helpers import DATA, shared
 from tools.harness import Daemon, fake_models, free_port
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 CLS = np.zeros((32, 32, 3), np.uint8)
 SEG = np.zeros((16, 16, 3), np.uint8)
 

@@ -20,6 +20,8 @@ import zmq
 from tests.kernels.test_fuzz_images import bmp_with_size, encode, jpeg_with_size, png_with_size
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 MAX_MB = 1
 LIMIT = MAX_MB * 1024 * 1024
 CODES = {

@@ -48,6 +48,7 @@ def rss_growth_mb(tmp_path: Path, gc_every: int) -> float:
         assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 def test_the_guard_keeps_memory_flat_and_without_it_memory_grows(tmp_path):
     guarded = rss_growth_mb(tmp_path / "guarded", 16)
     unguarded = rss_growth_mb(tmp_path / "unguarded", 0)
@@ -111,6 +112,7 @@ def test_gc_every_0_turns_the_guard_off():
     assert guard.collections == 0 and guard.calls == 0
 
 
+@pytest.mark.process  # ctypes.util.find_library runs ldconfig
 def test_pinning_the_mmap_threshold_is_harmless_and_respects_the_environment(monkeypatch):
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
     assert memory.pin_mmap_threshold() is False

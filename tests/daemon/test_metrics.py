@@ -35,6 +35,8 @@ from tests.boards import (
 from tests.helpers import write_model
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 Labels = FrozenSet[Tuple[str, str]]
 LITE2 = "2.3.0"  # the rknn-toolkit-lite2 "installed" beside the double
 

@@ -22,6 +22,8 @@ from tests.daemon.test_fuzz_daemon import rss_kb
 from tests.kernels.test_fuzz_images import jpeg_with_size
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 LATENCY_MS = 20.0
 CAPACITY = 1000.0 / LATENCY_MS  # requests/s through the model's one NPU runner
 CLIENTS = 32

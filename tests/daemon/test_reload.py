@@ -30,6 +30,7 @@ CLS = np.zeros((32, 32, 3), np.uint8)
 SEG = np.zeros((16, 16, 3), np.uint8)
 
 
+@pytest.mark.process
 def test_models_are_listed_as_loading_and_answer_model_unavailable_while_they_load(tmp_path):
     """Before: `models` was empty until every model had loaded, and infer answered
     `unknown_model` (permanent, per PROTOCOL.md) to clients of a restarting daemon."""
@@ -53,6 +54,7 @@ def test_models_are_listed_as_loading_and_answer_model_unavailable_while_they_lo
         assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 def test_a_model_whose_load_crashes_fails_alone(tmp_path):
     """Before: an error that is not rkserve's own while loading one model (here numpy's
     MemoryError for a 3.6 TB warm-up tensor) ended the whole pass: the models after it
@@ -113,6 +115,7 @@ def test_a_reload_asked_for_as_a_pass_ends_is_never_lost(tmp_path, monkeypatch):
         loader.stop(timeout=1.0)
 
 
+@pytest.mark.process
 def test_sighup_reloads_a_changed_labels_file(tmp_path):
     """Before: labels.txt was not part of the fingerprint: SIGHUP did nothing."""
     models = fake_models(tmp_path / "models")
@@ -145,6 +148,7 @@ def demo_copy(folder: Path, name: str) -> Path:
     return folder
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "name,labels,state,words",
     [
@@ -169,13 +173,14 @@ def test_a_labels_file_that_does_not_fit_the_model_is_refused_with_its_reason(
         assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("backend", ["onnx", "fake"])
 def test_rss_growth_per_reload_is_bounded(tmp_path, backend):
     """Ten models, every file changed before each of 8 reloads. Before, with ONNX: +27 MB
     per reload of 30 models without levelling off (a new loader thread per pass, each with
     its own malloc heap, loaded every new version before closing any old one). Now one
     thread loads, one model at a time, and RSS levels off (docs/RELIABILITY.md). RKNNLite:
-    tests/test_emulated_daemon.py."""
+    tests/emulated/test_emulated_daemon.py."""
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
     models = tmp_path / "models"
@@ -204,6 +209,7 @@ def test_rss_growth_per_reload_is_bounded(tmp_path, backend):
         assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 def test_instances_serve_a_model_in_parallel(tmp_path):
     """`instances: 3` (an RK3588's three NPU cores): three requests run at once."""
     models = fake_models(tmp_path / "models")

@@ -31,6 +31,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return run_rkserve(*args, timeout=timeout)
 
 
+@pytest.mark.process
 def test_keys_writes_a_0600_secret_whatever_the_umask(tmp_path):
     folder = tmp_path / "keys"
     old = os.umask(0)  # the child inherits it: the worst case
@@ -118,6 +119,7 @@ def refused(endpoint: str, curve: Any, seconds: float = 1.5) -> bool:
     return False
 
 
+@pytest.mark.process
 def test_an_allowed_client_is_served_and_unknown_ones_get_nothing(curve_daemon, pki):
     with curve_daemon.client() as alice:
         assert alice.health()["ready"]
@@ -154,6 +156,7 @@ def wait_until(condition: Any, timeout: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.process
 def test_sighup_reloads_the_allow_list(curve_daemon, pki):
     shutil.copy(pki["dir"] / "bob.key", pki["clients"])
     curve_daemon.signal(signal.SIGHUP)
@@ -170,6 +173,7 @@ def test_sighup_reloads_the_allow_list(curve_daemon, pki):
     assert "CURVE on: 2 allowed client keys" in curve_daemon.log()
 
 
+@pytest.mark.process
 def test_a_broken_allow_list_on_reload_keeps_the_previous_one(curve_daemon, pki):
     (pki["clients"] / "broken.key").write_text("metadata\ncurve\n")  # no public-key line
     curve_daemon.signal(signal.SIGHUP)
@@ -178,6 +182,7 @@ def test_a_broken_allow_list_on_reload_keeps_the_previous_one(curve_daemon, pki)
         assert alice.health()["live"]
 
 
+@pytest.mark.process
 def test_the_client_cli_takes_key_files(curve_daemon, pki):
     keys = pki["dir"]
     common = ["health", "--endpoint", curve_daemon.endpoint, "--timeout", "2"]
@@ -195,6 +200,7 @@ def test_the_client_cli_takes_key_files(curve_daemon, pki):
     assert half.returncode == 1 and "go together" in half.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "flags,words",
     [

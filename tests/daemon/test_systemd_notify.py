@@ -199,6 +199,7 @@ def test_socket_gone_never_raises_and_logs_once(
     notifier.close()
 
 
+@pytest.mark.process
 def test_a_real_process_matches_watchdog_pid(receiver: Tuple[socket.socket, str]) -> None:
     """The shell execs Python, so WATCHDOG_PID=$$ is the notifying process, as under systemd."""
     sock, path = receiver

@@ -52,6 +52,7 @@ def onnx_daemon(tmp_path_factory):
     assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 def test_tensor_reply_equals_onnxruntime_and_the_engine(onnx_daemon):
     first, second = demo_inputs()
     expected = onnxruntime_direct(first, second)
@@ -67,6 +68,7 @@ def test_tensor_reply_equals_onnxruntime_and_the_engine(onnx_daemon):
     assert by_name.result == local.infer([first, second]).result
 
 
+@pytest.mark.process
 def test_models_describe_tensor_inputs(onnx_daemon):
     with onnx_daemon.client() as client:
         listed = {m["name"]: m for m in client.models()}
@@ -100,6 +102,7 @@ def tensor(array, name=None):
     return t if name is None else {"name": name, **t}
 
 
+@pytest.mark.process
 def test_bad_tensor_requests_each_get_a_specific_error(onnx_daemon):
     first, second = demo_inputs()
     nan = np.full((1, 128, 128, 3), np.nan, np.float32)
@@ -140,6 +143,7 @@ def test_bad_tensor_requests_each_get_a_specific_error(onnx_daemon):
         assert out.shape == (1, 8, 128, 128)
 
 
+@pytest.mark.process
 def test_nan_in_a_float_input_is_refused(tmp_path):
     spec = {"task": "tensor", "inputs": [{"name": "x", "shape": [1, 3], "dtype": "float32"}]}
     models = tmp_path / "models"
@@ -155,6 +159,7 @@ def test_nan_in_a_float_input_is_refused(tmp_path):
         assert d.stop() == 0, d.log()
 
 
+@pytest.mark.process
 def test_misdeclared_segmenter_refused_with_its_reason_everywhere(onnx_daemon):
     reason = "labels: 20 labels but the model scores 21 classes (output [1, 21, 257, 257]"
     health = onnx_daemon.health()
@@ -171,6 +176,7 @@ def test_misdeclared_segmenter_refused_with_its_reason_everywhere(onnx_daemon):
         client.segment("deeplab20", b"x")
 
 
+@pytest.mark.process
 def test_cli_infer_tensor_writes_npy_outputs(onnx_daemon, tmp_path):
     first, second = demo_inputs()
     np.save(tmp_path / "a.npy", first)
@@ -197,6 +203,7 @@ def test_cli_infer_tensor_writes_npy_outputs(onnx_daemon, tmp_path):
     assert done.returncode == 1 and "not a readable .npy array" in done.stderr
 
 
+@pytest.mark.process
 def test_bench_tensor_on_a_tensor_model(onnx_daemon, tmp_path):
     report = tmp_path / "bench.json"
     done = run_rkserve(
@@ -217,6 +224,7 @@ def test_bench_tensor_on_a_tensor_model(onnx_daemon, tmp_path):
     ]
 
 
+@pytest.mark.process
 def test_crop_classifier_over_the_daemon_matches_the_engine(onnx_daemon):
     bell = shared("images", "bell.jpg").read_bytes()
     local = repository.open_engine(onnx_daemon.args[5], "mobilenet", backend="onnx")
@@ -226,6 +234,7 @@ def test_crop_classifier_over_the_daemon_matches_the_engine(onnx_daemon):
     assert remote.result == local.infer(bell, {"top_k": 5}).result
 
 
+@pytest.mark.process
 def test_every_shape_on_the_board_double(tmp_path):
     board = make_board(tmp_path, soc="rk3568", **AFTER_UPDATE)
     models = tmp_path / "models"

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 REPO = Path(__file__).resolve().parents[2]
 TREE = (
     "etc/rkserve/rkserve.env",

@@ -57,6 +57,7 @@ def queries(board: Dict[str, Any]) -> List[str]:
     return found
 
 
+@pytest.mark.process
 def test_every_metric_the_dashboard_queries_is_exposed(scraped: Scrape) -> None:
     names = {name for query in queries(dashboard()) for name in METRIC_NAME.findall(query)}
     assert len(names) >= 10
@@ -144,6 +145,7 @@ def test_prometheus_config_scrapes_boards_and_labels_them() -> None:
     assert board_label("line-2-camera", "10.0.0.17:9464") == "line-2-camera"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) not installed")
 def test_promtool_accepts_the_config() -> None:
     result = subprocess.run(
@@ -154,6 +156,7 @@ def test_promtool_accepts_the_config() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.process
 def test_metrics_doc_names_exactly_what_the_daemon_exposes(scraped: Scrape) -> None:
     text = (ROOT / "docs" / "METRICS.md").read_text(encoding="utf-8")
     documented = set(METRIC_NAME.findall(text))

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 REPO = Path(__file__).resolve().parents[2]
 PUSH = REPO / "deploy" / "push"
 

@@ -81,6 +81,7 @@ needs_analyze = pytest.mark.skipif(
 )
 
 
+@pytest.mark.process
 @needs_analyze
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     root = _fake_root(tmp_path)
@@ -90,6 +91,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     assert result.stderr == "" and result.stdout == ""
 
 
+@pytest.mark.process
 @needs_analyze
 def test_verify_catches_what_this_test_relies_on(tmp_path: Path) -> None:
     """The check above can fail: a misspelt key and a missing binary are both reported."""

@@ -24,7 +24,7 @@ from tests.emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, same_
 from tests.helpers import MODELS
 from tools.harness import Daemon
 
-pytestmark = pytest.mark.emulated
+pytestmark = [pytest.mark.emulated, pytest.mark.process]
 
 LITE2 = "2.3.0"  # the seed board's release; the backend tests cover every release
 SAMPLES = 3  # images per demo model

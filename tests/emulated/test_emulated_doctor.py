@@ -45,6 +45,7 @@ def host_doctor(tmp_path: Path, versions: Dict[str, Any]) -> Dict[str, Any]:
     return json.loads(done.stdout)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "name,versions", [("rk3568-seed", BEFORE_UPDATE), ("rk3568", AFTER_UPDATE)]
 )

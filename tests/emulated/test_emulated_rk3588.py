@@ -139,6 +139,7 @@ def overlapping(trace: str) -> int:
     return most
 
 
+@pytest.mark.process
 def test_the_daemon_runs_one_instance_per_core_on_an_rk3588(tmp_path: Path):
     if "instances" not in {f.name for f in dataclasses.fields(ModelSpec)}:
         pytest.skip("model.yaml `instances` (one runner per NPU core) is not in this tree")

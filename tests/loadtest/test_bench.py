@@ -56,6 +56,7 @@ def bench(daemon, tmp_path, *args):
     return proc.returncode, rows, json.loads(out_json.read_text()), output
 
 
+@pytest.mark.process
 def test_bench_closed_loop_counts_every_request(daemon, tmp_path):
     image = tmp_path / "a.jpg"
     cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 255, (60, 80, 3), np.uint8))
@@ -80,6 +81,7 @@ def test_bench_closed_loop_counts_every_request(daemon, tmp_path):
     assert "req/s" in output and "p99" in output
 
 
+@pytest.mark.process
 def test_bench_open_loop_and_errors_by_code(daemon, tmp_path):
     (tmp_path / "models" / "seg" / "fake-fault").write_text("raise")
     code, rows, doc, output = bench(
@@ -97,6 +99,7 @@ def test_bench_open_loop_and_errors_by_code(daemon, tmp_path):
     assert doc["plan"]["inputs"] == [{"tensor_shape": [24, 32, 3]}]
 
 
+@pytest.mark.process
 def test_bench_timed_steps_count_the_answers_inside_the_window(daemon, tmp_path):
     code, rows, doc, output = bench(daemon, tmp_path, "-m", "cls", "-c", "2", "--duration", "1")
     assert code == 0, output
@@ -108,6 +111,7 @@ def test_bench_timed_steps_count_the_answers_inside_the_window(daemon, tmp_path)
     assert doc["plan"]["inputs"] == [{"tensor_shape": [32, 32, 3]}]  # the model's input size
 
 
+@pytest.mark.process
 def test_bench_ends_a_step_when_no_reply_comes(tmp_path):
     command = [sys.executable, "-m", "rkserve", "bench", "-e", f"ipc://{tmp_path}/nobody"]
     command += ["-m", "cls", "--tensor", "8x8", "-c", "2", "--requests", "50", "--timeout", "0.5"]
@@ -127,6 +131,7 @@ def test_bench_ends_a_step_when_no_reply_comes(tmp_path):
     assert 1 <= int(row["requests"]) <= 2  # each worker's first request, then the step ends
 
 
+@pytest.mark.process
 def test_bench_refuses_an_unknown_model_and_missing_images(daemon, tmp_path):
     base = [sys.executable, "-m", "rkserve", "bench", "-e", daemon.endpoint, "--duration", "1"]
     for extra, message in (
@@ -144,6 +149,7 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
+@pytest.mark.process
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the top pad is a glibc setting")
 @pytest.mark.parametrize("malloc", ["daemon's", "128 kB"])
 def test_requests_reuse_memory_instead_of_faulting_it_in(tmp_path, malloc):
@@ -171,6 +177,7 @@ def test_requests_reuse_memory_instead_of_faulting_it_in(tmp_path, malloc):
         assert per_request > 200  # the decoded image is mapped afresh every time
 
 
+@pytest.mark.process  # ctypes.util.find_library runs ldconfig
 def test_keep_top_pad_respects_the_environment(monkeypatch):
     monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
     assert memory.keep_top_pad() is False

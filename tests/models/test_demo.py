@@ -221,6 +221,7 @@ def test_segmenter_shapes_match_spec(shapes_seg: Tuple[ModelSpec, Any]) -> None:
     assert out.shape == [1, len(spec.labels), *spec.input_size]
 
 
+@pytest.mark.process
 def test_classifier_accuracy_on_held_out_images(shapes: Tuple[ModelSpec, Any]) -> None:
     spec, session = shapes
     right = 0
@@ -232,6 +233,7 @@ def test_classifier_accuracy_on_held_out_images(shapes: Tuple[ModelSpec, Any]) -
     assert right / HELD_OUT_IMAGES >= 0.9
 
 
+@pytest.mark.process
 def test_segmenter_iou_on_held_out_images(shapes_seg: Tuple[ModelSpec, Any]) -> None:
     spec, session = shapes_seg
     k = len(spec.labels)
@@ -248,6 +250,7 @@ def test_segmenter_iou_on_held_out_images(shapes_seg: Tuple[ModelSpec, Any]) -> 
     assert hit.sum() / confusion.sum() >= 0.9
 
 
+@pytest.mark.process
 def test_shipped_samples_are_recognised(shapes: Tuple[ModelSpec, Any]) -> None:
     spec, session = shapes
     paths = sorted((spec.folder / "samples").glob("*.jpg"))
@@ -260,6 +263,7 @@ def test_shipped_samples_are_recognised(shapes: Tuple[ModelSpec, Any]) -> None:
     assert right >= len(paths) - 1
 
 
+@pytest.mark.process
 def test_shipped_segmentation_samples_have_masks(shapes_seg: Tuple[ModelSpec, Any]) -> None:
     spec, session = shapes_seg
     paths = sorted((spec.folder / "samples").glob("*.jpg"))

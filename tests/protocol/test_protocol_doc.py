@@ -11,6 +11,8 @@ import zmq
 from rkserve.protocol import STAGES
 from tools.harness import Daemon, fake_models
 
+pytestmark = pytest.mark.process  # every test here starts a process
+
 
 class DocClient:
     def __init__(self, endpoint: str) -> None:

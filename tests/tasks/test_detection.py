@@ -237,6 +237,7 @@ def test_bad_params_get_specific_errors(engine, params: Dict[str, Any], message:
 # --- the daemon ---------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_the_daemon_answers_as_the_engine_and_keeps_serving_after_bad_params(
     tmp_path: Path, models: Path, engine
 ) -> None:
@@ -270,6 +271,7 @@ def test_the_daemon_answers_as_the_engine_and_keeps_serving_after_bad_params(
         assert daemon.stop() == 0, daemon.log()
 
 
+@pytest.mark.process
 def test_cli_infer_prints_a_table_and_writes_the_overlay(tmp_path: Path, models: Path) -> None:
     image = tmp_path / "squares.png"
     image.write_bytes(picture_jpeg())
@@ -322,6 +324,7 @@ def test_cli_infer_prints_a_table_and_writes_the_overlay(tmp_path: Path, models:
         assert daemon.stop() == 0, daemon.log()
 
 
+@pytest.mark.process
 def test_bench_and_metrics_with_a_detector_on_the_fake_backend(tmp_path: Path) -> None:
     """The fake backend draws one box around the bright pixels, in the yolov5 layout here."""
     from tests.daemon.test_metrics import Scrape
@@ -415,6 +418,7 @@ def test_the_thirdparty_yolov5n_fits_a_yolov5_model_yaml_and_no_other(tmp_path: 
         classification.check(spec_for(task="classification", output={}), backend)
 
 
+@pytest.mark.process
 def test_a_bare_msgpack_client_reads_detections_as_protocol_md_says(tmp_path: Path, models) -> None:
     import msgpack
     import zmq
@@ -479,6 +483,7 @@ def test_the_demo_detectors_outputs_give_the_zoos_boxes(tmp_path: Path) -> None:
         assert zoo.same_detections(ours, theirs) is None, sample.name
 
 
+@pytest.mark.process
 def test_the_demo_detector_served_finds_the_shapes_in_its_samples(tmp_path: Path) -> None:
     folder = demo_detector()
     models = tmp_path / "models"

@@ -281,6 +281,7 @@ def test_custom_op_plugin_presence(tmp_path):
     assert describe_custom(("ArgMax",), tmp_path) == "ArgMax (plugin librkcst_argmax.so)"
 
 
+@pytest.mark.process
 def test_inspect_shows_two_inputs_and_custom_ops():
     names = [
         ("built", "multiple_input_demo_rk3568_i8_tk2.3.2.rknn"),
