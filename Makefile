@@ -40,7 +40,7 @@ venv38: $(VENV38)/.installed
 serve: venv
 	$(VENV)/bin/rkserve serve $(ARGS)
 
-LINTED := $(wildcard rkserve tests deploy benchmarks)
+LINTED := $(wildcard rkserve tests tools deploy benchmarks)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINTED)

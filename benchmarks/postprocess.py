@@ -90,7 +90,9 @@ def neighbour_rows(image: np.ndarray, classes: np.ndarray) -> List[List[Any]]:
             "mask PNG (unfiltered + deflate vs Up filter + RLE deflate)",
             lambda: _plain_png_deflate(classes),
             lambda: segment.indexed_png(classes, palette),
-            lambda a, b: True,  # different bytes, same pixels (checked in tests/loadtest/test_bench.py)
+            lambda a, b: (
+                True
+            ),  # different bytes, same pixels (checked in tests/loadtest/test_bench.py)
         ),
         (
             "overlay (numpy fancy indexing vs cv2 LUT + masked copy)",
