@@ -9,6 +9,7 @@ gated, and refused with a wrong normalisation.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -146,7 +147,6 @@ PICTURES = [
 DETECTOR = """
 import sys, torch
 from torch import nn
-sys.path.insert(0, sys.argv[2])
 from tests.onnx_detector import SHARPNESS, SIDE, two_hot
 
 class Detector(nn.Module):
@@ -177,8 +177,8 @@ torch.onnx.export(Detector().eval(), (torch.zeros(1, 3, 128, 128),), sys.argv[1]
 @pytest.fixture(scope="module")
 def detector_onnx(converter, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("detector") / "model.onnx"
-    tests = str(Path(__file__).resolve().parents[1])
-    subprocess.run([str(converter), "-c", DETECTOR, str(path), tests], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([str(converter), "-c", DETECTOR, str(path)], check=True, timeout=300, env=env)
     return path
 
 
