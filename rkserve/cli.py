@@ -116,7 +116,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         "--source",
         "--onnx",
         metavar="FILE",
-        help="the float model, .onnx or TorchScript .pt (default: convert.source, else onnx.file)",
+        help="the float model, .onnx or TorchScript .pt, in the current directory or the model "
+        "folder (default: convert.source, else onnx.file)",
     )
     p.add_argument("--output", metavar="FILE", help="where to write the .rknn (default: rknn.file)")
     p.add_argument("--validation", metavar="DIR", help="validation images (default: samples/)")
