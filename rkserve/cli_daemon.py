@@ -125,7 +125,8 @@ def _client_options(p: argparse.ArgumentParser) -> None:
         "-e",
         action="append",
         metavar="ADDR",
-        help=f"daemon address; repeat for several boards (default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
+        help=f"daemon address; repeat for several boards: models and health ask each one, infer "
+        f"spreads its images over them (default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
     )
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
@@ -141,8 +142,7 @@ def _client_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from .client import Client
+def _client_settings(args: argparse.Namespace) -> Dict[str, Any]:
     from .errors import ConfigError
 
     curve = None
@@ -153,24 +153,59 @@ def _client(args: argparse.Namespace) -> Any:
 
         curve = curve_keys(args.curve_client_key, args.curve_server_key)
     # no connection within a few seconds means no daemon there: say so, do not wait it out
-    return Client(
-        args.endpoint or [CLIENT_ENDPOINT],
-        timeout=args.timeout,
-        curve=curve,
-        connect_timeout=min(args.timeout, CONNECT_TIMEOUT_S),
-    )
+    return {
+        "timeout": args.timeout,
+        "curve": curve,
+        "connect_timeout": min(args.timeout, CONNECT_TIMEOUT_S),
+    }
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(args.endpoint or [CLIENT_ENDPOINT], **_client_settings(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        data: Any = client.models() if args.command == "models" else client.health()
+    """``models`` or ``health`` of every endpoint given, each asked on its own; exit 1 when
+    any daemon does not answer or any of its models is not ready."""
+    from .client import ask_each
+    from .errors import RkserveError
+
+    endpoints = args.endpoint or [CLIENT_ENDPOINT]
+    answers = ask_each(endpoints, args.command, **_client_settings(args))
+    if len(answers) == 1 and isinstance(answers[0][1], RkserveError):
+        raise answers[0][1]  # one daemon: its error is the command's, as before
     if args.json:
-        print(json.dumps(data, indent=2))
-    elif args.command == "models":
-        print(_models_table(data))
+        shown = [_status_json(e, a, args.command) for e, a in answers]
+        print(json.dumps(shown[0][args.command] if len(shown) == 1 else shown, indent=2))
     else:
-        print(_health_text(data))
-    return 0 if args.command == "models" or data.get("ready") else 1
+        blocks = [_status_text(e, a, args.command, len(answers) > 1) for e, a in answers]
+        print("\n\n".join(blocks))
+    return 0 if all(_status_ready(a, args.command) for _, a in answers) else 1
+
+
+def _status_ready(answer: Any, command: str) -> bool:
+    if isinstance(answer, Exception):
+        return False
+    if command == "health":
+        return bool(answer.get("ready"))
+    return all(m.get("ready") for m in answer)
+
+
+def _status_json(endpoint: str, answer: Any, command: str) -> Dict[str, Any]:
+    if isinstance(answer, Exception):
+        error = {"code": getattr(answer, "code", "internal"), "message": str(answer)}
+        return {"endpoint": endpoint, "error": error}
+    return {"endpoint": endpoint, command: answer}
+
+
+def _status_text(endpoint: str, answer: Any, command: str, titled: bool) -> str:
+    if isinstance(answer, Exception):
+        text = f"error: {getattr(answer, 'code', 'internal')}: {answer}"
+    else:
+        text = _models_table(answer) if command == "models" else _health_text(answer)
+    return f"== {endpoint}\n{text}" if titled else text
 
 
 def _models_table(models: List[Dict[str, Any]]) -> str:
