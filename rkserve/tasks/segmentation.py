@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -130,6 +130,10 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
 
 def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
     return vision.warmup_image(spec)
+
+
+def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:
+    return []  # nothing to check beyond what check() did at load
 
 
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
