@@ -21,9 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple, cast
 
 import zmq
 
-from . import memory, protocol, security
+from . import checks, memory, protocol, security
 from .config import Settings
-from .errors import BadRequest, ModelUnavailable, RkserveError, Unavailable
+from .errors import BadRequest, ConfigError, ModelUnavailable, RkserveError, Unavailable
 from .loader import Loader
 from .metrics import Metrics
 from .modelhost import ModelHost
@@ -71,6 +71,7 @@ class Server:
             self.close()
 
     def startup(self) -> None:
+        self._require_runtime()
         memory.pin_mmap_threshold()
         memory.keep_top_pad()
         raise_file_limit()
@@ -96,6 +97,15 @@ class Server:
             ", ".join(self.bound),
             f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    def _require_runtime(self) -> None:
+        """``backend: rknnlite`` asks for the NPU: without its runtime, stop at start-up
+        (exit 1, one line) rather than serve a table of refused models."""
+        if self.settings.backend != "rknnlite":
+            return
+        missing = checks.missing_runtime(checks.probe_board(Path(self.settings.sysroot)))
+        if missing:
+            raise ConfigError(f"backend rknnlite: {missing}")
 
     def _router(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
