@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 import yaml
@@ -29,6 +30,7 @@ from examples import Example, commands, read_examples
 from helpers import DATA
 
 from rkserve import __version__
+from rkserve.cli import build_parser
 from rkserve.convert.recipe import GATES, load_recipe
 from rkserve.repository import build_engine
 from rkserve.spec import load_spec
@@ -48,6 +50,17 @@ LINKED = (
     "pyproject.toml",
 )
 TIMEOUT_S = 120
+SUBCOMMANDS = (
+    "serve",
+    "infer",
+    "models",
+    "health",
+    "inspect",
+    "doctor",
+    "convert",
+    "bench",
+    "keys",
+)
 pytestmark = pytest.mark.slow
 
 
@@ -147,6 +160,26 @@ def test_every_mark_is_on_a_runnable_block():
         if example.info in ("sh", "console") and example.mark("board") is None:
             prompts = {c.prompt for c in commands(example)}
             assert "board$" not in prompts, f"{example.id}: board$ commands: mark it board"
+
+
+def _inline_commands() -> List[str]:
+    """`rkserve SUBCOMMAND ARGS` in the docs' running text (not the bare command names)."""
+    found = set()
+    for path in DOCS:
+        for span in re.findall(r"`(rkserve [^`|]*)`", path.read_text(encoding="utf-8")):
+            words = span.split()
+            if len(words) > 2 and words[1] in SUBCOMMANDS:  # not a quoted message
+                found.add(span)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("command", _inline_commands())
+def test_inline_commands_parse(command):
+    """Commands quoted in the text use options the command line has (argparse's check)."""
+    try:
+        build_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit as exc:  # --help exits 0; a bad option exits 2
+        assert exc.code == 0, f"{command!r} does not parse"
 
 
 def test_queue_depth_is_exported_before_any_request(sandbox):
