@@ -13,17 +13,27 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from ..errors import BadRequest, ConfigError
+from ..kernels import classify
 from ..protocol import show
-from . import classify, vision
+from . import vision
 from .base import Prepared, reject_unknown
 
 if TYPE_CHECKING:
-    from ..backends import Backend, TensorSpec
+    from ..backends import Backend, FakeModel, TensorSpec
     from ..spec import ModelSpec, SpecReader
 
 NAME = "classification"
 PARAMS = ("top_k",)
 MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """model.yaml's ``output`` section of a classifier."""
+
+    kind: str = "probabilities"  # probabilities | logits (softmax applied here)
+    label_offset: int = 0  # output index - label_offset = label index
+    top_k: int = 5  # the default of params.top_k
 
 
 @dataclass(frozen=True)
@@ -33,12 +43,12 @@ class Params:
 
 def read_spec(top: SpecReader) -> Dict[str, Any]:
     output = top.section("output")
-    return {
-        **vision.read_input(top.section("input"), vision.CROP_MODES),
-        "output": output.choice("kind", ("probabilities", "logits"), "probabilities"),
-        "label_offset": output.integer("label_offset", 0),
-        "top_k": output.integer("top_k", 5, minimum=1, maximum=MAX_TOP_K),
-    }
+    config = Config(
+        kind=output.choice("kind", ("probabilities", "logits"), "probabilities"),
+        label_offset=output.integer("label_offset", 0),
+        top_k=output.integer("top_k", 5, minimum=1, maximum=MAX_TOP_K),
+    )
+    return {**vision.read_input(top.section("input"), vision.CROP_MODES), "task_config": config}
 
 
 def check(spec: ModelSpec, backend: Backend) -> None:
@@ -55,14 +65,15 @@ def check(spec: ModelSpec, backend: Backend) -> None:
             f"([1, N]), but the {backend.name} model has {len(backend.outputs)} output(s): "
             f"{vision.shapes(backend.outputs)}"
         )
-    if spec.labels and scores != len(spec.labels) + spec.label_offset:
+    offset = spec.task_config.label_offset
+    if spec.labels and scores != len(spec.labels) + offset:
         raise ConfigError(
             f"{spec.spec_path}: labels: {len(spec.labels)} labels (+ label_offset "
-            f"{spec.label_offset}) but the model outputs {scores} scores"
+            f"{offset}) but the model outputs {scores} scores"
         )
-    if scores is not None and scores <= spec.label_offset:
+    if scores is not None and scores <= offset:
         raise ConfigError(
-            f"{spec.spec_path}: output.label_offset: {spec.label_offset} but the model "
+            f"{spec.spec_path}: output.label_offset: {offset} but the model "
             f"outputs {scores} scores: no class would be left"
         )
     _check_quantization(spec, backend.outputs[0], backend.name)
@@ -92,7 +103,7 @@ def score_count(outputs: Sequence[Any]) -> Optional[int]:
 
 def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
     reject_unknown(raw, PARAMS, NAME)
-    top_k = raw.get("top_k", spec.top_k)
+    top_k = raw.get("top_k", spec.task_config.top_k)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise BadRequest(f"params.top_k must be an integer 1..{MAX_TOP_K}, got {show(top_k)}")
     return Params(top_k)
@@ -111,18 +122,19 @@ def _quantization(backend: Backend) -> Optional[Tuple[float, int]]:
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:
-    scores = classify.class_scores(outputs[0], spec.output, prepared.context)
-    top = classify.top_k(scores, prepared.params.top_k, spec.labels, spec.label_offset)
+    config: Config = spec.task_config
+    scores = classify.class_scores(outputs[0], config.kind, prepared.context)
+    top = classify.top_k(scores, prepared.params.top_k, spec.labels, config.label_offset)
     return {"classes": top}
 
 
 def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:
     """Scores model.yaml calls probabilities that do not look like them (logits served as
     probabilities would show as scores like 16.9), with the figures."""
-    if spec.output != "probabilities":
+    if spec.task_config.kind != "probabilities":
         return []
     quantization = _quantization(backend)
-    scores = classify.class_scores(outputs[0], spec.output, quantization)
+    scores = classify.class_scores(outputs[0], "probabilities", quantization)
     why = classify.not_probabilities(scores, quantization[0] if quantization else 0.0)
     if why is None:
         return []
@@ -139,3 +151,18 @@ def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
 
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
     return vision.describe(spec)
+
+
+def fake(spec: ModelSpec, classes: Optional[int]) -> FakeModel:
+    """Scores with ``sum(input bytes) % classes`` the clear winner (softmaxed for
+    ``output.kind: probabilities``)."""
+    config: Config = spec.task_config
+    count = classes or len(spec.labels) + config.label_offset
+
+    def answer(tensor: np.ndarray, count: int) -> List[np.ndarray]:
+        logits = np.linspace(0.0, 1.0, count, dtype=np.float32)[::-1].copy()
+        logits[vision.pixel_sum_class(tensor, count)] = 4.0
+        scores = classify.softmax(logits) if config.kind == "probabilities" else logits
+        return [scores[None]]
+
+    return vision.fake_image_model(spec, count, [(1, count)], answer)

@@ -25,15 +25,15 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 import yaml
-from daemon import ROOT, Daemon
-from examples import Example, commands, read_examples
-from helpers import DATA
 
 from rkserve import __version__
 from rkserve.cli import build_parser
 from rkserve.convert.recipe import GATES, load_recipe
 from rkserve.repository import build_engine
-from rkserve.spec import load_spec
+from rkserve.tasks import load_spec
+from tests.docs.examples import Example, commands, read_examples
+from tests.helpers import DATA
+from tools.harness import ROOT, Daemon
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = [e for path in DOCS for e in read_examples(path)]
@@ -61,7 +61,6 @@ SUBCOMMANDS = (
     "bench",
     "keys",
 )
-pytestmark = pytest.mark.slow
 
 
 def need_shared(*parts: str) -> Path:
@@ -182,6 +181,8 @@ def test_inline_commands_parse(command):
         assert exc.code == 0, f"{command!r} does not parse"
 
 
+@pytest.mark.slow
+@pytest.mark.process
 def test_queue_depth_is_exported_before_any_request(sandbox):
     """METRICS.md: a model's rkserve_queue_depth series is there, at 0, once it is loaded
     (this runs before the examples send anything)."""
@@ -204,6 +205,8 @@ def _params() -> list:
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.process
 @pytest.mark.parametrize("example", _params())
 def test_example(example: Example, request) -> None:
     if example.mark("board") is not None:
