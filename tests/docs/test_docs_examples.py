@@ -44,6 +44,7 @@ LINKED = (
     "docs",
     "rkserve",
     "tests",
+    "tools",
     "benchmarks",
     "systemd",
     "Makefile",

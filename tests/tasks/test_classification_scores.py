@@ -21,8 +21,8 @@ import pytest
 from rkserve.backends import TensorSpec
 from rkserve.backends.onnxquant import output_quantization
 from rkserve.errors import ConfigError
-from rkserve.repository import build_engine
 from rkserve.kernels import classify
+from rkserve.repository import build_engine
 from rkserve.tasks import classification, load_spec
 from tests.helpers import DATA, MODELS, shared
 from tools.harness import Daemon
