@@ -16,14 +16,15 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import zmq
 
 from . import protocol
-from .errors import BadRequest, Unavailable, from_code
+from .errors import BadRequest, RkserveError, Unavailable, from_code
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # the same as the CLI's default
 TRANSPORTS = ("tcp://", "ipc://", "inproc://")
@@ -135,7 +136,7 @@ class Client:
                 self._reset()
                 curve = (
                     "; with CURVE, does the daemon allow this client's key, and is the "
-                    "server key its own?"
+                    "server key its own"
                     if self._curve
                     else ""
                 )
@@ -276,3 +277,29 @@ class Client:
         if overlay:
             params["overlay"] = True
         return self.infer(model, image, **{**params, **kw})
+
+
+Answer = Union[Dict[str, Any], List[Dict[str, Any]], RkserveError]
+
+
+def ask_each(endpoints: Sequence[str], op: str, **client_kw: Any) -> List[Tuple[str, Answer]]:
+    """``health`` or ``models`` of every endpoint, each on its own socket and at the same
+    time, in the order given: ``(endpoint, answer)``, the answer an error when that daemon
+    could not answer. One DEALER over several endpoints would ask only the one ZeroMQ picks.
+    """
+    if op not in ("health", "models"):
+        raise BadRequest(f"ask_each asks health or models, not {op!r}")
+    for endpoint in endpoints:
+        check_endpoint(endpoint)
+
+    def ask(endpoint: str) -> Answer:
+        try:
+            with Client(endpoint, **client_kw) as client:
+                return client.health() if op == "health" else client.models()
+        except RkserveError as exc:
+            return exc
+
+    if not endpoints:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(endpoints), 16)) as pool:
+        return list(zip(endpoints, pool.map(ask, endpoints)))

@@ -21,9 +21,10 @@ from typing import Any, Dict, Iterator, List, Optional
 import zmq
 
 from . import memory, protocol, security
+from .board import checks
 from .builder import HostBuilder
 from .config import Settings
-from .errors import ModelUnavailable, RkserveError, Unavailable
+from .errors import ConfigError, ModelUnavailable, RkserveError, Unavailable
 from .frontend import Frontend
 from .loader import Loader
 from .metrics import Metrics, ModelState
@@ -67,6 +68,7 @@ class Server:
             self.close()
 
     def startup(self) -> None:
+        self._require_runtime()
         memory.pin_mmap_threshold()
         memory.keep_top_pad()
         raise_file_limit()
@@ -87,6 +89,15 @@ class Server:
             ", ".join(self.bound),
             f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    def _require_runtime(self) -> None:
+        """``backend: rknnlite`` asks for the NPU: without its runtime, stop at start-up
+        (exit 1, one line) rather than serve a table of refused models."""
+        if self.settings.backend != "rknnlite":
+            return
+        missing = checks.missing_runtime(checks.probe_board(Path(self.settings.sysroot)))
+        if missing:
+            raise ConfigError(f"backend rknnlite: {missing}")
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any, Dict, List
 
-from .common import client_options, open_client, table
+from ..client import ask_each
+from ..errors import RkserveError
+from .common import client_options, client_settings, endpoints, table
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -20,15 +22,41 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_client(args) as client:
-        data: Any = client.models() if args.command == "models" else client.health()
+    """``models`` or ``health`` of every endpoint given, each asked on its own; exit 1 when
+    any daemon does not answer or any of its models is not ready."""
+    answers = ask_each(endpoints(args), args.command, **client_settings(args))
+    if len(answers) == 1 and isinstance(answers[0][1], RkserveError):
+        raise answers[0][1]  # one daemon: its error is the command's, as before
     if args.json:
-        print(json.dumps(data, indent=2))
-    elif args.command == "models":
-        print(_models_table(data))
+        shown = [_status_json(e, a, args.command) for e, a in answers]
+        print(json.dumps(shown[0][args.command] if len(shown) == 1 else shown, indent=2))
     else:
-        print(_health_text(data))
-    return 0 if args.command == "models" or data.get("ready") else 1
+        blocks = [_status_text(e, a, args.command, len(answers) > 1) for e, a in answers]
+        print("\n\n".join(blocks))
+    return 0 if all(_status_ready(a, args.command) for _, a in answers) else 1
+
+
+def _status_ready(answer: Any, command: str) -> bool:
+    if isinstance(answer, Exception):
+        return False
+    if command == "health":
+        return bool(answer.get("ready"))
+    return all(m.get("ready") for m in answer)
+
+
+def _status_json(endpoint: str, answer: Any, command: str) -> Dict[str, Any]:
+    if isinstance(answer, Exception):
+        error = {"code": getattr(answer, "code", "internal"), "message": str(answer)}
+        return {"endpoint": endpoint, "error": error}
+    return {"endpoint": endpoint, command: answer}
+
+
+def _status_text(endpoint: str, answer: Any, command: str, titled: bool) -> str:
+    if isinstance(answer, Exception):
+        text = f"error: {getattr(answer, 'code', 'internal')}: {answer}"
+    else:
+        text = _models_table(answer) if command == "models" else _health_text(answer)
+    return f"== {endpoint}\n{text}" if titled else text
 
 
 def _models_table(models: List[Dict[str, Any]]) -> str:
