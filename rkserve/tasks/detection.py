@@ -1,9 +1,10 @@
 """Task ``detection``: an image in, boxes with classes and scores in source pixels out.
 
 model.yaml: ``input`` (:mod:`.vision`; detection letterboxes with ``pad`` 0 by default, as the
-model zoo), ``labels``, ``output``: ``format`` (``yolov5`` | ``yolov8``, see :mod:`.yolo`),
-``classes`` (the class count, if no labels), ``strides``, ``anchors`` (yolov5), and the
-defaults of the params ``conf``, ``iou``, ``max_det``. Params: ``conf``, ``iou``,
+model zoo), ``labels``, ``output``: ``format`` (``yolov5`` | ``yolov8`` | ``yolo``, see
+:mod:`.yolo`), ``classes`` (the class count, if no labels), ``strides``, ``anchors`` (yolov5),
+``nms`` (``classwise`` | ``agnostic``), and the defaults of the params ``conf``, ``iou``,
+``max_det``. Params: ``conf``, ``iou``,
 ``max_det``, ``classes`` (an allow-list of class indices), ``overlay``. Result:
 ``{"detections": [{"index", "label", "score", "box": [x1, y1, x2, y2]}], "width",
 "height"}``, best first, plus ``overlay`` (a JPEG with the boxes drawn) when asked.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from ..errors import BadRequest, ConfigError
+from ..kernels.yolo_single import candidates_for, single_shape
 from ..protocol import show
 from . import detect, segment, vision
 from .base import Prepared, reject_unknown
@@ -31,19 +33,21 @@ NAME = "detection"
 PARAMS = ("conf", "iou", "max_det", "classes", "overlay")
 MAX_DET = 10_000  # the most boxes a reply may carry
 PAD = 0  # the model zoo letterboxes with black: RGA initialises its buffers with 0
+NMS_MODES = ("classwise", "agnostic")  # a box suppresses boxes of its own class, or of any
 
 
 @dataclass(frozen=True)
 class Output:
     """model.yaml's ``output`` section of a detector."""
 
-    format: str  # yolov5 | yolov8
+    format: str  # yolov5 | yolov8 | yolo
     classes: int  # 0: as many as labels
     strides: Tuple[int, ...] = STRIDES
     anchors: Optional[Tuple[Tuple[Tuple[float, float], ...], ...]] = None  # yolov5: per stride
     conf: float = 0.25
     iou: float = 0.45
     max_det: int = 100
+    nms: str = "classwise"  # classwise | agnostic
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
         conf=_fraction(section, "conf", 0.25),
         iou=_fraction(section, "iou", 0.45),
         max_det=_max_det(section),
+        nms=section.choice("nms", NMS_MODES, "classwise"),
     )
     fields = vision.read_input(top.section("input"), resize="letterbox", pad=PAD)
     return {**fields, "detection": output}
@@ -152,7 +157,7 @@ def check(spec: ModelSpec, backend: Backend) -> None:
             f"{len(spec.labels)} labels"
         )
     shapes = [tuple(int(d) for d in t.shape) for t in backend.outputs]
-    if shapes and not _fits(shapes, expected_shapes(spec)):
+    if shapes and not _fits(shapes, expected_shapes(spec), output.format):
         expected = expected_shapes(spec)
         extra = " (or 9 with a [1, 1, H, W] score sum after each pair)" * (
             output.format == "yolov8"
@@ -171,6 +176,8 @@ def expected_shapes(spec: ModelSpec) -> List[Tuple[int, ...]]:
     classes = class_count(spec)
     height, width = spec.input_size
     shapes: List[Tuple[int, ...]] = []
+    if output.format == "yolo":
+        return [(1, 4 + classes, candidates_for((height, width), output.strides))]
     for i, stride in enumerate(output.strides):
         grid = (height // stride, width // stride)
         if output.format == "yolov5":
@@ -181,9 +188,12 @@ def expected_shapes(spec: ModelSpec) -> List[Tuple[int, ...]]:
     return shapes
 
 
-def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]]) -> bool:
+def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]], fmt: str) -> bool:
     if list(shapes) == list(expected):
         return True
+    if fmt == "yolo":  # either orientation, any candidate count (other strides, P2 heads)
+        single = single_shape(shapes[0]) if len(shapes) == 1 else None
+        return single is not None and single[0] + 4 == expected[0][1]
     if len(shapes) != len(expected) * 3 // 2 or len(expected) % 2:  # yolov8 with score sums
         return False
     pairs = [s for i, s in enumerate(shapes) if i % 3 != 2]
@@ -253,6 +263,7 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
         params.classes,
         output.strides,
         output.anchors,
+        agnostic=output.nms == "agnostic",
     )
     height, width = context.size
     result: Dict[str, Any] = {
