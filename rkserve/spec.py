@@ -68,6 +68,7 @@ class ModelSpec:
     inputs: Tuple[InputSpec, ...] = ()  # task tensor: the model's inputs as declared
     convert: Dict[str, Any] = field(default_factory=dict)
     instances: int = 0  # runtime objects serving the model at once; 0: one per NPU core
+    aliases: Tuple[str, ...] = ()  # other names a front end may ask for it by (Frigate's file name)
 
     @property
     def rknn_path(self) -> Path:
@@ -177,6 +178,7 @@ def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
         onnx=_onnx_input(top.section("onnx")),
         convert=dict(top.data.get("convert") or {}),
         instances=top.integer("instances", 0, maximum=MAX_INSTANCES),
+        aliases=_aliases(top),
         labels=_labels(top, folder),
         labels_file=top.text("labels"),
         palette=_palette(top),
@@ -210,6 +212,15 @@ def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     if not labels:
         top.fail("labels", f"{folder / name} holds no labels (one per line)")
     return labels
+
+
+def _aliases(top: SpecReader) -> Tuple[str, ...]:
+    value = top.data.get("aliases", [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        top.fail("aliases", f"expected a list of names, got {value!r}")
+    return tuple(v.strip() for v in value)
 
 
 def _palette(top: SpecReader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
