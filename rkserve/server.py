@@ -22,8 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple, cast
 import zmq
 
 from . import memory, protocol, security
+from .backends import npu_present
 from .config import Settings
 from .errors import BadRequest, ModelUnavailable, RkserveError, Unavailable
+from .frigate_frontend import FrigateFrontend
 from .loader import Loader
 from .metrics import Metrics
 from .modelhost import ModelHost
@@ -60,6 +62,7 @@ class Server:
         self.bound: List[str] = []
         self.metrics_port: Optional[int] = None
         self.curve: Optional[security.CurveServer] = None
+        self.frigate: Optional[FrigateFrontend] = None
 
     # lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -89,11 +92,16 @@ class Server:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
             )
+        if self.settings.frigate_endpoints:
+            self.frigate = FrigateFrontend(
+                self.settings, self.ctx, self.pipeline, self.loader, self.metrics, self._backend
+            )
+            self.frigate.start()
         self._install_signals()
         self.loader.start()
         log.info(
             "listening on %s; metrics on %s",
-            ", ".join(self.bound),
+            ", ".join(self.bound + [f"{e} (frigate)" for e in self._frigate_bound()]),
             f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
         )
 
@@ -224,6 +232,8 @@ class Server:
         """Drain: refuse new work, let admitted jobs finish within drain_timeout_s, answer
         the rest ``unavailable`` wherever they wait, and stop every thread that works."""
         self.draining = True
+        if self.frigate is not None:
+            self.frigate.draining = True
         log.info(
             "draining %d in-flight requests (up to %.0f s)",
             self.pipeline.inflight,
@@ -243,10 +253,14 @@ class Server:
         self.pipeline.stop()
         self.loader.stop(timeout=1.0)
         self.pipeline.fail_all(stopped)  # anything admitted while the threads stopped
+        if self.frigate is not None:
+            self.frigate.stop()
         log.info("stopped")
         return code
 
     def close(self) -> None:
+        if self.frigate is not None:
+            self.frigate.stop()
         self.metrics.close()
         with self._sock_lock:
             self._closed = True  # a late sender (a runner the drain could not stop) sends nothing
@@ -328,6 +342,15 @@ class Server:
     def _requests_waiting(self) -> bool:
         """Under the lock: whether a request can be read (also re-arms the ROUTER's FD)."""
         return bool(cast(int, self.frontend.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+    def _frigate_bound(self) -> List[str]:
+        return self.frigate.bound if self.frigate is not None else []
+
+    def _backend(self) -> str:
+        """The backend a model sent by Frigate must suit."""
+        if self.settings.backend != "auto":
+            return self.settings.backend
+        return "rknnlite" if npu_present(Path(self.settings.sysroot)) else "onnx"
 
     def _start_runner(self, host: ModelHost) -> None:
         host.start(self.pipeline.step)
