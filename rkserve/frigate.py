@@ -216,3 +216,11 @@ def handshake(host: Optional[ModelHost]) -> Dict[str, bool]:
 
 def reply(data: Mapping[str, Any]) -> bytes:
     return json.dumps(dict(data)).encode("utf-8")
+
+
+def labelmap(labels: Sequence[str], classes: int = 0) -> str:
+    """The labelmap file Frigate's ``labelmap_path`` reads: ``"<class id> <label>"`` per line,
+    class ids as the model's outputs number them (``classes`` ids when there are no labels:
+    the id stands for the label)."""
+    names = list(labels) or [str(i) for i in range(classes)]
+    return "".join(f"{index} {name}\n" for index, name in enumerate(names))

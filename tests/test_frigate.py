@@ -467,3 +467,36 @@ def test_the_plugin_times_out_while_the_npu_is_busy_then_gets_fresh_answers(
     finally:
         close(plugin)
         daemon.stop()
+
+
+def test_frigate_started_first_is_answered_once_the_daemon_is_up(tmp_path, zmq_ipc) -> None:
+    """ZeroMQ queues the plugin's handshake until the socket exists: a daemon up within the
+    plugin's 30 s answers it (after that the plugin has given up for good)."""
+    daemon = Daemon(
+        tmp_path,
+        fake_detector(tmp_path),
+        "--backend",
+        "fake",
+        "--frigate",
+        frigate_endpoint(tmp_path),
+    )
+    made: Dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: made.update(
+            plugin=detector(zmq_ipc, frigate_endpoint(tmp_path), "/m/boxes.onnx", SIZE)
+        )
+    )
+    thread.start()
+    time.sleep(1.0)
+    daemon.start()
+    try:
+        thread.join(30)
+        assert not thread.is_alive() and made["plugin"]._model_ready
+        picture = np.zeros((SIZE, SIZE, 3), np.uint8)
+        picture[10:50, 20:90] = 255
+        np.testing.assert_array_equal(
+            made["plugin"].detect_raw(picture[None]), native(daemon, "boxes", picture)
+        )
+        close(made["plugin"])
+    finally:
+        daemon.stop()
