@@ -29,6 +29,19 @@ ZEROS = bytes(ROWS * COLUMNS * 4)  # no detections: the reply to anything Frigat
 MAX_HEADER = 4096  # bytes of a request's JSON frame
 DTYPES = ("uint8", "float32")
 PIXEL_RANGE = (-0.5, 255.5)  # a float tensor's values, once scaled, round into 0..255
+# Why a request got zeros (rkserve_frigate_refused_total{reason}), besides the pipeline's codes
+REASONS = (
+    "bad_message",
+    "bad_shape",
+    "bad_dtype",
+    "bad_size",
+    "wrong_size",
+    "not_finite",
+    "out_of_range",
+    "model_unavailable",
+    "no_handshake",
+)
+ANSWERS = ("ready", "not_loaded", "unknown")  # rkserve_frigate_handshakes_total{answer}
 
 
 class Refused(Exception):

@@ -106,6 +106,10 @@ class FrigateFrontend:
             ["answer"],
             registry=metrics.registry,
         )
+        for reason in frigate.REASONS:  # present from the start: rate() sees the first one
+            self.refusals.labels(reason)
+        for answer in frigate.ANSWERS:
+            self.handshakes.labels(answer)
 
     # lifecycle (the server's main thread) -----------------------------------------------
     def start(self) -> None:
