@@ -44,8 +44,9 @@ def plugin_file() -> Path:
     return PLUGIN
 
 
-def _needed(name: str) -> Any:
-    """A package the plugin needs: skipped outside CI when absent, a failure in CI."""
+def needed(name: str) -> Any:
+    """A package of the dev extras (pydantic for the plugin, onnx for the test model):
+    skipped outside CI when absent, a failure in CI."""
     if os.environ.get("CI") == "true":
         return importlib.import_module(name)
     return pytest.importorskip(name)

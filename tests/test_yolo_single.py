@@ -18,7 +18,7 @@ from typing import Any, Iterator, List, Tuple
 import cv2
 import numpy as np
 import pytest
-from frigate_plugin import REFERENCE
+from frigate_plugin import REFERENCE, needed
 
 from rkserve import demo, repository
 from rkserve.backends.fake_yolo import yolo_outputs
@@ -26,7 +26,9 @@ from rkserve.errors import ConfigError
 from rkserve.tasks import detect
 from rkserve.tasks.image import Placement
 from rkserve.tasks.yolo import Layout, explain, read_layout
-from tools.yolo_single import SIDE, write_folder
+
+needed("onnx")  # tools/yolo_single.py builds the test model with it
+from tools.yolo_single import SIDE, write_folder  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 MODELS = Path(__file__).resolve().parents[1] / "models"
