@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .modelhost import ModelHost
+from .repository import Entry, scan
+from .spec import ModelSpec
 
 ROWS, COLUMNS = 20, 6
 ZEROS = bytes(ROWS * COLUMNS * 4)  # no detections: the reply to anything Frigate cannot get
@@ -193,16 +196,28 @@ def stem(name: str) -> str:
     return base.rsplit(".", 1)[0] if "." in base[1:] else base
 
 
-def find_model(name: str, hosts: Mapping[str, ModelHost]) -> Optional[ModelHost]:
-    """The served model Frigate's ``model_name`` means: a model.yaml ``aliases`` entry
-    (the file name as Frigate has it, or without extension), else the folder name equal to
-    the file name without extension."""
+def named(name: str, specs: Mapping[str, Optional[ModelSpec]]) -> Optional[str]:
+    """The model Frigate's ``model_name`` means among ``specs`` (model name → spec): the one
+    whose model.yaml ``aliases`` hold the file name (as Frigate has it, or without its
+    extension), else the one whose folder is the file name without extension."""
     wanted = {name, stem(name)}
-    for host in hosts.values():
-        spec = host.entry.spec
+    for model, spec in specs.items():
         if spec is not None and wanted & set(spec.aliases):
-            return host
-    return hosts.get(stem(name))
+            return model
+    return stem(name) if stem(name) in specs else None
+
+
+def find_model(name: str, hosts: Mapping[str, ModelHost]) -> Optional[ModelHost]:
+    """The served model for Frigate's ``model_name`` (:func:`named`)."""
+    model = named(name, {n: h.entry.spec for n, h in hosts.items()})
+    return hosts[model] if model is not None else None
+
+
+def find_entry(name: str, models_dir: Path) -> Optional[Entry]:
+    """The same on the repository's folders (no daemon)."""
+    entries = scan(models_dir)
+    model = named(name, {n: e.spec for n, e in entries.items()})
+    return entries[model] if model is not None else None
 
 
 def detectors_of_size(hosts: Mapping[str, ModelHost], size: Tuple[int, int]) -> List[str]:

@@ -34,8 +34,8 @@ from .config import Settings
 from .errors import DeadlineExceeded, RkserveError, Unavailable
 from .loader import Loader
 from .metrics import Metrics
-from .modelhost import ModelHost
-from .pipeline import Door, Job, Pipeline
+from .modelhost import Door, Job, ModelHost
+from .pipeline import Pipeline
 
 log = logging.getLogger("rkserve")
 POLL_MS = 50  # how often waiting handshakes are looked at when nothing arrives
@@ -364,7 +364,7 @@ class FrigateFrontend:
             self.settings.frigate_input_dtype,
             self.settings.frigate_pixel_format,
         )
-        params = {"max_det": frigate.ROWS} if spec.detection.max_det > frigate.ROWS else {}
+        params = {"max_det": frigate.ROWS} if spec.task_config.max_det > frigate.ROWS else {}
         request = protocol.Request(
             id=None,
             op="infer",

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
+from .board.rknnfile import read_rknn
 from .errors import RknnFileError
 from .frigate import Refused, stem
-from .rknnfile import read_rknn
-from .tasks.yolo import Layout, read_layout
+from .kernels.yolo import Layout, read_layout
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 EXTENSIONS = {".rknn": "rknnlite", ".onnx": "onnx"}
