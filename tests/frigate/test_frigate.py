@@ -1,7 +1,7 @@
 """Frigate's own zmq detector plugin against the real daemon (Frigate's code as the client).
 
 The plugin is ../shared/reference/frigate's ``zmq_ipc.py`` with stand-ins for the two
-``frigate.detectors`` modules it imports (tests/frigate_plugin.py). The reference for its
+``frigate.detectors`` modules it imports (tests/frigate/plugin.py). The reference for its
 rows is the daemon's own msgpack reply for the same pixels, turned into Frigate's table by
 plain numpy in the test.
 """
