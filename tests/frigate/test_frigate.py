@@ -503,3 +503,37 @@ def test_frigate_started_first_is_answered_once_the_daemon_is_up(tmp_path, zmq_i
         close(made["plugin"])
     finally:
         daemon.stop()
+
+
+def test_a_drain_answers_the_frigate_regions_it_admitted(tmp_path, zmq_ipc) -> None:
+    """SIGTERM while a region is on a 300 ms NPU: it is answered with its rows before the
+    daemon exits (cleanly)."""
+    daemon = Daemon(
+        tmp_path,
+        fake_detector(tmp_path),
+        "--backend",
+        "fake",
+        "--fake-latency-ms",
+        "300",
+        "--frigate",
+        frigate_endpoint(tmp_path),
+        "--frigate-deadline-ms",
+        "5000",
+    )
+    daemon.start()
+    picture = np.zeros((SIZE, SIZE, 3), np.uint8)
+    picture[30:70, 40:100] = 255
+    expected = native(daemon, "boxes", picture)
+    plugin = detector(zmq_ipc, frigate_endpoint(tmp_path), "/m/boxes.onnx", SIZE)
+    got: Dict[str, Any] = {}
+    try:
+        worker = threading.Thread(target=lambda: got.update(rows=plugin.detect_raw(picture[None])))
+        worker.start()
+        wait_for(lambda: metric(daemon, "rkserve_inflight_requests") == 1)
+        daemon.signal(signal.SIGTERM)
+        worker.join(10)
+        np.testing.assert_array_equal(got["rows"], expected)
+        assert daemon.stop() == 0
+    finally:
+        close(plugin)
+        daemon.stop()
