@@ -12,7 +12,8 @@ identity: nothing of the old one reaches it).
 
 A handshake for a model still loading waits (at most :data:`HANDSHAKE_WAIT_S`, inside the
 plugin's 30 s) and is answered once the model is ready or has failed. A model upload is
-checked and saved on a thread of its own (:mod:`rkserve.frigate_upload`), one at a time.
+checked, saved and loaded on a thread of its own (:class:`rkserve.frigate_upload.Uploads`),
+one at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import zmq
@@ -44,7 +44,6 @@ HANDSHAKE_WAIT_S = 25.0  # the plugin waits 30 s for the answer
 MAX_WAITING = 64  # handshakes held for a loading model; more are answered at once
 MAX_PEERS = 1024  # connections whose model is remembered (least recently used go first)
 LOG_EVERY_S = 10.0
-UPLOAD_WAIT_S = 25.0  # for the saved model to load, inside the plugin's 30 s
 Outgoing = Tuple[List[bytes], bytes, str]  # (envelope, reply, the model the peer now uses)
 
 
@@ -91,7 +90,6 @@ class FrigateFrontend:
         os.set_blocking(self._wake_w, False)
         self._peers: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._waiting: List[Tuple[List[bytes], str, float]] = []  # handshakes for loading models
-        self._uploading = threading.Lock()
         self._logged: Dict[str, float] = {}
         self._thread: Optional[threading.Thread] = None
         self.refusals = Counter(
@@ -105,6 +103,9 @@ class FrigateFrontend:
             "Frigate model handshakes, per answer",
             ["answer"],
             registry=metrics.registry,
+        )
+        self.uploads = frigate_upload.Uploads(
+            settings, loader, self.refusals, backend_of, self.post
         )
         for reason in frigate.REASONS:  # present from the start: rate() sees the first one
             self.refusals.labels(reason)
@@ -287,65 +288,10 @@ class FrigateFrontend:
 
     # uploads ----------------------------------------------------------------------------
     def _upload(self, envelope: List[bytes], message: frigate.Message) -> None:
-        name = message.model_name
-        answer = {"model_saved": False, "model_loaded": False}
-        if not self.settings.frigate_uploads:
-            log.warning(
-                "frigate: refused the model %r it sent: uploads are off (frigate_uploads)", name
-            )
-            self.refusals.labels("upload_off").inc()
-        elif not self._uploading.acquire(blocking=False):
-            log.warning(
-                "frigate: refused the model %r it sent: another upload is in progress", name
-            )
-            self.refusals.labels("upload_busy").inc()
-        else:
-            assert message.payload is not None
-            data = bytes(message.payload)
-            args = (envelope, name, data)
-            threading.Thread(
-                target=self._save, args=args, name="frigate-upload", daemon=True
-            ).start()
-            return
-        self._send(envelope, frigate.reply(answer))
-
-    def _save(self, envelope: List[bytes], name: str, data: bytes) -> None:
-        """On the upload thread: check and write, let the loader load it, answer."""
-        answer = {"model_saved": False, "model_loaded": False}
-        model = ""
-        try:
-            settings = self.settings
-            model = frigate_upload.save(
-                name,
-                data,
-                Path(settings.models_dir),
-                self.backend_of(),
-                settings.frigate_input_dtype,
-                settings.frigate_pixel_format,
-            )
-            answer["model_saved"] = True
-            log.info("frigate: saved the model %r it sent as %s", name, model)
-            answer["model_loaded"] = self._wait_loaded(model)
-        except frigate.Refused as exc:
-            self.refusals.labels(exc.reason).inc()
-            log.warning("frigate: refused the model %r it sent: %s", name, exc)
-        except Exception as exc:
-            log.error("frigate: saving the model %r failed", name, exc_info=exc)
-        finally:
-            self._uploading.release()
-        self.post(envelope, frigate.reply(answer), model)
-
-    def _wait_loaded(self, model: str) -> bool:
-        self.loader.reload()
-        until = time.monotonic() + UPLOAD_WAIT_S
-        while time.monotonic() < until:
-            host = self.loader.table.hosts.get(model)
-            if host is not None and host.state != "loading":
-                if not host.ready:
-                    log.warning("frigate: the model %s it sent did not load: %s", model, host.error)
-                return host.ready
-            time.sleep(0.05)
-        return False
+        assert message.payload is not None
+        refusal = self.uploads.take(envelope, message.model_name, message.payload)
+        if refusal is not None:
+            self._send(envelope, refusal)
 
     # inference --------------------------------------------------------------------------
     def _infer(self, envelope: List[bytes], message: frigate.Message) -> None:

@@ -1,4 +1,5 @@
-"""A model Frigate sends (``model_data``): checked, written atomically into the repository.
+"""A model Frigate sends (``model_data``): checked, written atomically into the repository,
+loaded, answered (:class:`Uploads`, one at a time on a thread of their own).
 
 Only with ``frigate_uploads`` on, only for a name no model has, only a file the backend
 serves (``.rknn`` on the NPU, ``.onnx`` on a PC) whose outputs are a detector layout rkserve
@@ -10,18 +11,29 @@ renamed into place in one step. The loader serves it on its next pass.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from prometheus_client import Counter
 
 from .board.rknnfile import read_rknn
+from .config import Settings
 from .errors import RknnFileError
-from .frigate import Refused, stem
+from .frigate import Refused, reply, stem
 from .kernels.yolo import Layout, read_layout
+from .loader import Loader
 
+log = logging.getLogger("rkserve")
+WAIT_S = 25.0  # for the saved model to load, inside the plugin's 30 s
+REFUSED = reply({"model_saved": False, "model_loaded": False})
+Answer = Callable[[List[bytes], bytes, str], None]  # (envelope, reply, the model it names)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 EXTENSIONS = {".rknn": "rknnlite", ".onnx": "onnx"}
 
@@ -138,3 +150,74 @@ def _write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+class Uploads:
+    """Models Frigate sends, one at a time, on a thread of their own: checked and saved
+    (:func:`save`), loaded by the loader's next pass, then answered through ``answer``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader,
+        refusals: Counter,
+        backend_of: Callable[[], str],
+        answer: Answer,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.refusals = refusals  # rkserve_frigate_refused_total
+        self.backend_of = backend_of
+        self.answer = answer
+        self.busy = threading.Lock()  # held while one upload is checked, saved and loaded
+
+    def take(self, envelope: List[bytes], name: str, data: memoryview) -> Optional[bytes]:
+        """Start on an upload (None), or the refusal to answer with at once."""
+        if not self.settings.frigate_uploads:
+            return self._refuse("upload_off", name, "uploads are off (frigate_uploads)")
+        if not self.busy.acquire(blocking=False):
+            return self._refuse("upload_busy", name, "another upload is in progress")
+        args = (envelope, name, bytes(data))
+        threading.Thread(target=self._save, args=args, name="frigate-upload", daemon=True).start()
+        return None
+
+    def _refuse(self, reason: str, name: str, why: str) -> bytes:
+        self.refusals.labels(reason).inc()
+        log.warning("frigate: refused the model %r it sent: %s", name, why)
+        return REFUSED
+
+    def _save(self, envelope: List[bytes], name: str, data: bytes) -> None:
+        answer = {"model_saved": False, "model_loaded": False}
+        model = ""
+        try:
+            settings = self.settings
+            model = save(
+                name,
+                data,
+                Path(settings.models_dir),
+                self.backend_of(),
+                settings.frigate_input_dtype,
+                settings.frigate_pixel_format,
+            )
+            answer["model_saved"] = True
+            log.info("frigate: saved the model %r it sent as %s", name, model)
+            answer["model_loaded"] = self._wait_loaded(model)
+        except Refused as exc:
+            self._refuse(exc.reason, name, str(exc))
+        except Exception as exc:
+            log.error("frigate: saving the model %r failed", name, exc_info=exc)
+        finally:
+            self.busy.release()
+        self.answer(envelope, reply(answer), model)
+
+    def _wait_loaded(self, model: str) -> bool:
+        self.loader.reload()
+        until = time.monotonic() + WAIT_S
+        while time.monotonic() < until:
+            host = self.loader.table.hosts.get(model)
+            if host is not None and host.state != "loading":
+                if not host.ready:
+                    log.warning("frigate: the model %s it sent did not load: %s", model, host.error)
+                return host.ready
+            time.sleep(0.05)
+        return False

@@ -56,7 +56,7 @@ def test_one_upload_at_a_time() -> None:
     settings = Settings(frigate_uploads=True)
     made, sent = frontend(Table())
     made.settings = settings
-    assert made._uploading.acquire(blocking=False)  # an upload is being checked
+    assert made.uploads.busy.acquire(blocking=False)  # an upload is being checked
     message = frigate_frontend.frigate.Message(
         "model_data", {"model_data": True, "model_name": "b.onnx"}, memoryview(b"x")
     )
