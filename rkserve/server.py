@@ -21,10 +21,12 @@ from typing import Any, Dict, Iterator, List, Optional
 import zmq
 
 from . import memory, protocol, security
+from .backends import npu_present
 from .board import checks
 from .builder import HostBuilder
 from .config import Settings
 from .errors import ConfigError, ModelUnavailable, RkserveError, Unavailable
+from .frigate_frontend import FrigateFrontend
 from .frontend import Frontend
 from .loader import Loader
 from .metrics import Metrics, ModelState
@@ -53,6 +55,7 @@ class Server:
         self.draining = False
         self.metrics_port: Optional[int] = None
         self.curve: Optional[security.CurveServer] = None
+        self.frigate: Optional[FrigateFrontend] = None
 
     @property
     def bound(self) -> List[str]:
@@ -82,11 +85,16 @@ class Server:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
             )
+        if self.settings.frigate_endpoints:
+            self.frigate = FrigateFrontend(
+                self.settings, self.ctx, self.pipeline, self.loader, self.metrics, self._backend
+            )
+            self.frigate.start()
         self._install_signals()
         self.loader.start()
         log.info(
             "listening on %s; metrics on %s",
-            ", ".join(self.bound),
+            ", ".join(self.bound + [f"{e} (frigate)" for e in self._frigate_bound()]),
             f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
         )
 
@@ -162,6 +170,8 @@ class Server:
         """Drain: refuse new work, let admitted jobs finish within drain_timeout_s, answer
         the rest ``unavailable`` wherever they wait, and stop every thread that works."""
         self.draining = True
+        if self.frigate is not None:
+            self.frigate.draining = True
         log.info(
             "draining %d in-flight requests (up to %.0f s)",
             self.pipeline.inflight,
@@ -181,10 +191,14 @@ class Server:
         self.pipeline.stop()
         self.loader.stop(timeout=1.0)
         self.pipeline.fail_all(stopped)  # anything admitted while the threads stopped
+        if self.frigate is not None:
+            self.frigate.stop()
         log.info("stopped")
         return code
 
     def close(self) -> None:
+        if self.frigate is not None:
+            self.frigate.stop()
         self.metrics.close()
         self.frontend.close()
         if self.curve is not None:
@@ -222,6 +236,15 @@ class Server:
         """The model table as the metrics show it (read at scrape time, any thread)."""
         for host in self.loader.table.hosts.values():
             yield ModelState(host.name, host.ready, host.info, host.pending)
+
+    def _frigate_bound(self) -> List[str]:
+        return self.frigate.bound if self.frigate is not None else []
+
+    def _backend(self) -> str:
+        """The backend a model sent by Frigate must suit."""
+        if self.settings.backend != "auto":
+            return self.settings.backend
+        return "rknnlite" if npu_present(Path(self.settings.sysroot)) else "onnx"
 
     # the loader's thread ------------------------------------------------------------------
     def _start_runner(self, host: ModelHost) -> None:
