@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import yaml
 
+from . import dnssd
 from .errors import ConfigError
 
 # The working memory of one request per decoded pixel (measured peaks, docs/SECURITY.md):
@@ -90,6 +91,14 @@ class Settings:
     )
     curve_clients_dir: str = _setting(
         "", "CURVE: folder of allowed clients' public key files, reloaded on SIGHUP"
+    )
+    announce: bool = _setting(
+        True,
+        "announce the daemon on the LAN as DNS-SD service _rkserve._tcp (mDNS; needs the "
+        "zeroconf package); never when bound to loopback or ipc:// only",
+    )
+    announce_name: str = _setting(
+        "", "the DNS-SD instance name, one DNS label (default: the host name)"
     )
 
     @property
@@ -194,6 +203,8 @@ def _validate(settings: Settings) -> None:
         problems.append("metrics_port must be 0..65535")
     if not settings.endpoints:
         problems.append("endpoint must name at least one address")
+    if settings.announce_name and not dnssd.valid_name(settings.announce_name):
+        problems.append("announce_name must be 1-63 letters, digits or inner '-' (a DNS label)")
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
 
