@@ -66,7 +66,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
         if args.prometheus_sd:
             return _keep_file_sd(browser, Path(args.prometheus_sd), args.duration)
         time.sleep(args.wait)  # mDNS has no "that was everyone": listen for a while
-        boards = sorted(browser.boards().values(), key=lambda b: b.name)
+        found = browser.settle()  # and finish asking the boards heard of by then
+        boards = sorted(found.values(), key=lambda b: b.name)
     rows = [_row(board, None if args.no_probe else _probe(board)) for board in boards]
     print(json.dumps(rows, indent=2) if args.json else _table(rows))
     return 0 if boards else 1

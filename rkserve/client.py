@@ -125,6 +125,11 @@ class Client:
             self._refollow(self._sock)
         return self._sock
 
+    @property
+    def connected(self) -> List[str]:
+        """The endpoints the socket is connected to (with discovery: the boards found)."""
+        return sorted(self._connected) if self._sock is not None else []
+
     def _targets(self) -> List[str]:
         self._connected = self.endpoints if self._follow is None else self._follow.endpoints()
         return self._connected

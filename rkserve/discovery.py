@@ -105,6 +105,7 @@ class Browser:
         self._boards: Dict[str, Board] = {}
         self._changed = threading.Condition()
         self.generation = 0  # +1 on every change of the set or of a board's records
+        self._resolving = 0  # boards announced whose records are still being asked for
         self._zc: Any = None
         self._browser: Any = None
 
@@ -147,6 +148,12 @@ class Browser:
                 self._changed.wait(left)
             return dict(self._boards)
 
+    def settle(self, timeout: float = RESOLVE_MS / 1000) -> Dict[str, Board]:
+        """Wait (up to ``timeout``) for the boards already heard of to be resolved."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._resolving == 0, timeout)
+            return dict(self._boards)
+
     def wait_change(self, seen: int, timeout: float) -> int:
         """Wait until :attr:`generation` differs from ``seen`` (or ``timeout``); return it."""
         with self._changed:
@@ -156,7 +163,16 @@ class Browser:
     # zeroconf's browser thread ----------------------------------------------------------
     def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         removed = state_change is self._zc_module.ServiceStateChange.Removed
-        board = None if removed else self._resolve(zeroconf, service_type, name)
+        board = None
+        if not removed:
+            with self._changed:
+                self._resolving += 1
+            try:
+                board = self._resolve(zeroconf, service_type, name)
+            finally:
+                with self._changed:
+                    self._resolving -= 1
+                    self._changed.notify_all()
         with self._changed:
             old = self._boards.pop(name, None)
             if board is None and not removed:
