@@ -110,8 +110,9 @@ class Announcer:
 
     def close(self, timeout: float = STOP_WAIT_S) -> None:
         """Withdraw the record (goodbye packets) and stop; waits up to ``timeout``."""
-        self._commands.put(None)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._commands.put(None)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         zc: Any = None

@@ -31,9 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
         _add_convert,
         _add_bench,
         _add_keys,
+        _add_discover,
     ):
         add(sub)
     return parser
+
+
+def _add_discover(sub: argparse._SubParsersAction) -> None:
+    from .cli_discover import add_discover
+
+    add_discover(sub)
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

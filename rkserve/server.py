@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, cast
 
 import zmq
 
-from . import memory, protocol, security
+from . import announce, memory, protocol, security
 from .config import Settings
 from .errors import BadRequest, ModelUnavailable, RkserveError, Unavailable
 from .loader import Loader
@@ -60,6 +60,7 @@ class Server:
         self.bound: List[str] = []
         self.metrics_port: Optional[int] = None
         self.curve: Optional[security.CurveServer] = None
+        self.announcer: Optional[announce.Announcer] = None
 
     # lifecycle ------------------------------------------------------------------------
     def run(self) -> int:
@@ -90,6 +91,7 @@ class Server:
                 self.settings.metrics_host, self.settings.metrics_port
             )
         self._install_signals()
+        self.announcer = announce.create(self.settings, self.bound)
         self.loader.start()
         log.info(
             "listening on %s; metrics on %s",
@@ -211,6 +213,7 @@ class Server:
         if event:
             self.notifier.ready(event)
             log.info("%s", event)
+            self._announce()
             if self.pipeline.gc_guard.every:
                 memory.settle()  # models (re)loaded: freeze them, so collections stay cheap
         now = time.monotonic()
@@ -220,10 +223,19 @@ class Server:
             return now + interval
         return next_ping
 
+    def _announce(self) -> None:
+        """Tell the LAN what this board serves now (after every loading pass)."""
+        if self.announcer is not None:
+            public = self.curve.public if self.curve is not None else None
+            hosts = self.loader.table.hosts
+            self.announcer.publish(announce.facts(self.settings, self.metrics_port, public, hosts))
+
     def shutdown(self) -> int:
         """Drain: refuse new work, let admitted jobs finish within drain_timeout_s, answer
         the rest ``unavailable`` wherever they wait, and stop every thread that works."""
         self.draining = True
+        if self.announcer is not None:
+            self.announcer.close()  # goodbye packets first: browsers stop sending us work
         log.info(
             "draining %d in-flight requests (up to %.0f s)",
             self.pipeline.inflight,
@@ -247,6 +259,8 @@ class Server:
         return code
 
     def close(self) -> None:
+        if self.announcer is not None:
+            self.announcer.close()  # no-op after shutdown's; withdraws if the loop raised
         self.metrics.close()
         with self._sock_lock:
             self._closed = True  # a late sender (a runner the drain could not stop) sends nothing
