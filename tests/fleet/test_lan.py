@@ -156,7 +156,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     reason = why_not()
     if reason:
         missing(reason)
-    pytest.importorskip("zeroconf", reason="python-zeroconf is not installed (the dev extra)")
+    try:
+        import zeroconf  # noqa: F401
+    except ImportError:
+        missing("python-zeroconf is not installed (the dev extra has it)")
     lan = Lan([*SOCS, "client"]).up()
     fleet = Fleet(lan, tmp_path_factory.mktemp("fleet"))
     watcher: Optional[subprocess.Popen] = None
@@ -232,6 +235,15 @@ def test_file_sd_lists_three_targets_prometheus_accepts(fleet: Fleet) -> None:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS" in checked.stdout + checked.stderr
+
+
+def test_the_cli_takes_dnssd_in_place_of_endpoints(fleet: Fleet) -> None:
+    argv = [sys.executable, "-m", "rkserve", "models", "-e", "dnssd:", "--json"]
+    done = subprocess.run(
+        fleet.lan.run_in("client", argv), capture_output=True, text=True, env=env(), timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(m["name"] for m in json.loads(done.stdout)) == ["cls", "seg"]
 
 
 def test_one_client_spreads_requests_over_the_three(worker: Worker) -> None:
