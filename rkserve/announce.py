@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
-from . import __version__, dnssd, probes
+from . import dnssd
+from .board import probes
 from .config import Settings
 from .modelhost import ModelHost
+from .version import __version__
 
 log = logging.getLogger("rkserve.announce")
 HOST_TTL = 120  # seconds: python-zeroconf's default for address and SRV records

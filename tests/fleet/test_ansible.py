@@ -21,12 +21,12 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 import yaml
-from boards import AFTER_UPDATE, BEFORE_UPDATE, make_board, write_lite2, write_rknn
-from daemon import ROOT
 
 from rkserve.client import Client
+from tests.boards import AFTER_UPDATE, BEFORE_UPDATE, make_board, write_lite2, write_rknn
+from tools.harness import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.process, pytest.mark.timeout(1200)]
 CI = os.environ.get("CI") == "true"
 PLAYBOOK = ROOT / "deploy" / "ansible" / "site.yml"
 ANSIBLE = Path(sys.executable).parent / "ansible-playbook"

@@ -27,6 +27,7 @@ def test_it_runs_discover_into_its_state_directory() -> None:
     assert "StateDirectoryMode=0755" in lines  # Prometheus, another user, reads the file
 
 
+@pytest.mark.process
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir():
         if CI:

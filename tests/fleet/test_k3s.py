@@ -15,6 +15,7 @@ from rkserve.config import load_settings
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "k3s" / "rkserve.yaml"
 KUBERNETES = "1.31.0"  # k3s's stable channel at the time of writing
+pytestmark = pytest.mark.process  # kubernetes-validate
 CI = os.environ.get("CI") == "true"
 
 

@@ -21,15 +21,15 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import zmq.auth
-from boards import make_board
-from daemon import fake_models
-from netlan import Lan, why_not
 from zmq.utils import z85
 
 from rkserve import __version__
 from rkserve.security import create_keys
+from tests.boards import make_board
+from tests.fleet.netlan import Lan, why_not
+from tools.harness import fake_models
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 ROOT = Path(__file__).resolve().parents[2]
 CI = os.environ.get("CI") == "true"
 SOCS = {"b1": "rk3568", "b2": "rk3568", "b3": "rk3566"}
