@@ -10,6 +10,7 @@ cannot leave it. Needs root and ``ip`` (iproute2).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from typing import Dict, List, Optional
@@ -37,11 +38,22 @@ def ip(*args: str) -> None:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
+def sweep_stale() -> None:
+    """Remove the namespaces of earlier runs whose test process is gone (killed before its
+    clean-up): ``rkf<pid>-<host>`` with no process ``<pid>``. Others' are left alone."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    for line in listed.stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        match = re.fullmatch(r"rkf(\d+)-[a-z0-9]+", name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
 class Lan:
     """Namespaces ``<tag>-<host>`` on the bridge of ``<tag>-sw``; host i has 10.77.n.(10+i)."""
 
     def __init__(self, hosts: List[str], tag: str = "", net: int = 0) -> None:
-        self.tag = tag or f"rkf{os.getpid() % 100000}"
+        self.tag = tag or f"rkf{os.getpid()}"
         self.net = net or (os.getpid() % 200) + 20
         self.hosts = list(hosts)
         self.addresses: Dict[str, str] = {
@@ -53,6 +65,7 @@ class Lan:
         return f"{self.tag}-{host}"
 
     def up(self) -> Lan:
+        sweep_stale()
         switch = self.namespace("sw")
         self._add(switch)
         ip("-n", switch, "link", "add", "br0", "type", "bridge")
