@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -178,3 +180,24 @@ def test_following_picks_the_boards_a_client_can_talk_to() -> None:
 def test_dnssd_stands_alone() -> None:
     with pytest.raises(BadRequest, match="give it alone"):
         Client(["dnssd:", "tcp://10.0.0.1:5555"])
+
+
+def test_an_announcer_whose_mdns_fails_only_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Port 5353 taken (an Avahi that does not share it): a warning, and the daemon goes on."""
+    zeroconf = pytest.importorskip("zeroconf")
+
+    def taken(*args: Any, **kwargs: Any) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(zeroconf, "Zeroconf", taken)
+    caplog.set_level(logging.WARNING, logger="rkserve.announce")
+    announcer = announce.Announcer(announce.Plan(5555, ("10.0.0.21",)))
+    announcer.publish(FACTS)
+    until = time.monotonic() + 5.0  # a stop queued behind the publish would win: wait first
+    while "announce: OSError" not in caplog.text and time.monotonic() < until:
+        time.sleep(0.01)
+    announcer.close(timeout=5.0)
+    assert not announcer._thread.is_alive() and announcer.name == ""
+    assert "announce: OSError" in caplog.text and "Address already in use" in caplog.text
