@@ -182,6 +182,7 @@ def test_dnssd_stands_alone() -> None:
         Client(["dnssd:", "tcp://10.0.0.1:5555"])
 
 
+@pytest.mark.process  # importing zeroconf runs ldconfig (ctypes.util.find_library)
 def test_an_announcer_whose_mdns_fails_only_logs(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
