@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
+from . import dnssd
 from .errors import ConfigError
 
 # The working memory of one request per decoded pixel (measured peaks, docs/SECURITY.md):
@@ -118,6 +119,14 @@ class Settings:
         "and serve it; off: refused",
     )
     frigate_max_upload_mb: float = _setting(64.0, "Frigate: the largest model file it may send")
+    announce: bool = _setting(
+        True,
+        "announce the daemon on the LAN as DNS-SD service _rkserve._tcp (mDNS; needs the "
+        "zeroconf package); never when bound to loopback or ipc:// only",
+    )
+    announce_name: str = _setting(
+        "", "the DNS-SD instance name, one DNS label (default: the host name)"
+    )
 
     @property
     def endpoints(self) -> list:
@@ -243,6 +252,8 @@ def _validate(settings: Settings) -> None:
     if not settings.endpoints:
         problems.append("endpoint must name at least one address")
     problems += _frigate_problems(settings)
+    if settings.announce_name and not dnssd.valid_name(settings.announce_name):
+        problems.append("announce_name must be 1-63 letters, digits or inner '-' (a DNS label)")
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import zmq
 
-from . import memory, protocol, security
+from . import announce, memory, protocol, security
 from .backends import npu_present
 from .board import checks
 from .builder import HostBuilder
@@ -56,6 +56,7 @@ class Server:
         self.metrics_port: Optional[int] = None
         self.curve: Optional[security.CurveServer] = None
         self.frigate: Optional[FrigateFrontend] = None
+        self.announcer: Optional[announce.Announcer] = None
 
     @property
     def bound(self) -> List[str]:
@@ -91,6 +92,7 @@ class Server:
             )
             self.frigate.start()
         self._install_signals()
+        self.announcer = announce.create(self.settings, self.bound)
         self.loader.start()
         log.info(
             "listening on %s; metrics on %s",
@@ -157,6 +159,7 @@ class Server:
         if event:
             self.notifier.ready(event)
             log.info("%s", event)
+            self._announce()
             if self.pipeline.gc_guard.every:
                 memory.settle()  # models (re)loaded: freeze them, so collections stay cheap
         now = time.monotonic()
@@ -166,12 +169,21 @@ class Server:
             return now + interval
         return next_ping
 
+    def _announce(self) -> None:
+        """Tell the LAN what this board serves now (after every loading pass)."""
+        if self.announcer is not None:
+            public = self.curve.public if self.curve is not None else None
+            hosts = self.loader.table.hosts
+            self.announcer.publish(announce.facts(self.settings, self.metrics_port, public, hosts))
+
     def shutdown(self) -> int:
         """Drain: refuse new work, let admitted jobs finish within drain_timeout_s, answer
         the rest ``unavailable`` wherever they wait, and stop every thread that works."""
         self.draining = True
         if self.frigate is not None:
             self.frigate.draining = True
+        if self.announcer is not None:
+            self.announcer.close()  # goodbye packets first: browsers stop sending us work
         log.info(
             "draining %d in-flight requests (up to %.0f s)",
             self.pipeline.inflight,
@@ -199,6 +211,8 @@ class Server:
     def close(self) -> None:
         if self.frigate is not None:
             self.frigate.stop()
+        if self.announcer is not None:
+            self.announcer.close()  # no-op after shutdown's; withdraws if the loop raised
         self.metrics.close()
         self.frontend.close()
         if self.curve is not None:

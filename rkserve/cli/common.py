@@ -34,8 +34,9 @@ def client_options(p: argparse.ArgumentParser) -> None:
         "-e",
         action="append",
         metavar="ADDR",
-        help=f"daemon address; repeat for several boards: models and health ask each one, infer "
-        f"spreads its images over them (default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
+        help=f"daemon address; repeat for several boards (models and health ask each one, infer "
+        f"spreads its images over them), or dnssd: for every board announced on the LAN "
+        f"(default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
     )
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"

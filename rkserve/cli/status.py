@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any, Dict, List
 
-from ..client import ask_each
-from ..errors import RkserveError
+from ..client import DISCOVER, ask_each
+from ..discovery import Browser
+from ..errors import ConfigError, RkserveError, Unavailable
 from .common import client_options, client_settings, endpoints, table
+
+LISTEN_S = 3.0  # how long dnssd: listens for boards
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +28,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """``models`` or ``health`` of every endpoint given, each asked on its own; exit 1 when
     any daemon does not answer or any of its models is not ready."""
-    answers = ask_each(endpoints(args), args.command, **client_settings(args))
+    answers = ask_each(_named(endpoints(args)), args.command, **client_settings(args))
     if len(answers) == 1 and isinstance(answers[0][1], RkserveError):
         raise answers[0][1]  # one daemon: its error is the command's, as before
     if args.json:
@@ -34,6 +38,21 @@ def run(args: argparse.Namespace) -> int:
         blocks = [_status_text(e, a, args.command, len(answers) > 1) for e, a in answers]
         print("\n\n".join(blocks))
     return 0 if all(_status_ready(a, args.command) for _, a in answers) else 1
+
+
+def _named(given: List[str]) -> List[str]:
+    """The endpoints to ask: ``dnssd:`` stands for every board announced on the LAN now
+    (listened for ``LISTEN_S``, as ``rkserve discover`` does)."""
+    if DISCOVER not in given:
+        return given
+    if given != [DISCOVER]:
+        raise ConfigError(f"{DISCOVER} stands for every board found: give it alone")
+    with Browser() as browser:
+        time.sleep(LISTEN_S)  # mDNS has no "that was everyone"
+        boards = sorted(browser.settle().values(), key=lambda b: b.name)
+    if not boards:
+        raise Unavailable(f"no rkserve board answered on the LAN within {LISTEN_S:.0f} s")
+    return [board.endpoint for board in boards]
 
 
 def _status_ready(answer: Any, command: str) -> bool:
