@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import missing
 
 from rkserve.backends import npu_present
 from rkserve.convert.cli import converter_python
@@ -19,9 +20,7 @@ def converter() -> Path:
     """The converter environment's Python (deploy/convert-env.sh makes it), or skip."""
     python = converter_python()
     if python is None or not python.exists():
-        pytest.skip(
-            "converter environment absent: run deploy/convert-env.sh to create .venv-convert"
-        )
+        missing("converter environment absent: run deploy/convert-env.sh to create .venv-convert")
     return python
 
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 from emuboard import LITE2_RELEASES, NO_RECORD_LINE, RecordingBackend, board, record, write_attrs
-from helpers import DATA, MODELS, write_model
+from helpers import DATA, MODELS, shared, write_model
 
 from rkserve.backends import open_backend
 from rkserve.engine import Engine
@@ -199,8 +199,7 @@ def test_demo_models_answer_what_their_onnx_twin_answers(drive: Dict[str, Any], 
 
 @pytest.mark.parametrize("relative", SHARED)
 def test_shared_rknn_files_for_rk356x_load_answer_and_release(drive: Dict[str, Any], relative):
-    if not (RKNN / relative).is_file():
-        pytest.skip(f"{RKNN / relative} not found")
+    shared("rknn", relative)
     name = Path(relative).stem
     got = _outputs(drive["results"][name])
     for g, e in zip(got, drive["expected"][name]):
@@ -230,8 +229,7 @@ def test_inference_returning_none_is_a_backend_error(drive: Dict[str, Any], step
 
 
 def test_a_model_for_another_npu_fails_init_with_the_runtimes_message(drive: Dict[str, Any]):
-    if "wrong-target-platform" not in drive["results"]:
-        pytest.skip(f"{RKNN / RK3588_MODEL} not found")
+    shared("rknn", RK3588_MODEL)
     result = drive["results"]["wrong-target-platform"]
     assert result["error"].startswith("BackendError: init_runtime for ")
     assert "does not match the RKNPU hardware version" in result["log"]

@@ -24,7 +24,7 @@ from emuboard import (
     same_answer,
     write_attrs,
 )
-from helpers import DATA, MODELS, write_model
+from helpers import DATA, MODELS, shared, write_model
 
 from rkserve.backends.rknnlite import nhwc
 from rkserve.rknnfile import read_rknn
@@ -39,8 +39,7 @@ MASKS = {"core0": 1, "core1": 2, "core2": 4, "auto": None}
 @pytest.fixture(scope="module")
 def rk3588(tmp_path_factory: Any) -> Dict[str, Any]:
     """Each core mask on the emulated RK3588 with the newest lite2; the stand-in's trace."""
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} not found")
+    shared(*MODEL.relative_to(DATA).parts)
     target = board("rk3588")
     folder = tmp_path_factory.mktemp("rk3588")
     records = folder / "records"

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import zmq
 from daemon import Daemon, fake_models, free_port
-from helpers import DATA, shared
+from helpers import shared
 
 from rkserve.errors import BackendError, ModelUnavailable
 
@@ -184,8 +184,7 @@ def onnx_model(folder, name: str) -> None:
 
 
 def test_a_corrupted_or_deleted_model_file_keeps_the_loaded_version_serving(tmp_path):
-    if not (DATA / "onnx").is_dir():
-        pytest.skip(f"shared test data not found: {DATA} (set RKSERVE_SHARED_DATA)")
+    shared("onnx")
     models = tmp_path / "models"
     onnx_model(models, "mnet")
     d = Daemon(tmp_path, models, "--backend", "onnx").start(timeout=60)

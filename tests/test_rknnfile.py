@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import pytest
-from helpers import run_rkserve
+from helpers import DATA, missing, run_rkserve
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ from rkserve.rknnfile import RknnInfo, describe, parse_version, read_rknn
 from rkserve.rknnops import custom_ops
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RKSERVE_SHARED_DATA") or REPO.parent / "shared" / "data")
+SHARED = DATA
 RKNN_DIR = SHARED / "rknn"
 
 
@@ -108,7 +108,7 @@ EXPECTED: Dict[str, Facts] = {
 
 def shared_file(rel: str) -> Path:
     if not RKNN_DIR.is_dir():
-        pytest.skip(f"shared test data not found at {RKNN_DIR} (set RKSERVE_SHARED_DATA)")
+        missing(f"shared test data not found at {RKNN_DIR} (set RKSERVE_SHARED_DATA)")
     return RKNN_DIR / rel
 
 

@@ -18,9 +18,8 @@ import pytest
 
 from rkserve import demo, repository
 from rkserve.spec import load_spec
-
-detect = pytest.importorskip("rkserve.tasks.detect", reason="no detection post-processing")
-read_layout = pytest.importorskip("rkserve.tasks.yolo").read_layout
+from rkserve.tasks import detect
+from rkserve.tasks.yolo import read_layout
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 FOLDER = MODELS / "shapes-det"
@@ -32,7 +31,6 @@ MIN_PRECISION = 0.7
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    pytest.importorskip("onnxruntime")
     loaded = repository.open_engine(MODELS, "shapes-det", backend="onnx")
     yield loaded
     loaded.backend.close()

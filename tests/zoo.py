@@ -8,6 +8,7 @@ torch: it is replaced with the same softmax expectation in numpy.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, Optional, Sequence, Tuple
@@ -15,7 +16,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT.parent / "shared" / "reference" / "rknn_model_zoo"
+SHARED = Path(os.environ.get("RKSERVE_SHARED", ROOT.parent / "shared"))
+ZOO = SHARED / "reference" / "rknn_model_zoo"
 FILES = {
     "yolov5": "examples/yolov5/python/yolov5.py",
     "yolov8": "examples/yolov8/python/yolov8.py",
@@ -25,13 +27,14 @@ _loaded: Dict[str, ModuleType] = {}
 
 
 def zoo(name: str) -> ModuleType:
-    """One of the zoo's modules, or skip the test with the reason."""
+    """One of the zoo's modules, or :func:`helpers.missing` (a skip; in CI a failure)."""
     try:
         return load(name)
     except FileNotFoundError as exc:
-        import pytest  # only tests get here: benchmarks call load() first
+        reason = f"{exc} (set RKSERVE_SHARED)"
+    from helpers import missing  # only tests get here: benchmarks call load() first
 
-        pytest.skip(str(exc))
+    missing(reason)
 
 
 def load(name: str) -> ModuleType:
