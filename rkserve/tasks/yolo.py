@@ -15,7 +15,8 @@ Two formats, named as in ``model.yaml`` (``output.format``):
     inside), optionally followed by a score sum ``[1, 1, H, W]``: 6 or 9 outputs.
 
 Candidates come out in the order of the model zoo's flattening (stride, then anchor, row,
-column), which is also the order ties are broken in by :func:`rkserve.tasks.nms.nms`.
+column) with the zoo's float32 scores, so that :func:`rkserve.tasks.nms.nms` can order equal
+scores as the zoo does (the same sort of the same arrays).
 Decoding runs on the cells that pass the score threshold only.
 """
 
