@@ -271,7 +271,7 @@ def test_nms_ties_follow_the_zoo_and_classes_do_not_suppress() -> None:
     assert nms(boxes, scores).tolist() == expected and len(expected) == 2
     labels = np.array([0, 0, 1, 0])
     first = np.flatnonzero(labels == 0)
-    zoo_kept = first[module.nms_boxes(boxes[first], scores[first])].tolist() + [2]
+    zoo_kept = [*first[module.nms_boxes(boxes[first], scores[first])].tolist(), 2]
     assert sorted(nms(boxes, scores, labels).tolist()) == sorted(zoo_kept)
     assert nms(boxes, scores, max_det=1).tolist() == expected[:1]
     assert nms(np.zeros((0, 4)), np.zeros(0, np.float32)).tolist() == []
