@@ -9,8 +9,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import cv2
 import numpy as np
@@ -20,9 +21,11 @@ from daemon import ROOT, Daemon
 from onnx_detector import square_image, write_detector
 
 from rkserve import repository
+from rkserve.backends.fake import FakeBackend
+from rkserve.engine import Engine
 from rkserve.errors import BadRequest, ConfigError
 from rkserve.spec import load_spec
-from rkserve.tasks import detect
+from rkserve.tasks import detect, detection
 from rkserve.tasks.detection import Output
 
 LABELS = ["red", "green", "blue"]
@@ -214,9 +217,9 @@ def test_model_yaml_defaults_are_the_params_defaults(tmp_path: Path) -> None:
         ({"conf": True}, "params.conf must be a number 0..1, got True"),
         ({"conf": math.nan}, "params.conf must be a number 0..1, got nan"),
         ({"iou": 2}, "params.iou must be a number 0..1, got 2"),
-        ({"max_det": 0}, "params.max_det must be an integer 1..10000, got 0"),
-        ({"max_det": 2.5}, "params.max_det must be an integer 1..10000, got 2.5"),
-        ({"max_det": 10_001}, "params.max_det must be an integer 1..10000"),
+        ({"max_det": 0}, "params.max_det must be an integer 1..300, got 0"),
+        ({"max_det": 2.5}, "params.max_det must be an integer 1..300, got 2.5"),
+        ({"max_det": 301}, "params.max_det must be an integer 1..300"),
         ({"classes": [3]}, r"params.classes: 3 is not a class index of this model \(0..2\)"),
         ({"classes": [-1]}, "params.classes: -1 is not a class index"),
         ({"classes": [True]}, "params.classes: True is not a class index"),
@@ -507,3 +510,74 @@ def test_the_demo_detector_served_finds_the_shapes_in_its_samples(tmp_path: Path
         assert daemon.stop() == 0, daemon.log()
     # recall at IoU 0.5 of at least 0.8: what the demo model's mAP@0.5 >= 0.8 promises
     assert found_all and missed <= found_all * 0.2, f"missed {missed} of {found_all} shapes"
+
+
+# --- the cost of one request -------------------------------------------------------------------
+
+
+def _cpu_ms(call: Any, repeat: int = 3) -> float:
+    """The least CPU time of ``repeat`` calls (this process's threads only: other work on
+    the machine does not count)."""
+    best = math.inf
+    for _ in range(repeat):
+        started = time.process_time()
+        call()
+        best = min(best, (time.process_time() - started) * 1000)
+    return best
+
+
+class _Crowd(FakeBackend):
+    """The fake backend, answering every request with the worst outputs for NMS: one class,
+    every cell of a 640x640 yolov8 a candidate whose box is a point of its own (8 400 boxes,
+    none overlapping another: nothing is ever suppressed)."""
+
+    def _compute(self, inputs: Any) -> List[np.ndarray]:
+        rng = np.random.default_rng(0)
+        outputs = []
+        for grid in (80, 40, 20):
+            box = np.full((1, 64, grid, grid), -10.0, np.float32)
+            box[:, 0::16] = 10.0  # every side 0 cells from the centre
+            outputs += [box, rng.uniform(0.3, 0.9, (1, 1, grid, grid)).astype(np.float32)]
+        return outputs
+
+
+def _detector(root: Path, format: str, classes: int, backend: type = FakeBackend) -> Engine:
+    folder = root / f"{format}-{classes}"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"placeholder: the fake backend never reads it")
+    spec = {
+        "task": "detection",
+        "input": {"size": 640},
+        "output": {"format": format, "classes": classes},
+    }
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
+    loaded = load_spec(folder)
+    return Engine(loaded, backend(loaded))
+
+
+@pytest.mark.parametrize(
+    ("format", "classes", "backend"),
+    [("yolov5", 80, FakeBackend), ("yolov8", 1, _Crowd)],
+    ids=["yolov5-80-classes", "one-class-crowd"],
+)
+def test_the_costliest_params_cost_a_bounded_multiple_of_a_default_request(
+    tmp_path: Path, format: str, classes: int, backend: type
+) -> None:
+    """``{conf: 0, iou: 1, max_det: <the most>}`` on a 640x640 detector makes every cell a
+    candidate (25 200 for the 80-class yolov5, 8 400 for the crowd) and suppresses none: the
+    candidates before NMS (``detect.MAX_NMS``) and ``max_det`` are capped, so its CPU time
+    stays within a few default requests' (measured here, in one process; the yolov5 one
+    cost 2.5 s, 80 times a default request, with max_det 10 000)."""
+    engine = _detector(tmp_path, format, classes, backend)
+    picture = np.zeros((480, 640, 3), np.uint8)
+    picture[100:300, 200:400] = 255
+    jpeg = cv2.imencode(".jpg", picture)[1].tobytes()
+    worst = {"conf": 0.0, "iou": 1.0, "max_det": detection.MAX_DET}
+    default_engine = engine if backend is FakeBackend else _detector(tmp_path, "yolov5", 80)
+    default_engine.infer(jpeg)  # first calls pay for imports and caches
+    default_ms = _cpu_ms(lambda: default_engine.infer(jpeg))
+    worst_ms = _cpu_ms(lambda: engine.infer(jpeg, worst))
+    found = engine.infer(jpeg, worst).result["detections"]
+    print(f"\ndefault {default_ms:.1f} ms, worst {worst_ms:.1f} ms of CPU, {len(found)} boxes")
+    assert len(found) == min(detection.MAX_DET, detect.MAX_NMS)
+    assert worst_ms < 8 * default_ms

@@ -1,7 +1,8 @@
 """Detection post-processing: raw YOLO outputs → boxes in source-image pixels, best first.
 
 The steps are those of Rockchip's model zoo (decode, score threshold, class-wise NMS, boxes
-back through the letterbox and clipped) and give the same boxes, vectorised::
+back through the letterbox and clipped) and give the same boxes, vectorised, as long as at
+most :data:`MAX_NMS` candidates pass the threshold (the zoo has no such bound)::
 
     placement = Placement(...)  # from image.resize(rgb, (640, 640), "letterbox")
     found = postprocess(outputs, "yolov8", placement, (640, 640), rgb.shape[:2])
@@ -25,6 +26,7 @@ from .yolo import FORMATS, STRIDES, YOLOV5_ANCHORS, Anchors, Candidates, decode
 
 __all__ = [
     "FORMATS",
+    "MAX_NMS",
     "STRIDES",
     "YOLOV5_ANCHORS",
     "Candidates",
@@ -37,6 +39,13 @@ __all__ = [
     "to_source",
     "to_wire",
 ]
+
+
+# The most candidates NMS takes, the best by score (Ultralytics takes 30 000 with torchvision's
+# NMS in C++). NMS compares every kept box with the candidates after it: its cost grows with
+# candidates x kept boxes, so this and max_det bound one request's. conf 0 makes every cell a
+# candidate: 25 200 on a 640x640 yolov5, which cost 2.5 s of CPU with max_det 10 000.
+MAX_NMS = 3000
 
 
 @dataclass(frozen=True)
@@ -87,16 +96,25 @@ def postprocess(
     strides: Sequence[int] = STRIDES,
     anchors: Optional[Anchors] = None,
 ) -> Detections:
-    """Decode, keep scores ``>= conf`` (of ``classes`` only, if given), class-wise NMS at
-    ``iou``, the best ``max_det``, boxes in source pixels. Arguments as :func:`decode` and
-    :func:`to_source`."""
-    found = decode(outputs, format, conf, strides, anchors, classes)
+    """Decode, keep scores ``>= conf`` (of ``classes`` only, if given), the best
+    :data:`MAX_NMS` of them, class-wise NMS at ``iou``, the best ``max_det``, boxes in source
+    pixels. Arguments as :func:`decode` and :func:`to_source`."""
+    found = best_candidates(decode(outputs, format, conf, strides, anchors, classes), MAX_NMS)
     keep = nms(found.boxes, found.scores, found.classes, iou, max_det)
     return Detections(
         to_source(found.boxes[keep], placement, input_size, source_size),
         found.scores[keep],
         found.classes[keep],
     )
+
+
+def best_candidates(found: Candidates, limit: int) -> Candidates:
+    """The ``limit`` best-scoring candidates (equal scores: the earlier ones), still in
+    candidate order (the order NMS breaks ties in); all of them when there are no more."""
+    if len(found) <= limit:
+        return found
+    chosen = np.sort(np.argsort(-found.scores, kind="stable")[:limit])
+    return Candidates(found.boxes[chosen], found.scores[chosen], found.classes[chosen])
 
 
 def to_wire(found: Detections, labels: Sequence[str] = ()) -> List[Dict[str, Any]]:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 NAME = "detection"
 PARAMS = ("conf", "iou", "max_det", "classes", "overlay")
-MAX_DET = 10_000  # the most boxes a reply may carry
+MAX_DET = 300  # the most boxes a reply may carry (Ultralytics' default; NMS's cost grows with it)
 PAD = 0  # the model zoo letterboxes with black: RGA initialises its buffers with 0
 
 
