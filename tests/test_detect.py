@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import zoo
+from helpers import ROOT
 
 from rkserve.backends.fake_yolo import yolo_outputs
 from rkserve.tasks import detect, image
@@ -337,11 +338,12 @@ def test_postprocess_is_the_zoos_pipeline(format: str, sums: bool) -> None:
 
 
 def test_overlay_is_the_zoos_drawing() -> None:
+    """Where the zoo's labels fit in the image, the same pixels as its ``draw``."""
     rng = np.random.default_rng(14)
     picture = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
     labels = ["circle", "square", "triangle"]
     found = Detections(
-        np.array([[10.7, 30.2, 200.9, 150.5], [0.0, 0.0, 480.0, 360.0], [300, 5, 470, 100]]),
+        np.array([[10.7, 30.2, 200.9, 150.5], [0.0, 40.0, 480.0, 360.0], [300, 25, 470, 100]]),
         np.array([0.91, 0.5, 0.333], np.float32),
         np.array([2, 0, 1]),
     )
@@ -349,6 +351,55 @@ def test_overlay_is_the_zoos_drawing() -> None:
     expected = zoo.draw(picture[:, :, ::-1], found.boxes, found.scores, found.classes, labels)
     assert np.array_equal(drawn, expected[:, :, ::-1])
     assert not np.array_equal(drawn, picture)
+
+
+def _label_pixels(canvas: np.ndarray) -> int:
+    return int(np.all(canvas == detect.TEXT_RGB, axis=2).sum())
+
+
+def _whole_label(text: str) -> int:
+    """The pixels of ``text`` drawn as the overlay draws it, with room all around."""
+    canvas = np.zeros((200, 600, 3), np.uint8)
+    cv2.putText(canvas, text, (50, 100), cv2.FONT_HERSHEY_SIMPLEX, 0.6, detect.TEXT_RGB, 2)
+    return _label_pixels(canvas)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [[30, 0, 90, 50], [30, 5.5, 90, 50], [0, 0, 200, 120], [150, 40, 200, 90], [0, 100, 40, 119]],
+    ids=["top-edge", "near-top", "whole-image", "right-edge", "bottom-left"],
+)
+def test_every_label_is_drawn_inside_the_image(box: List[float]) -> None:
+    """A box at the top edge (the demo's sample 002.jpg has one: its cross) had its label
+    drawn above the image, where nothing of it shows; at the right edge, cut."""
+    picture = np.zeros((120, 200, 3), np.uint8)
+    found = Detections(np.array([box], float), np.array([0.98], np.float32), np.array([0]))
+    drawn = detect.draw(picture, found, ["triangle"])
+    assert _label_pixels(drawn) == _whole_label("triangle 0.98")
+
+
+def test_the_demo_samples_show_every_label() -> None:
+    """Each detection of the demo detector on its samples, drawn alone: its whole label."""
+    from rkserve import repository
+
+    engine = repository.open_engine(ROOT / "models", "shapes-det", backend="onnx")
+    for sample in sorted((ROOT / "models" / "shapes-det" / "samples").glob("*.jpg")):
+        prepared = engine.prepare(sample.read_bytes(), engine.parse_params())
+        found = detect.postprocess(
+            engine.run(prepared),
+            "yolov8",
+            prepared.context.placement,
+            engine.spec.input_size,
+            prepared.context.size,
+        )
+        blank = np.zeros((*prepared.context.size, 3), np.uint8)
+        for n in range(len(found)):
+            one = Detections(
+                found.boxes[n : n + 1], found.scores[n : n + 1], found.classes[n : n + 1]
+            )
+            text = f"{engine.spec.labels[int(found.classes[n])]} {float(found.scores[n]):.2f}"
+            drawn = detect.draw(blank, one, engine.spec.labels)
+            assert _label_pixels(drawn) == _whole_label(text), (sample.name, text, found.boxes[n])
 
 
 def test_to_wire_is_best_first_with_labels() -> None:

@@ -136,15 +136,35 @@ def _label(index: int, labels: Sequence[str]) -> str:
 
 BOX_RGB = (0, 0, 255)  # the model zoo draws in BGR: blue boxes, red text
 TEXT_RGB = (255, 0, 0)
+FONT, FONT_SCALE, THICKNESS = cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2  # the zoo's
+LABEL_GAP = 6  # the zoo's: the text's baseline 6 px above the box
 
 
 def draw(image: np.ndarray, found: Detections, labels: Sequence[str] = ()) -> np.ndarray:
     """A copy of the ``HxWx3`` RGB ``image`` with each box and ``"label score"`` drawn as the
-    model zoo's ``draw`` does (2 px boxes, corners truncated to whole pixels)."""
+    model zoo's ``draw`` does (2 px boxes, corners truncated to whole pixels, the label above
+    the box), except that a label is always inside the image: under the box's top edge when
+    there is no room above it (the zoo draws it off the image), moved left at the right
+    edge."""
     canvas = image.copy()
     for box, score, index in zip(found.boxes.tolist(), found.scores.tolist(), found.classes):
         x1, y1, x2, y2 = (int(v) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_RGB, 2)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), BOX_RGB, THICKNESS)
         text = f"{_label(int(index), labels)} {score:.2f}"
-        cv2.putText(canvas, text, (x1, y1 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.6, TEXT_RGB, 2)
+        origin = label_origin(text, x1, y1, canvas.shape[:2])
+        cv2.putText(canvas, text, origin, FONT, FONT_SCALE, TEXT_RGB, THICKNESS)
     return canvas
+
+
+def label_origin(text: str, x1: int, y1: int, size: Tuple[int, int]) -> Tuple[int, int]:
+    """Where ``text``'s baseline starts for a box whose top-left corner is ``x1, y1`` in an
+    image of ``size`` ``(height, width)``: the zoo's place (``x1, y1 - 6``) if the whole
+    text fits there, else the nearest place inside the image (below the box's top edge)."""
+    (width, height), baseline = cv2.getTextSize(text, FONT, FONT_SCALE, THICKNESS)
+    rows, cols = size
+    x, y = x1, y1 - LABEL_GAP
+    if y - height - THICKNESS < 0:  # no room above the box: under its top edge
+        y = y1 + THICKNESS + LABEL_GAP + height
+    y = max(height + THICKNESS, min(y, rows - 1 - baseline))
+    x = max(0, min(x, cols - width - THICKNESS))
+    return x, y

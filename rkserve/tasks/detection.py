@@ -268,7 +268,13 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
 
 
 def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
-    return vision.warmup_image(spec)
+    """The warm-up image; an overlay is drawn and encoded once on the way, at load: the first
+    text and JPEG OpenCV makes in a process cost it ~2 ms here (tens on a board), which the
+    first request asking for an overlay would pay."""
+    blank = vision.warmup_image(spec)
+    one = detect.Detections(np.array([[1.0, 1.0, 8.0, 8.0]]), np.ones(1, np.float32), np.zeros(1))
+    segment.encode_jpeg(detect.draw(blank, one, spec.labels))
+    return blank
 
 
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
