@@ -7,8 +7,12 @@ the aarch64 wheels and board roots holding a real board's files plus the stand-i
 - :func:`board` returns a built :class:`Board` (or skips the test, saying why);
 - :func:`write_attrs` and :func:`record` write what the stand-in reads: the tensor attributes
   of a ``.rknn`` (from rkserve's own reader) and, for an exact input, the outputs to replay;
-- :class:`RecordingBackend` is the ONNX twin behind rkserve's engine that records, for every
-  raw NHWC input the engine prepares, the twin's outputs: the answers the board must give.
+- :func:`board_inputs` runs the reference pre-processing on the board (prepare.py) and
+  :func:`record_twin` records the ONNX twin's outputs for those inputs and returns the
+  answers the daemon must give, from the reference post-processing (tests/reference.py);
+  :func:`same_answer` compares. Neither side uses rkserve's pre- or post-processing;
+- :class:`RecordingBackend` is the ONNX twin behind rkserve's engine on the host, for tests
+  of what that engine prepares.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
+import reference
+import zoo
+from emulated.prepare import source_size
 from helpers import missing
+from reference import Twin
 
 from rkserve.rknnfile import TensorInfo, read_rknn
 
@@ -176,37 +184,32 @@ def record(
 
 
 class RecordingBackend:
-    """The ONNX twin with the NPU's interface: takes the raw ``1xHxWx3 uint8`` input the
-    rknnlite backend gets, answers with the twin's outputs, and records them for replay."""
+    """The ONNX twin with the NPU's interface, for rkserve's engine on the host: takes the
+    raw ``1xHxWx3 uint8`` input the rknnlite backend gets, answers with the twin's outputs
+    (run by :class:`reference.Twin`, not rkserve's ONNX backend), and records them for
+    replay."""
 
     name = "recording"
     raw_input = True
 
     def __init__(self, spec, records: Path) -> None:  # type: ignore[no-untyped-def]
         from rkserve.backends import TensorSpec
-        from rkserve.backends.onnx import OnnxBackend
         from rkserve.backends.rknnlite import nhwc
 
         self.spec, self.records = spec, records
-        self.twin = OnnxBackend(spec)
+        self.twin = Twin(spec.folder)
         info = read_rknn(spec.rknn_path)
         self.inputs = [TensorSpec(t.name, nhwc(t.shape), "uint8") for t in info.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
         write_attrs(records, spec.rknn_path)
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        from rkserve.tasks import image
-
-        onnx = self.spec.onnx
-        fed = [
-            image.to_onnx_input(t[0], onnx.layout, onnx.dtype, onnx.mean, onnx.std) for t in inputs
-        ]
-        outputs = self.twin.run(fed)
+        outputs = self.twin.run(inputs[0])
         record(self.records, self.spec.rknn_path, inputs, outputs)
         return outputs
 
     def close(self) -> None:
-        self.twin.close()
+        pass
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -219,10 +222,15 @@ def board_inputs(
     pre-processing run there (tests/emulated/prepare.py), keyed by image file name."""
     out = work / f"{model.name}-board-inputs.npz"
     args = ["tests/emulated/prepare.py", str(model), str(out), *map(str, images)]
-    done = target.run(args, lite2)
+    paths = target.env(lite2)["PYTHONPATH"] + os.pathsep + str(ROOT / "tests")  # zoo.py
+    done = target.run(args, lite2, PYTHONPATH=paths)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as saved:
         return {name: saved[name] for name in saved.files}
+
+
+def rknn_file(model: Path) -> Path:
+    return model / ((reference.model_yaml(model).get("rknn") or {}).get("file", "model.rknn"))
 
 
 def record_twin(
@@ -232,20 +240,21 @@ def record_twin(
     images: Sequence[Path],
     params: Dict[str, Any],
 ) -> Dict[str, Dict[str, Any]]:
-    """Record the ONNX twin's outputs for the board's ``inputs`` and for the loader's
-    warm-up; returns, per image name, the answer the host computes from those outputs."""
-    from rkserve.engine import Engine
-    from rkserve.spec import load_spec
-
-    spec = load_spec(model)
-    recording = Engine(spec, RecordingBackend(spec, records))
-    height, width = spec.input_size
-    recording.infer(np.zeros((height, width, 3), np.uint8))  # the loader's warm-up
+    """Record the ONNX twin's outputs (:class:`reference.Twin`) for the board's ``inputs``
+    and for the loader's warm-up (zeros); returns, per image name, the answer the daemon
+    must give: :func:`reference.answer`, written without rkserve's post-processing."""
+    rknn = rknn_file(model)
+    twin = Twin(model)
+    write_attrs(records, rknn)
+    height, width = reference.input_size(reference.model_yaml(model))
+    zeros = np.zeros((1, height, width, 3), np.uint8)  # the warm-up image: the input's size
+    record(records, rknn, [zeros], twin.run(zeros))
     answers = {}
     for image in images:
-        prepared = recording.prepare(image.read_bytes(), recording.parse_params(params))
-        prepared.tensors = [inputs[image.name]]
-        answers[image.name] = recording.finish(prepared, recording.run(prepared)).result
+        outputs = twin.run(inputs[image.name])
+        record(records, rknn, [inputs[image.name]], outputs)
+        source = source_size(image.read_bytes())
+        answers[image.name] = reference.answer(model, outputs, source, params)
     return answers
 
 
@@ -258,10 +267,28 @@ def on_board(daemon: Any, target: Board, lite2: str, **env: str) -> Any:
 
 
 def same_answer(got: Dict[str, Any], want: Dict[str, Any]) -> None:
-    """Equal results; scores may differ in the last bits (numpy's exp on NEON vs AVX)."""
+    """The daemon's ``result`` is the reference's (:mod:`reference`); scores may differ in
+    the last bits (numpy's exp on NEON vs AVX), boxes by 1e-3 px."""
     import pytest
 
-    if "mask" not in want:  # classification
+    if "zoo" in want:  # detection: the zoo's boxes, class by class in its order
+        found = got["detections"]
+        ours = (
+            np.array([d["box"] for d in found], np.float64).reshape(-1, 4),
+            np.array([d["index"] for d in found], np.int64),
+            np.array([d["score"] for d in found], np.float32),
+        )
+        assert (got["width"], got["height"]) == (want["width"], want["height"])
+        assert len(found) == len(want["zoo"][0]) > 0, (found, want["zoo"])
+        assert zoo.same_per_class(ours, want["zoo"]) is None, zoo.same_per_class(ours, want["zoo"])
+        assert [d["label"] for d in found] == [want["labels"][d["index"]] for d in found]
+    elif "outputs" in want:  # tensor: every output as recorded, exactly
+        assert [o["name"] for o in got["outputs"]] == want["names"]
+        for out, expected in zip(got["outputs"], want["outputs"]):
+            array = np.frombuffer(out["data"], out["dtype"]).reshape(out["shape"])
+            np.testing.assert_array_equal(array, expected)
+        assert len(got["outputs"]) == len(want["outputs"])
+    elif "mask" not in want:  # classification
         assert [c["index"] for c in got["classes"]] == [c["index"] for c in want["classes"]]
         assert [c["label"] for c in got["classes"]] == [c["label"] for c in want["classes"]]
         for g, w in zip(got["classes"], want["classes"]):
