@@ -10,7 +10,7 @@ the aarch64 wheels and board roots holding a real board's files plus the stand-i
 - :func:`board_inputs` runs the reference pre-processing on the board (prepare.py) and
   :func:`record_twin` records the ONNX twin's outputs for those inputs and returns the
   answers the daemon must give, from the reference post-processing (tests/reference.py);
-  :func:`same_answer` compares. Neither side uses rkserve's pre- or post-processing;
+  :func:`same_answer` (tests/reference.py) compares. Neither side uses rkserve's pre- or post-processing;
 - :class:`RecordingBackend` is the ONNX twin behind rkserve's engine on the host, for tests
   of what that engine prepares.
 """
@@ -27,7 +27,6 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import reference
-import zoo
 from emulated.prepare import source_size
 from helpers import missing
 from reference import Twin
@@ -264,34 +263,3 @@ def on_board(daemon: Any, target: Board, lite2: str, **env: str) -> Any:
     daemon.args[:1] = target.python
     daemon.env = target.env(lite2, **env)
     return daemon
-
-
-def same_answer(got: Dict[str, Any], want: Dict[str, Any]) -> None:
-    """The daemon's ``result`` is the reference's (:mod:`reference`); scores may differ in
-    the last bits (numpy's exp on NEON vs AVX), boxes by 1e-3 px."""
-    import pytest
-
-    if "zoo" in want:  # detection: the zoo's boxes, class by class in its order
-        found = got["detections"]
-        ours = (
-            np.array([d["box"] for d in found], np.float64).reshape(-1, 4),
-            np.array([d["index"] for d in found], np.int64),
-            np.array([d["score"] for d in found], np.float32),
-        )
-        assert (got["width"], got["height"]) == (want["width"], want["height"])
-        assert len(found) == len(want["zoo"][0]) > 0, (found, want["zoo"])
-        assert zoo.same_per_class(ours, want["zoo"]) is None, zoo.same_per_class(ours, want["zoo"])
-        assert [d["label"] for d in found] == [want["labels"][d["index"]] for d in found]
-    elif "outputs" in want:  # tensor: every output as recorded, exactly
-        assert [o["name"] for o in got["outputs"]] == want["names"]
-        for out, expected in zip(got["outputs"], want["outputs"]):
-            array = np.frombuffer(out["data"], out["dtype"]).reshape(out["shape"])
-            np.testing.assert_array_equal(array, expected)
-        assert len(got["outputs"]) == len(want["outputs"])
-    elif "mask" not in want:  # classification
-        assert [c["index"] for c in got["classes"]] == [c["index"] for c in want["classes"]]
-        assert [c["label"] for c in got["classes"]] == [c["label"] for c in want["classes"]]
-        for g, w in zip(got["classes"], want["classes"]):
-            assert g["score"] == pytest.approx(w["score"], rel=1e-6, abs=1e-9)
-    else:
-        assert got == want

@@ -171,3 +171,34 @@ def detection(
 def input_size(spec: Mapping[str, Any]) -> Tuple[int, int]:
     size = spec["input"]["size"]
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def same_answer(got: Dict[str, Any], want: Dict[str, Any]) -> None:
+    """A daemon's (or engine's) ``result`` is the reference's (:func:`answer`); scores may
+    differ in the last bits (numpy's exp on NEON vs AVX), boxes by 1e-3 px."""
+    import pytest
+
+    if "zoo" in want:  # detection: the zoo's boxes, class by class in its order
+        found = got["detections"]
+        ours = (
+            np.array([d["box"] for d in found], np.float64).reshape(-1, 4),
+            np.array([d["index"] for d in found], np.int64),
+            np.array([d["score"] for d in found], np.float32),
+        )
+        assert (got["width"], got["height"]) == (want["width"], want["height"])
+        assert len(found) == len(want["zoo"][0]) > 0, (found, want["zoo"])
+        assert zoo.same_per_class(ours, want["zoo"]) is None, zoo.same_per_class(ours, want["zoo"])
+        assert [d["label"] for d in found] == [want["labels"][d["index"]] for d in found]
+    elif "outputs" in want:  # tensor: every output as recorded, exactly
+        assert [o["name"] for o in got["outputs"]] == want["names"]
+        for out, expected in zip(got["outputs"], want["outputs"]):
+            array = np.frombuffer(out["data"], out["dtype"]).reshape(out["shape"])
+            np.testing.assert_array_equal(array, expected)
+        assert len(got["outputs"]) == len(want["outputs"])
+    elif "mask" not in want:  # classification
+        assert [c["index"] for c in got["classes"]] == [c["index"] for c in want["classes"]]
+        assert [c["label"] for c in got["classes"]] == [c["label"] for c in want["classes"]]
+        for g, w in zip(got["classes"], want["classes"]):
+            assert g["score"] == pytest.approx(w["score"], rel=1e-6, abs=1e-9)
+    else:
+        assert got == want

@@ -462,24 +462,22 @@ def demo_detector() -> Path:
     return folder
 
 
-def test_the_demo_detectors_outputs_give_the_zoos_boxes(tmp_path: Path) -> None:
-    import zoo
+def test_the_demo_detector_answers_the_zoos_boxes_end_to_end() -> None:
+    """The engine's whole path (decode, letterbox, the ONNX twin, post-processing, boxes back
+    in the source) against the model zoo's: its letter_box, the twin run by onnxruntime
+    itself, its post_process and get_real_box (tests/reference.py)."""
+    from emulated.prepare import reference_input, source_size
+    from reference import Twin, answer, model_yaml, same_answer
 
     folder = demo_detector()
     engine = repository.open_engine(folder.parent, folder.name, backend="onnx")
-    output = engine.spec.detection
+    twin, spec = Twin(folder), model_yaml(folder)
     samples = sorted((folder / "samples").glob("*.jpg"))
     assert samples
     for sample in samples:
-        prepared = engine.prepare(sample.read_bytes(), engine.parse_params({}))
-        outputs = engine.run(prepared)
-        mine = detect.decode(outputs, output.format, 0.25, output.strides, output.anchors)
-        keep = detect.nms(mine.boxes, mine.scores, mine.classes, 0.45)
-        theirs = zoo.post_process(
-            outputs, output.format, anchors=output.anchors, input_size=engine.spec.input_size
-        )
-        ours = (mine.boxes[keep], mine.classes[keep], mine.scores[keep])
-        assert zoo.same_detections(ours, theirs) is None, sample.name
+        data = sample.read_bytes()
+        want = answer(folder, twin.run(reference_input(data, spec)), source_size(data), {})
+        same_answer(engine.infer(data).result, want)
 
 
 def test_the_demo_detector_served_finds_the_shapes_in_its_samples(tmp_path: Path) -> None:

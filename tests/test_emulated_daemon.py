@@ -21,8 +21,9 @@ import emuboard
 import numpy as np
 import pytest
 from daemon import Daemon
-from emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, record, same_answer
+from emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, record
 from helpers import MODELS, write_model
+from reference import same_answer
 
 from rkserve.backends import open_backend
 from rkserve.engine import Engine

@@ -20,10 +20,10 @@ from emuboard import (
     on_board,
     record,
     record_twin,
-    same_answer,
     write_attrs,
 )
 from helpers import DATA, MODELS, shared, write_model
+from reference import same_answer
 
 from rkserve.backends.rknnlite import nhwc
 from rkserve.rknnfile import read_rknn
