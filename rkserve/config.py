@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import yaml
 
 from .errors import ConfigError
-from .tasks.image import OVERLAY_BYTES_PER_PIXEL
+from .kernels.image import OVERLAY_BYTES_PER_PIXEL
 
 MIN_PIXELS = 8 * 8  # the smallest image decoded (tasks/image.py MIN_SIDE)
 

@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from helpers import shared
-
-from rkserve.rknnfile import RknnInfo
+from rkserve.board.rknnfile import RknnInfo
+from tests.helpers import shared
 
 ROOT = Path(__file__).resolve().parents[1]
 

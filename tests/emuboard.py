@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
-import reference
-from emulated.prepare import source_size
-from helpers import missing
-from reference import Twin
 
-from rkserve.rknnfile import TensorInfo, read_rknn
+from rkserve.backends import TensorSpec
+from rkserve.board.rknnfile import TensorInfo, read_rknn
+from rkserve.kernels.image import nhwc
+from tests import reference
+from tests.emulated.prepare import source_size
+from tests.helpers import missing
+from tests.reference import Twin
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED = Path(os.environ.get("RKSERVE_EMULATED", ROOT / ".emulated"))
@@ -137,8 +139,6 @@ def input_key(inputs: Sequence[np.ndarray]) -> str:
 
 def runtime_shape(tensor: TensorInfo, is_input: bool) -> List[int]:
     """The dims ``rknn_query`` reports: image inputs in NHWC, outputs as the model has them."""
-    from rkserve.backends.rknnlite import nhwc
-
     return list(nhwc(tensor.shape) if is_input else tensor.shape)
 
 
@@ -192,9 +192,6 @@ class RecordingBackend:
     raw_input = True
 
     def __init__(self, spec, records: Path) -> None:  # type: ignore[no-untyped-def]
-        from rkserve.backends import TensorSpec
-        from rkserve.backends.rknnlite import nhwc
-
         self.spec, self.records = spec, records
         self.twin = Twin(spec.folder)
         info = read_rknn(spec.rknn_path)
@@ -258,7 +255,7 @@ def record_twin(
 
 
 def on_board(daemon: Any, target: Board, lite2: str, **env: str) -> Any:
-    """Make a ``tests/daemon.py`` Daemon run on the emulated board instead of the host."""
+    """Make a ``tools/harness.py`` Daemon run on the emulated board instead of the host."""
     assert daemon.args[1:3] == ["-m", "rkserve"]
     daemon.args[:1] = target.python
     daemon.env = target.env(lite2, **env)

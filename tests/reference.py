@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import cv2
 import numpy as np
 import yaml
-import zoo
+
+from tools import zoo
 
 YOLOV5_ANCHORS = [
     [(10, 13), (16, 30), (33, 23)],

@@ -17,10 +17,11 @@ import importlib.util
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..board.probes import DEVICE_PATHS
 from ..errors import ConfigError, ModelUnavailable
 from ..spec import ModelSpec
 
@@ -34,7 +35,6 @@ BACKENDS: Dict[str, str] = {
     "onnx": "rkserve.backends.onnx:OnnxBackend",
     "fake": "rkserve.backends.fake:FakeBackend",
 }
-NPU_DEVICES = ("dev/dri/renderD129", "dev/rknpu")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,17 @@ class TensorSpec:
     name: str
     shape: Tuple[int, ...]
     dtype: str
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    """What the fake backend plays for one model: its tensors and how outputs follow from
+    inputs. Each task module says it for its models (``fake``), so the fake backend knows
+    no task."""
+
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+    answer: Callable[[Sequence[np.ndarray]], List[np.ndarray]]
 
 
 class Backend(Protocol):
@@ -73,7 +84,7 @@ def npu_present(root: Path = Path("/")) -> bool:
     """An aarch64 machine with rknn-toolkit-lite2 importable and an NPU device node."""
     if platform.machine() != "aarch64" or importlib.util.find_spec("rknnlite") is None:
         return False
-    return any((root / device).exists() for device in NPU_DEVICES)
+    return any((root / device).exists() for device in DEVICE_PATHS)
 
 
 def choose_backend(spec: ModelSpec, root: Path = Path("/")) -> str:

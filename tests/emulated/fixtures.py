@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from boards import make_board
+from tests.boards import make_board
 
 
 def write_fixtures(root: Path, soc: str, librknnrt: Path, rknn_server: str, driver: str) -> None:

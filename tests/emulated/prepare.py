@@ -24,7 +24,8 @@ from typing import Any, Dict, Tuple
 import cv2
 import numpy as np
 import yaml
-import zoo
+
+from tools import zoo
 
 RESIZE = {"linear": cv2.INTER_LINEAR, "linear_exact": cv2.INTER_LINEAR_EXACT}
 PAD = {"detection": 0}  # input.pad's default per task (else the letterbox grey, 114)
