@@ -16,7 +16,7 @@ import yaml
 from .errors import ConfigError
 from .kernels.image import OVERLAY_BYTES_PER_PIXEL
 
-MIN_PIXELS = 8 * 8  # the smallest image decoded (tasks/image.py MIN_SIDE)
+MIN_PIXELS = 8 * 8  # the smallest image decoded (kernels/image.py MIN_SIDE)
 
 
 def _setting(default: Any, doc: str) -> Any:

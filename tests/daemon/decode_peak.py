@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rkserve.tasks.image import image_header
+from rkserve.kernels.image import image_header
 
 from rkserve import memory, repository
 

@@ -7,7 +7,7 @@ Writes one ``1xHxWx3 uint8`` NHWC tensor per image (keys: the image file names),
 way Rockchip's examples feed a model converted with mean/std inside, from model.yaml's
 ``input`` read here: decode (BGR), then ``resize: stretch``: a plain bilinear resize to
 ``input.size`` (``input.interpolation``: linear or linear_exact); ``resize: letterbox``: the
-model zoo's own ``letter_box`` (tests/zoo.py: the aspect kept, padded with ``input.pad``,
+model zoo's own ``letter_box`` (tools/zoo.py: the aspect kept, padded with ``input.pad``,
 default 0 for a detector as the zoo pads), then the model's colour order (``input.color``).
 Run on the emulated board, it gives the bytes the host records the ONNX twin's answers for
 (OpenCV's ``INTER_LINEAR`` resize is not bit-exact between its x86-64 and aarch64 builds);
