@@ -218,8 +218,7 @@ def board_inputs(
     pre-processing run there (tests/emulated/prepare.py), keyed by image file name."""
     out = work / f"{model.name}-board-inputs.npz"
     args = ["tests/emulated/prepare.py", str(model), str(out), *map(str, images)]
-    paths = target.env(lite2)["PYTHONPATH"] + os.pathsep + str(ROOT / "tests")  # zoo.py
-    done = target.run(args, lite2, PYTHONPATH=paths)
+    done = target.run(args, lite2)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out) as saved:
         return {name: saved[name] for name in saved.files}
