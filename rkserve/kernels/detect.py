@@ -95,12 +95,14 @@ def postprocess(
     classes: Optional[Sequence[int]] = None,
     strides: Sequence[int] = STRIDES,
     anchors: Optional[Anchors] = None,
+    agnostic: bool = False,
 ) -> Detections:
     """Decode, keep scores ``>= conf`` (of ``classes`` only, if given), the best
-    :data:`MAX_NMS` of them, class-wise NMS at ``iou``, the best ``max_det``, boxes in source
-    pixels. Arguments as :func:`decode` and :func:`to_source`."""
+    :data:`MAX_NMS` of them, class-wise NMS at ``iou`` (``agnostic``: any box suppresses any
+    other), the best ``max_det``, boxes in source pixels. Arguments as :func:`decode` and
+    :func:`to_source`."""
     found = best_candidates(decode(outputs, format, conf, strides, anchors, classes), MAX_NMS)
-    keep = nms(found.boxes, found.scores, found.classes, iou, max_det)
+    keep = nms(found.boxes, found.scores, None if agnostic else found.classes, iou, max_det)
     return Detections(
         to_source(found.boxes[keep], placement, input_size, source_size),
         found.scores[keep],

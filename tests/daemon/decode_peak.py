@@ -17,9 +17,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from rkserve.kernels.image import image_header
 
 from rkserve import memory, repository
+from rkserve.kernels.image import image_header
 
 
 def status(key: str) -> int:
