@@ -17,12 +17,9 @@ import yaml
 
 from . import dnssd
 from .errors import ConfigError
+from .kernels.image import OVERLAY_BYTES_PER_PIXEL
 
-# The working memory of one request per decoded pixel (measured peaks, docs/SECURITY.md):
-# decode + colour conversion + model input; a segmentation overlay adds its blend and JPEG.
-BYTES_PER_PIXEL = 6
-OVERLAY_BYTES_PER_PIXEL = 11
-MIN_PIXELS = 8 * 8  # the smallest image decoded (tasks/image.py MIN_SIDE)
+MIN_PIXELS = 8 * 8  # the smallest image decoded (kernels/image.py MIN_SIDE)
 
 
 def _setting(default: Any, doc: str) -> Any:
@@ -57,12 +54,13 @@ class Settings:
     )
     max_pixels: int = _setting(
         16_000_000,
-        "largest image (width x height) decoded, checked before decoding; a decode needs ~6 bytes a pixel",
+        "largest image (width x height) decoded, checked before decoding; a decode needs 6-15 bytes a pixel",
     )
     memory_budget_mb: float = _setting(
         256.0,
-        "working memory of the requests in flight, estimated from their pixels at admission "
-        "(decode ~6 bytes a pixel, 11 with an overlay); past it, requests are answered 'overloaded'",
+        "working memory of the requests in flight, estimated from their image headers at admission "
+        "(6.5 bytes a pixel, 11.5 with an overlay, +2 a component sample for a progressive JPEG); "
+        "past it, requests are answered 'overloaded'",
     )
     peer_reply_mb: float = _setting(
         32.0,
@@ -240,7 +238,7 @@ def _validate(settings: Settings) -> None:
     if settings.memory_budget_mb * 2**20 < settings.max_pixels * OVERLAY_BYTES_PER_PIXEL:
         problems.append(
             f"memory_budget_mb ({settings.memory_budget_mb:g}) must hold one request of "
-            f"max_pixels ({settings.max_pixels} x {OVERLAY_BYTES_PER_PIXEL} bytes = "
+            f"max_pixels ({settings.max_pixels} x {OVERLAY_BYTES_PER_PIXEL:g} bytes = "
             f"{settings.max_pixels * OVERLAY_BYTES_PER_PIXEL / 2**20:.0f} MB)"
         )
     if settings.peer_reply_mb <= 0 or settings.total_reply_mb < settings.peer_reply_mb:

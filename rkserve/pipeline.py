@@ -14,7 +14,7 @@ whoever holds it, and answered exactly once::
 Every admitted job is in ``jobs`` until it is answered, so a drain answers each one
 wherever it waits (CPU pool, model queue, NPU), and nothing starts once the pipeline stops.
 Admission holds three bounds: the model's ``queue_size``, the daemon-wide memory budget
-(estimated from the image's pixels before anything is decoded) and the drain. A job is
+(estimated from the image's header before anything is decoded) and the drain. A job is
 answered through its :class:`Door`: the msgpack protocol's by default, or the one a front
 end with its own wire (Frigate's) admits it with.
 """
@@ -26,21 +26,22 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from . import protocol
-from .config import BYTES_PER_PIXEL, OVERLAY_BYTES_PER_PIXEL, Settings
+from .config import Settings
 from .engine import Engine
 from .errors import (
     InternalError,
     Overloaded,
     RkserveError,
+    TooLarge,
     Unavailable,
     UnknownModel,
 )
-from .kernels.image import check_pixels, image_size
+from .kernels.image import Header, check_pixels, image_header
 from .memory import GcGuard
 from .metrics import Metrics
 from .modelhost import Door, Job, ModelHost
@@ -93,8 +94,9 @@ class Pipeline:
         if host.engine is None or not host.ready:
             raise host.unavailable()
         params = host.engine.parse_params(request.params)
-        pixels = _pixels(request, self.settings.max_pixels)
-        cost = _cost(request, params, pixels, host.engine.backend.raw_input)
+        header = _header(request, self.settings.max_pixels)
+        pixels = header.width * header.height if header is not None else 0
+        cost = _cost(request, params, header, host.engine.backend.raw_input)
         deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
         job = Job(envelope, request, host, params, deadline, cost, pixels, door or self.door)
         self._hold(job)
@@ -116,6 +118,12 @@ class Pipeline:
         with self._lock:
             if self.stopped:
                 raise Unavailable("the server is shutting down")
+            if job.cost > self.budget:  # never admitted, however idle the daemon
+                raise TooLarge(
+                    f"this request needs {job.cost / 2**20:.0f} MB to decode and process (its "
+                    f"image's size and kind), more than the daemon's memory budget of "
+                    f"{self.budget / 2**20:.0f} MB (memory_budget_mb)"
+                )
             if self.held + job.cost > self.budget and self.held > 0:
                 raise Overloaded(
                     f"the daemon's memory budget is in use ({self.held / 2**20:.0f} of "
@@ -250,29 +258,31 @@ class Pipeline:
         return len(self.jobs)
 
 
-def _pixels(request: protocol.Request, max_pixels: int) -> int:
-    """The pixels of the request's image, from its header or shape (0 without an image);
-    one over ``max_pixels`` is refused here, as the decoder would refuse it."""
-    size: Optional[Tuple[int, ...]] = None
-    if request.tensor is not None:
-        size = tuple(request.tensor.shape[1::-1])  # (width, height)
+def _header(request: protocol.Request, max_pixels: int) -> Optional[Header]:
+    """What the request's image header (or its pixels' shape) says, None without an image
+    or when the header cannot be read (refused before decoding); an image over
+    ``max_pixels`` is refused here, as the decoder would refuse it."""
+    header: Optional[Header] = None
+    if request.tensor is not None and len(request.tensor.shape) >= 2:
+        header = Header(int(request.tensor.shape[1]), int(request.tensor.shape[0]))
     elif request.image is not None:
-        size = image_size(request.image)  # None: undecodable, refused before decoding
-    if not size or len(size) < 2:
-        return 0
-    width, height = int(size[0]), int(size[1])
-    if width * height > max_pixels:
-        check_pixels(width, height, max_pixels)
-    return width * height
+        header = image_header(request.image)
+    if header is not None and header.width * header.height > max_pixels:
+        check_pixels(header.width, header.height, max_pixels)
+    return header
 
 
-def _cost(request: protocol.Request, params: Any, pixels: int, raw: bool = True) -> int:
-    """Bytes the request may need at its peak: per pixel of its image (an overlay keeps the
-    image and draws on it), or a few copies of its named tensors (cast, normalised)."""
+def _cost(
+    request: protocol.Request, params: Any, header: Optional[Header], raw: bool = True
+) -> int:
+    """Bytes the request may need at its peak: what its image's header says it costs to
+    decode and process (an overlay keeps the image and draws on it), or a few copies of its
+    named tensors (cast, normalised)."""
     if request.inputs is not None:
         return sum(_input_cost(t.array, raw) for t in request.inputs.tensors)
-    overlay = bool(getattr(params, "overlay", False))
-    return pixels * (OVERLAY_BYTES_PER_PIXEL if overlay else BYTES_PER_PIXEL)
+    if header is None:
+        return 0
+    return header.working_bytes(overlay=bool(getattr(params, "overlay", False)))
 
 
 def _input_cost(array: np.ndarray, raw: bool) -> int:

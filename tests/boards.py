@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from rkserve.board.rknnfile import RknnInfo
+from tests.helpers import shared
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("RKSERVE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 DEBUGFS_VERSION = "sys/kernel/debug/rknpu/version"
 LIBRKNNRT = "usr/lib/librknnrt.so"
@@ -129,13 +129,9 @@ def write_rknn(path: Path, toolkit: str, target: str, format_version: int = 6) -
 
 
 def shared_rknn(name: str) -> Path:
-    """A real .rknn under ../shared/data/rknn (``built/x.rknn``); skip if it is absent."""
-    import pytest
-
-    path = DATA / "rknn" / name
-    if not path.is_file():
-        pytest.skip(f"real .rknn not found: {path} (set RKSERVE_SHARED_DATA)")
-    return path
+    """A real .rknn under ../shared/data/rknn (``built/x.rknn``); :func:`helpers.shared`
+    skips (fails in CI) when it is absent."""
+    return shared("rknn", name)
 
 
 def open_tmp() -> Iterator[Path]:

@@ -15,6 +15,7 @@ import pytest
 
 from rkserve.backends import npu_present
 from rkserve.cli.convert import converter_python
+from tests.helpers import missing
 
 DOUBLES = Path(__file__).parent / "doubles"
 
@@ -24,9 +25,7 @@ def converter() -> Path:
     """The converter environment's Python (deploy/convert-env.sh makes it), or skip."""
     python = converter_python()
     if python is None or not python.exists():
-        pytest.skip(
-            "converter environment absent: run deploy/convert-env.sh to create .venv-convert"
-        )
+        missing("converter environment absent: run deploy/convert-env.sh to create .venv-convert")
     return python
 
 

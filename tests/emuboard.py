@@ -7,8 +7,12 @@ the aarch64 wheels and board roots holding a real board's files plus the stand-i
 - :func:`board` returns a built :class:`Board` (or skips the test, saying why);
 - :func:`write_attrs` and :func:`record` write what the stand-in reads: the tensor attributes
   of a ``.rknn`` (from rkserve's own reader) and, for an exact input, the outputs to replay;
-- :class:`RecordingBackend` is the ONNX twin behind rkserve's engine that records, for every
-  raw NHWC input the engine prepares, the twin's outputs: the answers the board must give.
+- :func:`board_inputs` runs the reference pre-processing on the board (prepare.py) and
+  :func:`record_twin` records the ONNX twin's outputs for those inputs and returns the
+  answers the daemon must give, from the reference post-processing (tests/reference.py);
+  :func:`same_answer` (tests/reference.py) compares. Neither side uses rkserve's pre- or post-processing;
+- :class:`RecordingBackend` is the ONNX twin behind rkserve's engine on the host, for tests
+  of what that engine prepares.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from rkserve.backends import TensorSpec
 from rkserve.board.rknnfile import TensorInfo, read_rknn
+from rkserve.kernels.image import nhwc
+from tests import reference
+from tests.emulated.prepare import source_size
+from tests.helpers import missing
+from tests.reference import Twin
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED = Path(os.environ.get("RKSERVE_EMULATED", ROOT / ".emulated"))
@@ -84,13 +94,12 @@ class Board:
 
 
 def board(name: str = "rk3568") -> Board:
-    """The built board ``name``; skips the calling test when it cannot be built here."""
-    import pytest
-
+    """The built board ``name``; when it cannot be built here the calling test is skipped
+    saying why, or fails in CI (:func:`helpers.missing`)."""
     if "error" not in _built and "ok" not in _built:
         _built.update(_build())
     if "error" in _built:
-        pytest.skip(f"emulated board unavailable: {_built['error']}")
+        missing(f"emulated board unavailable: {_built['error']}")
     return Board(name, EMULATED / "boards" / name)
 
 
@@ -130,8 +139,6 @@ def input_key(inputs: Sequence[np.ndarray]) -> str:
 
 def runtime_shape(tensor: TensorInfo, is_input: bool) -> List[int]:
     """The dims ``rknn_query`` reports: image inputs in NHWC, outputs as the model has them."""
-    from rkserve.backends.rknnlite import nhwc
-
     return list(nhwc(tensor.shape) if is_input else tensor.shape)
 
 
@@ -176,37 +183,29 @@ def record(
 
 
 class RecordingBackend:
-    """The ONNX twin with the NPU's interface: takes the raw ``1xHxWx3 uint8`` input the
-    rknnlite backend gets, answers with the twin's outputs, and records them for replay."""
+    """The ONNX twin with the NPU's interface, for rkserve's engine on the host: takes the
+    raw ``1xHxWx3 uint8`` input the rknnlite backend gets, answers with the twin's outputs
+    (run by :class:`reference.Twin`, not rkserve's ONNX backend), and records them for
+    replay."""
 
     name = "recording"
     raw_input = True
 
     def __init__(self, spec, records: Path) -> None:  # type: ignore[no-untyped-def]
-        from rkserve.backends import TensorSpec
-        from rkserve.backends.onnx import OnnxBackend
-        from rkserve.backends.rknnlite import nhwc
-
         self.spec, self.records = spec, records
-        self.twin = OnnxBackend(spec)
+        self.twin = Twin(spec.folder)
         info = read_rknn(spec.rknn_path)
         self.inputs = [TensorSpec(t.name, nhwc(t.shape), "uint8") for t in info.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, "float32") for t in info.outputs]
         write_attrs(records, spec.rknn_path)
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        from rkserve.kernels import image
-
-        onnx = self.spec.onnx
-        fed = [
-            image.to_onnx_input(t[0], onnx.layout, onnx.dtype, onnx.mean, onnx.std) for t in inputs
-        ]
-        outputs = self.twin.run(fed)
+        outputs = self.twin.run(inputs[0])
         record(self.records, self.spec.rknn_path, inputs, outputs)
         return outputs
 
     def close(self) -> None:
-        self.twin.close()
+        pass
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -225,6 +224,10 @@ def board_inputs(
         return {name: saved[name] for name in saved.files}
 
 
+def rknn_file(model: Path) -> Path:
+    return model / ((reference.model_yaml(model).get("rknn") or {}).get("file", "model.rknn"))
+
+
 def record_twin(
     records: Path,
     model: Path,
@@ -232,20 +235,21 @@ def record_twin(
     images: Sequence[Path],
     params: Dict[str, Any],
 ) -> Dict[str, Dict[str, Any]]:
-    """Record the ONNX twin's outputs for the board's ``inputs`` and for the loader's
-    warm-up; returns, per image name, the answer the host computes from those outputs."""
-    from rkserve.engine import Engine
-    from rkserve.tasks import load_spec
-
-    spec = load_spec(model)
-    recording = Engine(spec, RecordingBackend(spec, records))
-    height, width = spec.input_size
-    recording.infer(np.zeros((height, width, 3), np.uint8))  # the loader's warm-up
+    """Record the ONNX twin's outputs (:class:`reference.Twin`) for the board's ``inputs``
+    and for the loader's warm-up (zeros); returns, per image name, the answer the daemon
+    must give: :func:`reference.answer`, written without rkserve's post-processing."""
+    rknn = rknn_file(model)
+    twin = Twin(model)
+    write_attrs(records, rknn)
+    height, width = reference.input_size(reference.model_yaml(model))
+    zeros = np.zeros((1, height, width, 3), np.uint8)  # the warm-up image: the input's size
+    record(records, rknn, [zeros], twin.run(zeros))
     answers = {}
     for image in images:
-        prepared = recording.prepare(image.read_bytes(), recording.parse_params(params))
-        prepared.tensors = [inputs[image.name]]
-        answers[image.name] = recording.finish(prepared, recording.run(prepared)).result
+        outputs = twin.run(inputs[image.name])
+        record(records, rknn, [inputs[image.name]], outputs)
+        source = source_size(image.read_bytes())
+        answers[image.name] = reference.answer(model, outputs, source, params)
     return answers
 
 
@@ -255,16 +259,3 @@ def on_board(daemon: Any, target: Board, lite2: str, **env: str) -> Any:
     daemon.args[:1] = target.python
     daemon.env = target.env(lite2, **env)
     return daemon
-
-
-def same_answer(got: Dict[str, Any], want: Dict[str, Any]) -> None:
-    """Equal results; scores may differ in the last bits (numpy's exp on NEON vs AVX)."""
-    import pytest
-
-    if "mask" not in want:  # classification
-        assert [c["index"] for c in got["classes"]] == [c["index"] for c in want["classes"]]
-        assert [c["label"] for c in got["classes"]] == [c["label"] for c in want["classes"]]
-        for g, w in zip(got["classes"], want["classes"]):
-            assert g["score"] == pytest.approx(w["score"], rel=1e-6, abs=1e-9)
-    else:
-        assert got == want

@@ -1,4 +1,5 @@
-"""Shared test helpers: the real third-party data beside the repo, and model folders."""
+"""Shared test helpers: the real third-party data beside the repo, what a test does when
+something it needs is missing, and model folders."""
 
 from __future__ import annotations
 
@@ -6,14 +7,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NoReturn, Optional
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
-DATA = Path(os.environ.get("RKSERVE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = Path(os.environ.get("RKSERVE_SHARED", ROOT.parent / "shared"))  # data/, reference/
+DATA = Path(os.environ.get("RKSERVE_SHARED_DATA", SHARED / "data"))
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> NoReturn:
+    """Something a test needs is absent (shared data, the emulated board, an apt package).
+    Outside CI the test is skipped, naming it; in CI (``CI=true``) that fails the test: a
+    skip there would hide everything the test checks."""
+    if CI:
+        pytest.fail(f"{what} (CI=true: a missing prerequisite fails the run)", pytrace=False)
+    pytest.skip(what)
 
 
 def run_rkserve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -26,10 +38,10 @@ def run_rkserve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 def shared(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test with the reason."""
+    """A file under ../shared/data, or :func:`missing` with the reason."""
     path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared test data not found: {path} (set RKSERVE_SHARED_DATA)")
+        missing(f"shared test data not found: {path} (set RKSERVE_SHARED or RKSERVE_SHARED_DATA)")
     return path
 
 

@@ -8,6 +8,7 @@ torch: it is replaced with the same softmax expectation in numpy.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Dict, Optional, Sequence, Tuple
@@ -15,7 +16,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT.parent / "shared" / "reference" / "rknn_model_zoo"
+SHARED = Path(os.environ.get("RKSERVE_SHARED", ROOT.parent / "shared"))
+ZOO = SHARED / "reference" / "rknn_model_zoo"
 FILES = {
     "yolov5": "examples/yolov5/python/yolov5.py",
     "yolov8": "examples/yolov8/python/yolov8.py",
@@ -25,13 +27,14 @@ _loaded: Dict[str, ModuleType] = {}
 
 
 def zoo(name: str) -> ModuleType:
-    """One of the zoo's modules, or skip the test with the reason."""
+    """One of the zoo's modules, or :func:`tests.helpers.missing` (a skip; in CI a failure)."""
     try:
         return load(name)
     except FileNotFoundError as exc:
-        import pytest  # only tests get here: benchmarks call load() first
+        reason = f"{exc} (set RKSERVE_SHARED)"
+    from tests.helpers import missing  # only tests get here: benchmarks call load() first
 
-        pytest.skip(str(exc))
+    missing(reason)
 
 
 def load(name: str) -> ModuleType:
@@ -138,6 +141,31 @@ def same_detections(
         worst = int(np.abs(a[0] - b[0]).max(axis=1).argmax())
         return f"box {a[0][worst].tolist()} vs the zoo's {b[0][worst].tolist()}"
     return None
+
+
+def same_per_class(ours: Found, theirs: Found, box_tol: float = 1e-3) -> Optional[str]:
+    """None when, class by class, both kept the same boxes with the same scores in the same
+    order (the zoo returns each class's boxes in the order its NMS kept them); else the first
+    difference. Unlike :func:`same_detections`, a box kept instead of an equally scored
+    other one is a difference even when both have the same score."""
+    for cls in sorted(set(np.asarray(theirs[1]).tolist()) | set(np.asarray(ours[1]).tolist())):
+        mine = _of_class(ours, cls)
+        zoos = _of_class(theirs, cls)
+        if len(mine[0]) != len(zoos[0]):
+            return f"class {cls}: {len(mine[0])} boxes against the zoo's {len(zoos[0])}"
+        if not np.array_equal(mine[1], zoos[1]):
+            return f"class {cls}: scores {mine[1].tolist()} vs the zoo's {zoos[1].tolist()}"
+        far = np.abs(mine[0] - zoos[0]).max(axis=1) > box_tol if len(mine[0]) else []
+        if np.any(far):
+            n = int(np.flatnonzero(far)[0])
+            return f"class {cls}, box {n}: {mine[0][n].tolist()} vs the zoo's {zoos[0][n].tolist()}"
+    return None
+
+
+def _of_class(found: Found, cls: int) -> Tuple[np.ndarray, np.ndarray]:
+    boxes, classes, scores = (np.asarray(v) for v in found)
+    chosen = classes == cls
+    return boxes.reshape(-1, 4)[chosen].astype(np.float64), scores[chosen].astype(np.float32)
 
 
 def _ordered(found: Found) -> Found:

@@ -7,10 +7,12 @@ about backends: the engine picks :func:`to_raw_input` (what the NPU takes) or
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import struct
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -20,8 +22,40 @@ from ..errors import BadImage, TooLarge
 MAX_PIXELS = 16_000_000  # 16 MP (4608x3456); the daemon's max_pixels setting overrides it
 MIN_SIDE = 8  # smaller images carry no usable signal for any model we serve
 LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing uses
-MAX_JPEG_SEGMENTS = 1000  # markers before the frame header (cameras write about a dozen)
+MAX_JPEG_SEGMENTS = 1000  # markers before the first scan (cameras write about a dozen)
 _FILL = re.compile(rb"\xff+")
+# The working memory of one request per decoded pixel (docs/SECURITY.md: 6.0 and 11.0 measured
+# for every kind of PNG, BMP and row-by-row JPEG): the decode and its colour conversion with the
+# model input; a segmentation overlay adds its blend and JPEG. A JPEG whose coefficients
+# libjpeg keeps for the whole image adds COEFFICIENT_BYTES per component sample (Header.held).
+BYTES_PER_PIXEL = 6.5
+OVERLAY_BYTES_PER_PIXEL = 11.5
+COEFFICIENT_BYTES = 2  # libjpeg's JCOEF: one per sample of a progressive or multi-scan JPEG
+MAX_HELD = 4.0  # samples a pixel at most: 4 components (CMYK), none subsampled
+JPEG_PROCESSES = {0xC0: False, 0xC1: False, 0xC2: True, 0xC9: False, 0xCA: True}  # progressive?
+JPEG_COMPONENTS = (1, 3, 4)  # grey, YCbCr/RGB, CMYK/YCCK: what OpenCV decodes
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image's header says about decoding it, read before any decoder runs.
+
+    ``held``: component samples per pixel a JPEG decoder keeps for the whole image before it
+    writes a row (libjpeg buffers every coefficient of a progressive JPEG, or one whose first
+    scan holds fewer components than the frame): 1.5 for a 4:2:0 YCbCr one, 3 for 4:4:4, 4
+    for CMYK, 0 for a JPEG decoded row by row and for PNG and BMP. ``problem``: why a decoder
+    will not be asked to decode it (empty: none)."""
+
+    width: int
+    height: int
+    held: float = 0.0
+    problem: str = ""
+
+    def working_bytes(self, overlay: bool = False) -> int:
+        """The bytes a request for this image may hold at its peak (docs/SECURITY.md)."""
+        per_pixel = OVERLAY_BYTES_PER_PIXEL if overlay else BYTES_PER_PIXEL
+        per_pixel += COEFFICIENT_BYTES * self.held
+        return math.ceil(self.width * self.height * per_pixel)
 
 
 @dataclass(frozen=True)
@@ -42,50 +76,102 @@ def image_size(data: bytes) -> Optional[Tuple[int, int]]:
     Only images whose size is known this way are decoded: the header is read the way the
     decoder reads it, so the decoder cannot find a larger size than the one checked.
     """
+    header = image_header(data)
+    return None if header is None else (header.width, header.height)
+
+
+def image_header(data: bytes) -> Optional[Header]:
+    """The :class:`Header` of a PNG, JPEG or BMP, without decoding; None if unknown."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
+        return Header(int(width), int(height))
     if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
+        return _jpeg_header(data)
     if data[:2] == b"BM" and len(data) >= 26:
-        return _bmp_size(data)
+        size = _bmp_size(data)
+        return None if size is None else Header(*size)
     return None
 
 
-def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """The first SOFn's size, walking the markers strictly: libjpeg skips stray bytes (and
-    ``FF 00``) between markers, so anything but a marker here could hide another SOF.
+def _jpeg_header(data: bytes) -> Optional[Header]:
+    """The first SOFn's size and components, then whether its first scan holds them all,
+    walking the markers strictly: libjpeg skips stray bytes (and ``FF 00``) between markers,
+    so anything but a marker here could hide another SOF.
 
     The frontend reads this for every request: runs of fill bytes are skipped in C, and a
-    file with more than ``MAX_JPEG_SEGMENTS`` markers before its frame header is refused
-    (an 8 MB file of 4-byte markers, or of fill bytes, took 1.3 s of the frontend each).
+    file with more than ``MAX_JPEG_SEGMENTS`` markers before its first scan is refused (an
+    8 MB file of 4-byte markers, or of fill bytes, took 1.3 s of the frontend each). When the
+    first scan cannot be read, the whole image is assumed held (the costlier case).
     """
+    frame: Optional[Header] = None
+    components, progressive = 0, True
+    for marker, pos in _jpeg_markers(data):
+        if frame is None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > len(data):
+                return None
+            frame, components = _jpeg_frame(data, pos, marker)
+            progressive = JPEG_PROCESSES.get(marker, True)
+        elif marker == 0xDA:  # SOS: its component count decides how the frame is decoded
+            if frame is None:
+                return None  # a scan before any frame header
+            scan = data[pos + 4] if pos + 4 < len(data) else 0
+            if not progressive and not frame.problem and scan == components:
+                return dataclasses.replace(frame, held=0.0)  # one scan: decoded row by row
+            return frame
+    return frame
+
+
+def _jpeg_markers(data: bytes) -> Iterator[Tuple[int, int]]:
+    """``(marker, position)`` of each marker segment up to the first scan's (SOS) included;
+    ends at anything that is not a marker, at EOI or past ``MAX_JPEG_SEGMENTS``."""
     pos, segments = 2, 0
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            return None
+            return
         if data[pos + 1] == 0xFF:  # fill bytes: up to the last 0xFF of the run
             pos = _FILL.match(data, pos).end() - 1  # type: ignore[union-attr]
             continue
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
-            return None
+            return
         marker = data[pos + 1]
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
             pos += 2
             continue
-        if marker in (0x00, 0xD8, 0xD9, 0xDA):  # not a marker, SOI again, EOI or SOS first
-            return None
+        if marker in (0x00, 0xD8, 0xD9):  # not a marker, SOI again, EOI
+            return
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if length < 2:
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-            if pos + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return int(width), int(height)
+            return
+        yield marker, pos
+        if marker == 0xDA:
+            return
         pos += 2 + length
-    return None
+
+
+def _jpeg_frame(data: bytes, pos: int, marker: int) -> Tuple[Header, int]:
+    """The frame header (SOFn) at ``pos``: its size, components, sampling and precision, with
+    every sample held (until a scan says otherwise)."""
+    precision = data[pos + 4]
+    height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+    count = data[pos + 9] if pos + 9 < len(data) else 0
+    factors = data[pos + 10 : pos + 10 + 3 * count][1::3]  # Hi << 4 | Vi per component
+    problem = ""
+    if marker not in JPEG_PROCESSES:
+        problem = f"JPEG process SOF{marker - 0xC0} (lossless or hierarchical) is not decoded"
+    elif precision != 8:
+        problem = f"JPEG of {precision}-bit samples: only 8-bit JPEGs are decoded"
+    elif count not in JPEG_COMPONENTS:
+        problem = f"JPEG of {count} components: only 1, 3 or 4 are decoded"
+    elif len(factors) != count:
+        problem = "JPEG frame header cut short"
+    elif any(not (1 <= f >> 4 <= 4 and 1 <= f & 15 <= 4) for f in factors):
+        problem = "JPEG sampling factors outside 1..4"
+    if problem:
+        return Header(int(width), int(height), MAX_HELD, problem), count
+    most = max(f >> 4 for f in factors) * max(f & 15 for f in factors)
+    held = sum((f >> 4) * (f & 15) for f in factors) / most
+    return Header(int(width), int(height), held), count
 
 
 def _png_chunks_fit(data: bytes) -> bool:
@@ -128,10 +214,13 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` RGB. The pixel limit is checked before decoding."""
     if not data:
         raise BadImage("image is empty (0 bytes)")
-    size = image_size(data)
-    if size is None:  # never let a decoder allocate for a size nobody checked
+    header = image_header(data)
+    if header is None:  # never let a decoder allocate for a size nobody checked
         raise _undecodable(data)
+    size = (header.width, header.height)
     check_pixels(size[0], size[1], max_pixels)
+    if header.problem:  # nor one it would not decode, or decode at a cost nobody counted
+        raise BadImage(f"{header.problem} ({len(data)} bytes)")
     if data[:1] == b"\x89" and not _png_chunks_fit(data):
         raise BadImage(
             f"PNG of {len(data)} bytes has a chunk running past its end: truncated or corrupt"

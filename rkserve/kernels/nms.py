@@ -3,8 +3,14 @@
 The suppression rule is the model zoo's ``nms_boxes``: boxes are visited best score first and
 a box is dropped when its overlap with a kept box of the same class is not ``<= iou``. Its
 overlap adds ``1e-5`` to the intersection's width and height (:data:`NMS_EPS`); so does
-:func:`nms`, so that the same boxes survive. Equal scores are visited in candidate order (the
-model zoo's ``argsort()[::-1]`` leaves their order to numpy's sort, which is not stable).
+:func:`nms`, so that the same boxes survive.
+
+Equal scores are visited in the zoo's order too (:func:`visit_order`): it sorts each class's
+scores, in candidate order, with ``argsort()[::-1]``, numpy's default sort, which is not
+stable, and whose order for equal values changes with numpy's version and the CPU's SIMD
+(numpy 2.4 with AVX2 reverses two equal values, numpy 1.24 keeps up to 16 in order). Doing
+the same sort on the same array gives the same order: the same boxes as the zoo run with the
+same numpy on the same machine, ties included.
 """
 
 from __future__ import annotations
@@ -96,11 +102,29 @@ def nms(
     count = int(scores.shape[0])
     limit = count if max_det is None else min(count, max_det)
     labels = np.zeros(count, np.int64) if classes is None else np.asarray(classes)
-    order = np.argsort(-np.asarray(scores), kind="stable")  # best first, ties in order
+    order = visit_order(np.asarray(scores), labels)
     kept = _by_pairs(boxes, labels, order, iou)
     if kept is None:
         kept = _by_chunks(boxes, labels, order, iou, limit)
     return kept[:limit]
+
+
+def visit_order(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices ``[N]`` best score first; within a class, equal scores in the order the model
+    zoo's ``nms_boxes`` visits them: ``argsort()[::-1]`` of that class's scores, taken in
+    candidate order (the zoo's ``scores[np.where(classes == c)]``). Across classes, equal
+    scores follow that rank, then the candidate order."""
+    count = int(scores.shape[0])
+    grouped = np.argsort(labels, kind="stable")  # by class, candidate order within each
+    cls = labels[grouped]
+    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]]) if count else np.empty(0, int)
+    ends = np.r_[starts[1:], count]
+    rank = np.empty(count, np.int64)
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        members = grouped[start:end]
+        visited = members[scores[members].argsort()[::-1]]  # the zoo's very expression
+        rank[visited] = np.arange(end - start)
+    return np.lexsort((np.arange(count), rank, -scores))
 
 
 def _by_pairs(

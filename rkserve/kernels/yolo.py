@@ -19,7 +19,8 @@ Three formats, named as in ``model.yaml`` (``output.format``):
     no objectness (:mod:`rkserve.kernels.yolo_single`).
 
 Candidates come out in the order of the model zoo's flattening (stride, then anchor, row,
-column), which is also the order ties are broken in by :func:`rkserve.kernels.nms.nms`.
+column) with the zoo's float32 scores, so that :func:`rkserve.kernels.nms.nms` can order
+equal scores as the zoo does (the same sort of the same arrays).
 Decoding runs on the cells that pass the score threshold only.
 """
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 NAME = "detection"
 PARAMS = ("conf", "iou", "max_det", "classes", "overlay")
-MAX_DET = 10_000  # the most boxes a reply may carry
+MAX_DET = 300  # the most boxes a reply may carry (Ultralytics' default; NMS's cost grows with it)
 PAD = 0  # the model zoo letterboxes with black: RGA initialises its buffers with 0
 NMS_MODES = ("classwise", "agnostic")  # a box suppresses boxes of its own class, or of any
 
@@ -267,7 +267,13 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
 
 
 def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
-    return vision.warmup_image(spec)
+    """The warm-up image; an overlay is drawn and encoded once on the way, at load: the first
+    text and JPEG OpenCV makes in a process cost it ~2 ms here (tens on a board), which the
+    first request asking for an overlay would pay."""
+    blank = vision.warmup_image(spec)
+    one = detect.Detections(np.array([[1.0, 1.0, 8.0, 8.0]]), np.ones(1, np.float32), np.zeros(1))
+    segment.encode_jpeg(detect.draw(blank, one, spec.labels))
+    return blank
 
 
 def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 NAME = "tensor"
 NOT_USED = ("input", "output", "labels", "palette")  # image-task sections: a mistake here
+IMAGE_CHANNELS = (1, 3, 4)  # a 4-D input with this many channels last is image-like
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class Wire:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     def nchw(self) -> Optional[Tuple[int, ...]]:
-        """The NCHW form of a 4-D NHWC input (also accepted), else None."""
-        if len(self.shape) != 4:
+        """The NCHW form of an image-like input (4-D NHWC, 1, 3 or 4 channels: also
+        accepted), else None: any other input takes its own shape only."""
+        if len(self.shape) != 4 or self.shape[3] not in IMAGE_CHANNELS:
             return None
         n, h, w, c = self.shape
         return (n, c, h, w)

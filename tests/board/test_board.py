@@ -35,8 +35,6 @@ def test_mobilenet_rknn_on_the_npu(tmp_path):
 
 @pytest.mark.parametrize("name", ["shapes", "shapes-seg"])
 def test_demo_model_rknn_agrees_with_onnx(name):
-    if not (MODELS / name / "model.rknn").exists():
-        pytest.skip(f"models/{name}/model.rknn not built")
     npu = repository.open_engine(MODELS, name, backend="rknnlite")
     cpu = repository.open_engine(MODELS, name, backend="onnx")
     for sample in sorted((MODELS / name / "samples").glob("*.jpg")):

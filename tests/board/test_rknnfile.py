@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from rkserve.board.rknnfile import RknnInfo, describe, parse_version, read_rknn
 from rkserve.board.rknnops import custom_ops
 from rkserve.errors import RknnFileError
-from tests.helpers import run_rkserve
+from tests.helpers import DATA, missing, run_rkserve
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("RKSERVE_SHARED_DATA") or REPO.parent / "shared" / "data")
+SHARED = DATA
 RKNN_DIR = SHARED / "rknn"
 
 
@@ -108,7 +108,7 @@ EXPECTED: Dict[str, Facts] = {
 
 def shared_file(rel: str) -> Path:
     if not RKNN_DIR.is_dir():
-        pytest.skip(f"shared test data not found at {RKNN_DIR} (set RKSERVE_SHARED_DATA)")
+        missing(f"shared test data not found at {RKNN_DIR} (set RKSERVE_SHARED_DATA)")
     return RKNN_DIR / rel
 
 

@@ -465,8 +465,7 @@ def test_deeplabv3_segmentation_converts_with_the_default_gate(tmp_path, convert
 
 def _demo(name: str) -> Path:
     folder = ROOT / "models" / name
-    if not (folder / "model.onnx").is_file():
-        pytest.skip(f"demo model not found: {folder / 'model.onnx'}")
+    assert (folder / "model.onnx").is_file(), f"demo model not found: {folder / 'model.onnx'}"
     return folder
 
 

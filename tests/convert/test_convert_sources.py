@@ -253,8 +253,7 @@ def from_onnx(converter, tmp_path_factory) -> Tuple[Path, Dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def from_pt(converter, tmp_path_factory) -> Tuple[Path, Dict[str, Any]]:
-    if not (MODELS / "shapes" / "model.pt").is_file():
-        pytest.skip("models/shapes/model.pt not found (tools/demo/train_models.py writes it)")
+    assert (MODELS / "shapes" / "model.pt").is_file(), "tools/demo/train_models.py writes it"
     return _convert_demo(tmp_path_factory.mktemp("pt"), "model.pt")
 
 

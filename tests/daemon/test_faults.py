@@ -26,7 +26,7 @@ import zmq
 from rkserve.board.probes import toolkit_lite2_version
 from rkserve.errors import BackendError, ModelUnavailable
 from tests.boards import make_board
-from tests.helpers import DATA, shared
+from tests.helpers import shared
 from tools.harness import Daemon, fake_models, free_port
 
 pytestmark = pytest.mark.process  # every test here starts a process
@@ -188,8 +188,7 @@ def onnx_model(folder, name: str) -> None:
 
 
 def test_a_corrupted_or_deleted_model_file_keeps_the_loaded_version_serving(tmp_path):
-    if not (DATA / "onnx").is_dir():
-        pytest.skip(f"shared test data not found: {DATA} (set RKSERVE_SHARED_DATA)")
+    shared("onnx")
     models = tmp_path / "models"
     onnx_model(models, "mnet")
     d = Daemon(tmp_path, models, "--backend", "onnx").start(timeout=60)

@@ -151,7 +151,7 @@ def test_a_burst_of_tiny_images_that_decode_huge_keeps_memory_bounded(tmp_path):
     """1 kB JPEGs that decode to 9.9 megapixels (30 MB each), 40 at once on two models.
 
     Admission holds the daemon's memory budget (128 MB here): each request is charged
-    ~6 bytes a pixel from its header before anything is decoded, so two are in flight at a
+    6.5 bytes a pixel from its header before anything is decoded, so two are in flight at a
     time and the rest are answered `overloaded`. Before the budget, admission counted only
     requests (2 x queue_size), and before the engine dropped the decoded image after
     preprocessing, 16 queued requests held 16 x 30 MB (1.9 GB at 40 megapixels)."""

@@ -161,7 +161,6 @@ def demo_copy(folder: Path, name: str) -> Path:
 def test_a_labels_file_that_does_not_fit_the_model_is_refused_with_its_reason(
     tmp_path, name, labels, state, words
 ):
-    pytest.importorskip("onnxruntime")
     models = tmp_path / "models"
     (demo_copy(models / "m", name) / "labels.txt").write_text(labels)
     d = Daemon(tmp_path, models, "--backend", "onnx").start(wait_ready=False)
@@ -181,8 +180,6 @@ def test_rss_growth_per_reload_is_bounded(tmp_path, backend):
     its own malloc heap, loaded every new version before closing any old one). Now one
     thread loads, one model at a time, and RSS levels off (docs/RELIABILITY.md). RKNNLite:
     tests/emulated/test_emulated_daemon.py."""
-    if backend == "onnx":
-        pytest.importorskip("onnxruntime")
     models = tmp_path / "models"
     for n in range(10):
         demo_copy(models / f"m{n}", "shapes")

@@ -12,6 +12,8 @@ from typing import Dict, List
 import pytest
 import yaml
 
+from tests.helpers import missing
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "rkserve.service"
 EXEC_START = "/opt/rkserve/venv/bin/rkserve"
@@ -75,14 +77,15 @@ def _verify(root: Path, name: str) -> subprocess.CompletedProcess:
     )
 
 
-needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir(),
-    reason="systemd-analyze is not installed (apt-get install systemd)",
-)
+@pytest.fixture
+def needs_analyze() -> None:
+    """systemd-analyze, or :func:`helpers.missing` (.ci/run installs it)."""
+    if shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir():
+        missing("systemd-analyze is not installed (apt-get install systemd)")
 
 
 @pytest.mark.process
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     root = _fake_root(tmp_path)
     result = _verify(root, "rkserve.service")
@@ -92,7 +95,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
 
 
 @pytest.mark.process
-@needs_analyze
+@pytest.mark.usefixtures("needs_analyze")
 def test_verify_catches_what_this_test_relies_on(tmp_path: Path) -> None:
     """The check above can fail: a misspelt key and a missing binary are both reported."""
     root = _fake_root(tmp_path)

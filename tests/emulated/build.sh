@@ -73,7 +73,7 @@ done
 
 echo "emulated board: stand-in librknnrt.so"
 mkdir -p "$OUT/lib"
-reference="$REPO/../shared/reference/rknn-toolkit2/rknpu2/runtime/Linux/librknn_api/include"
+reference="${RKSERVE_SHARED:-$REPO/../shared}/reference/rknn-toolkit2/rknpu2/runtime/Linux/librknn_api/include"
 if [ -f "$reference/rknn_api.h" ]; then  # the stand-in's structs against Rockchip's header
     for header in rknn_abi.h rknn_api.h; do
         aarch64-linux-gnu-gcc -static -O0 "-DABI_HEADER=\"$header\"" -I"$HERE/standin" \

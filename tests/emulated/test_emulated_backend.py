@@ -2,9 +2,9 @@
 
 For each lite2 release, one emulated process (tests/emulated/drive.py) runs every step below
 through the real wheel and the stand-in librknnrt; the tests then check each step's result.
-The demo models' answers are replayed from their ONNX twin, computed here on the host for the
-exact inputs rkserve's engine prepares, so a board answer equal to the twin's means the bytes
-the runtime received were exactly those.
+The demo models' answers are replayed from their ONNX twin (run by onnxruntime itself) for the
+inputs a reference pre-processing gives (plain OpenCV, the model zoo's letterbox), so a board
+answer equal to the twin's means the bytes the runtime received were exactly those.
 """
 
 from __future__ import annotations
@@ -19,18 +19,20 @@ import numpy as np
 import pytest
 
 from rkserve.backends import open_backend
-from rkserve.engine import Engine
+from rkserve.board.rknnfile import read_rknn
 from rkserve.errors import BackendError
+from rkserve.kernels.image import nhwc
 from rkserve.tasks import load_spec
 from tests.emuboard import (
     LITE2_RELEASES,
     NO_RECORD_LINE,
-    RecordingBackend,
     board,
     record,
     write_attrs,
 )
-from tests.helpers import DATA, MODELS, write_model
+from tests.emulated.prepare import reference_input
+from tests.helpers import DATA, MODELS, shared, write_model
+from tests.reference import Twin, model_yaml
 
 pytestmark = pytest.mark.emulated
 
@@ -70,16 +72,20 @@ class Plan:
         self.steps.append({"name": name, "model": str(model), "inputs": paths, **options})
 
     def demo(self, name: str, samples: int = SAMPLES) -> List[np.ndarray]:
-        """Steps for a demo model's first samples; returns their raw inputs."""
-        spec = load_spec(MODELS / name)
-        engine = Engine(spec, RecordingBackend(spec, self.records))
+        """Steps for a demo model's first samples; returns their raw inputs: the reference
+        pre-processing's (tests/emulated/prepare.py, here on the host: the backend takes the
+        bytes as they are), answered with the ONNX twin's outputs (tests/reference.py)."""
+        folder = MODELS / name
+        spec, twin = model_yaml(folder), Twin(folder)
+        write_attrs(self.records, folder / "model.rknn")
         raws = []
-        for sample in sorted((MODELS / name / "samples").glob("*.jpg"))[:samples]:
-            prepared = engine.prepare(sample.read_bytes(), engine.parse_params())
+        for sample in sorted((folder / "samples").glob("*.jpg"))[:samples]:
+            raw = reference_input(sample.read_bytes(), spec)
             step = f"{name}-{sample.stem}"
-            self.expected[step] = engine.run(prepared)
-            self.add(step, MODELS / name, prepared.tensors)
-            raws.append(prepared.tensors[0])
+            self.expected[step] = twin.run(raw)
+            record(self.records, folder / "model.rknn", [raw], self.expected[step])
+            self.add(step, folder, [raw])
+            raws.append(raw)
         return raws
 
     def shared(self, relative: str, tag: str) -> Path:
@@ -90,8 +96,6 @@ class Plan:
         rng = np.random.default_rng(len(self.steps))
         backend_inputs = _runtime_inputs(rknn)
         inputs = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in backend_inputs]
-        from rkserve.board.rknnfile import read_rknn
-
         outputs = [rng.standard_normal(t.shape).astype(np.float32) for t in read_rknn(rknn).outputs]
         record(self.records, rknn, inputs, outputs)
         self.expected[tag] = outputs
@@ -108,9 +112,6 @@ def _model_folder(folder: Path, rknn: Path) -> Path:
 
 
 def _runtime_inputs(rknn: Path) -> List[tuple]:
-    from rkserve.backends.rknnlite import nhwc
-    from rkserve.board.rknnfile import read_rknn
-
     return [nhwc(t.shape) for t in read_rknn(rknn).inputs]
 
 
@@ -118,6 +119,7 @@ def _plan(folder: Path) -> Plan:
     plan = Plan(folder)
     shapes = plan.demo("shapes")
     plan.demo("shapes-seg")
+    plan.demo("shapes-det")
     good = shapes[0]
     model = MODELS / "shapes"
     # every error path of the backend, through the real wheel
@@ -190,10 +192,13 @@ def _outputs(result: Dict[str, Any]) -> List[np.ndarray]:
     return [np.load(o["path"]) for o in result["outputs"]]
 
 
-@pytest.mark.parametrize("model", ["shapes", "shapes-seg"])
+@pytest.mark.parametrize("model", ["shapes", "shapes-seg", "shapes-det"])
 def test_demo_models_answer_what_their_onnx_twin_answers(drive: Dict[str, Any], model: str):
-    steps = [name for name in drive["expected"] if name.startswith(model + "-")]
-    steps = [s for s in steps if not (model == "shapes" and s.startswith("shapes-seg"))]
+    folder = str(MODELS / model)
+    steps = [
+        s for s in drive["expected"] if s in drive["steps"] and drive["steps"][s]["model"] == folder
+    ]
+    steps = [s for s in steps if s.startswith(model + "-")]  # not the error-path steps
     assert len(steps) == SAMPLES
     for step in steps:
         got = _outputs(drive["results"][step])
@@ -206,8 +211,7 @@ def test_demo_models_answer_what_their_onnx_twin_answers(drive: Dict[str, Any], 
 
 @pytest.mark.parametrize("relative", SHARED)
 def test_shared_rknn_files_for_rk356x_load_answer_and_release(drive: Dict[str, Any], relative):
-    if not (RKNN / relative).is_file():
-        pytest.skip(f"{RKNN / relative} not found")
+    shared("rknn", relative)
     name = Path(relative).stem
     got = _outputs(drive["results"][name])
     for g, e in zip(got, drive["expected"][name]):
@@ -237,8 +241,7 @@ def test_inference_returning_none_is_a_backend_error(drive: Dict[str, Any], step
 
 
 def test_a_model_for_another_npu_fails_init_with_the_runtimes_message(drive: Dict[str, Any]):
-    if "wrong-target-platform" not in drive["results"]:
-        pytest.skip(f"{RKNN / RK3588_MODEL} not found")
+    shared("rknn", RK3588_MODEL)
     result = drive["results"]["wrong-target-platform"]
     assert result["error"].startswith("BackendError: init_runtime for ")
     assert "does not match the RKNPU hardware version" in result["log"]

@@ -1,6 +1,11 @@
 """The daemon itself on the emulated aarch64 board (``--backend rknnlite``, the real wheel),
-a client on the host: the answers must be the ONNX twin's, replayed for the exact bytes the
-daemon's own pre-processing (aarch64 OpenCV and numpy) gave the runtime.
+a client on the host, every task: classification, segmentation, detection (letterbox and
+YOLO post-processing) and tensor. The runtime replays the ONNX twin's outputs for the exact
+bytes an independent reference pre-processing gave on the board (tests/emulated/prepare.py:
+plain OpenCV, the model zoo's letterbox), and the answers must be the independent reference
+post-processing's (tests/reference.py: numpy, the model zoo's YOLO code) for those outputs:
+a bug in the daemon's pre-processing finds no record, one in its post-processing answers
+something else.
 """
 
 from __future__ import annotations
@@ -16,19 +21,26 @@ import numpy as np
 import pytest
 
 from rkserve.backends import open_backend
+from rkserve.board.rknnfile import read_rknn
 from rkserve.engine import Engine
 from rkserve.errors import BackendError
 from rkserve.tasks import load_spec
 from tests import emuboard
-from tests.emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, same_answer
-from tests.helpers import MODELS
+from tests.emuboard import NO_RECORD_LINE, Board, RecordingBackend, board, record
+from tests.helpers import MODELS, write_model
+from tests.reference import same_answer
 from tools.harness import Daemon
 
 pytestmark = [pytest.mark.emulated, pytest.mark.process]
 
 LITE2 = "2.3.0"  # the seed board's release; the backend tests cover every release
 SAMPLES = 3  # images per demo model
-PARAMS = {"shapes": {"top_k": 5}, "shapes-seg": {"mask": "raw"}}
+PARAMS: Dict[str, Dict[str, Any]] = {
+    "shapes": {"top_k": 5},
+    "shapes-seg": {"mask": "raw"},
+    "shapes-det": {},
+}
+TENSOR = "shapes-tensor"  # the demo classifier's .rknn served as task: tensor
 
 
 def samples(model: str) -> List[Path]:
@@ -49,18 +61,45 @@ def on_board(d: Daemon, target: Board, **env: str) -> Daemon:
     return emuboard.on_board(d, target, LITE2, **env)
 
 
+def tensor_model(models: Path, records: Path) -> Dict[str, Dict[str, Any]]:
+    """The demo classifier's .rknn as a tensor model, with random outputs recorded for the
+    warm-up's zeros and for two random inputs (NHWC, as the runtime takes them): the answers
+    are those outputs, exactly, whether a request sends the input NHWC or NCHW."""
+    rknn = MODELS / "shapes" / "model.rknn"
+    write_model(models / TENSOR, {"task": "tensor"}, rknn=rknn)
+    info = read_rknn(rknn)
+    emuboard.write_attrs(records, rknn)
+    rng = np.random.default_rng(19)
+    shape = (1, 96, 96, 3)
+    expected = {}
+    for name, tensor in [
+        ("zeros", np.zeros(shape, np.uint8)),
+        *((f"random{n}", rng.integers(0, 256, shape, dtype=np.uint8)) for n in range(2)),
+    ]:
+        outputs = [rng.standard_normal(t.shape).astype(np.float32) for t in info.outputs]
+        record(records, rknn, [tensor], outputs)
+        want = {"outputs": outputs, "names": [t.name for t in info.outputs]}
+        expected[name] = {"input": tensor, "want": want}
+    return expected
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: Any) -> Iterator[Tuple[Daemon, Dict[str, Dict[str, Any]], Path]]:
-    """The daemon on the emulated RK3568 serving both demo models."""
+    """The daemon on the emulated RK3568 serving the three demo models and a tensor model."""
     rk3568 = board("rk3568")
     folder = tmp_path_factory.mktemp("daemon")
     records, expected = folder / "records", {}
-    for model in ("shapes", "shapes-seg"):
+    models = folder / "models"
+    models.mkdir()
+    for model in PARAMS:
+        (models / model).symlink_to(MODELS / model)
         answers = record_twin(records, model, board_inputs(rk3568, model, folder))
         expected.update({f"{model}/{name}": answer for name, answer in answers.items()})
+    for name, case in tensor_model(models, records).items():
+        expected[f"{TENSOR}/{name}"] = case
     trace = folder / "standin.log"
     d = on_board(
-        Daemon(folder, MODELS, "--backend", "rknnlite", "--workers", "2"),
+        Daemon(folder, models, "--backend", "rknnlite", "--workers", "2"),
         rk3568,
         RKNN_STANDIN_DIR=str(records),
         RKNN_STANDIN_LOG=str(trace),
@@ -76,15 +115,28 @@ def served(tmp_path_factory: Any) -> Iterator[Tuple[Daemon, Dict[str, Dict[str, 
     assert d.stop() == 0, d.log()
 
 
-def test_the_daemon_on_aarch64_answers_what_the_onnx_twin_answers(served):
+@pytest.mark.parametrize("model", list(PARAMS))
+def test_the_daemon_on_aarch64_answers_what_the_references_answer(served, model: str):
     d, expected, _ = served
     with d.client(timeout=60) as client:
-        for key, want in expected.items():
-            model, name = key.split("/")
-            got = client.infer(
-                model, (MODELS / model / "samples" / name).read_bytes(), **PARAMS[model]
-            )
-            same_answer(got.result, want)
+        assert client.health()["models"][model]["ready"]
+        for sample in samples(model):
+            got = client.infer(model, sample.read_bytes(), **PARAMS[model])
+            same_answer(got.result, expected[f"{model}/{sample.name}"])
+    assert NO_RECORD_LINE not in d.log()
+
+
+def test_a_tensor_model_on_aarch64_answers_the_runtimes_outputs(served):
+    """Named tensors through the daemon on the board: NHWC as the runtime takes it, and the
+    same input NCHW (transposed by the daemon, as RKNNLite's data_format="nchw")."""
+    d, expected, _ = served
+    with d.client(timeout=60) as client:
+        for name in ("random0", "random1"):
+            case = expected[f"{TENSOR}/{name}"]
+            nhwc = case["input"]
+            for sent in (nhwc, np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))):
+                got = client.infer_tensors(TENSOR, {"input": sent})
+                same_answer(got.result, case["want"])
     assert NO_RECORD_LINE not in d.log()
 
 
@@ -208,9 +260,7 @@ def test_rss_growth_per_reload_stays_far_below_the_model_file(tmp_path):
         shutil.copy(MODELS / "shapes" / name, folder / name)
     with open(folder / "model.rknn", "ab") as rknn:
         rknn.write(bytes(PAD_MB << 20))
-    spec = load_spec(folder)  # the warm-up's record, for the padded file's SHA-256
-    height, width = spec.input_size
-    Engine(spec, RecordingBackend(spec, records)).infer(np.zeros((height, width, 3), np.uint8))
+    emuboard.record_twin(records, folder, {}, [], {})  # the warm-up, for the padded file
     d = on_board(
         Daemon(tmp_path, models, "--backend", "rknnlite"), rk3568, RKNN_STANDIN_DIR=str(records)
     )

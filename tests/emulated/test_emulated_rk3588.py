@@ -4,7 +4,6 @@ daemon serves a model with one RKNNLite instance per core, three inferences at o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import threading
@@ -16,7 +15,6 @@ import pytest
 
 from rkserve.backends.rknnlite import nhwc
 from rkserve.board.rknnfile import read_rknn
-from rkserve.spec import ModelSpec
 from tests.emuboard import (
     LITE2_RELEASES,
     board,
@@ -24,10 +22,10 @@ from tests.emuboard import (
     on_board,
     record,
     record_twin,
-    same_answer,
     write_attrs,
 )
-from tests.helpers import DATA, MODELS, write_model
+from tests.helpers import DATA, MODELS, shared, write_model
+from tests.reference import same_answer
 from tools.harness import Daemon
 
 pytestmark = pytest.mark.emulated
@@ -39,8 +37,7 @@ MASKS = {"core0": 1, "core1": 2, "core2": 4, "auto": None}
 @pytest.fixture(scope="module")
 def rk3588(tmp_path_factory: Any) -> Dict[str, Any]:
     """Each core mask on the emulated RK3588 with the newest lite2; the stand-in's trace."""
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} not found")
+    shared(*MODEL.relative_to(DATA).parts)
     target = board("rk3588")
     folder = tmp_path_factory.mktemp("rk3588")
     records = folder / "records"
@@ -141,8 +138,6 @@ def overlapping(trace: str) -> int:
 
 @pytest.mark.process
 def test_the_daemon_runs_one_instance_per_core_on_an_rk3588(tmp_path: Path):
-    if "instances" not in {f.name for f in dataclasses.fields(ModelSpec)}:
-        pytest.skip("model.yaml `instances` (one runner per NPU core) is not in this tree")
     target, lite2 = board("rk3588"), LITE2_RELEASES[-1]
     folder = shapes_for_rk3588(tmp_path / "models")
     images = sorted((MODELS / "shapes" / "samples").glob("*.jpg"))[:3]

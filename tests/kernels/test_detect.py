@@ -15,6 +15,7 @@ from rkserve.kernels import nms as nms_module
 from rkserve.kernels.detect import Detections
 from rkserve.kernels.nms import CHUNK, box_iou, nms
 from rkserve.kernels.yolo import YOLOV5_ANCHORS, Layout, explain, read_layout
+from tests.helpers import ROOT
 from tools import zoo
 
 INPUT = (640, 640)
@@ -148,7 +149,9 @@ def test_yolov5_boxes_are_the_zoos_bit_for_bit() -> None:
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
 @pytest.mark.usefixtures("nms_path")
 def test_tied_scores_give_the_zoos_boxes(format: str, sums: bool) -> None:
-    """int8 outputs tie often: scores on a 1/32 grid, objects apart, and duplicated cells."""
+    """int8 outputs tie often: scores on a 1/32 grid, objects apart, and every object's cell
+    duplicated with an equal score and a box that differs (shifted by a cell, or another
+    anchor's size), so that which of two equal boxes is kept shows."""
     rng = np.random.default_rng(6)
     count = 24
     corners = np.stack(np.meshgrid(np.arange(6) * 105.0 + 8, np.arange(4) * 150.0 + 8), -1)
@@ -156,18 +159,14 @@ def test_tied_scores_give_the_zoos_boxes(format: str, sums: bool) -> None:
     labels = rng.integers(0, 3, count)
     scores = np.round(rng.uniform(0.3, 0.9, count) * 32) / 32  # a handful of levels
     outputs = outputs_for(format, sums, boxes, labels, scores, classes=3, spread=0, rng=rng)
-    if format == "yolov8":  # duplicate every object's cell into its right neighbour
+    if format == "yolov8":  # every object's cell copied into its right neighbour: 1 cell right
         for box_map, cls_map in zip(outputs[0 :: 2 + sums], outputs[1 :: 2 + sums]):
             hot = np.argwhere(cls_map[0].max(axis=0) > 0.25)
             for row, col in hot[hot[:, 1] + 1 < cls_map.shape[3]]:
                 cls_map[0, :, row, col + 1] = cls_map[0, :, row, col]
                 box_map[0, :, row, col + 1] = box_map[0, :, row, col]
-                box_map[0, 0:16, row, col + 1] = np.roll(
-                    box_map[0, 0:16, row, col], 1
-                )  # 1 cell further left
-                box_map[0, 32:48, row, col + 1] = np.roll(box_map[0, 32:48, row, col], -1)
         anchors = None
-    else:  # three equal anchors: each object appears three times, exactly
+    else:  # three equal anchors: each object three times, equal scores, sizes 1, 1.1, 1.2
         anchors = (((60.0, 60.0),) * 3,) * 3
         outputs = yolo_outputs(
             "yolov5", boxes, labels, scores, 3, anchors=anchors, spread=0, rng=rng
@@ -177,9 +176,31 @@ def test_tied_scores_give_the_zoos_boxes(format: str, sums: bool) -> None:
             hot = cells[:, 4].max(axis=0) > 0.25
             best = cells[:, :, hot][cells[:, 4, hot].argmax(axis=0), :, np.arange(hot.sum())]
             cells[:, :, hot] = best.T[None]
+            cells[:, 2:4, hot] *= np.sqrt([1.0, 1.1, 1.2])[:, None, None].astype(np.float32)
     found = detect.decode(outputs, format, anchors=anchors)
     assert len(np.unique(found.scores)) < len(found) // 2  # ties everywhere
-    assert agree(outputs, format, anchors=anchors) == count
+    assert len(np.unique(found.boxes, axis=0)) == len(found)  # between different boxes
+    mine, zoos = ours(outputs, format, anchors=anchors), theirs(outputs, format, anchors=anchors)
+    assert len(mine[0]) == count
+    assert zoo.same_per_class(mine, zoos) is None, zoo.same_per_class(mine, zoos)
+
+
+@pytest.mark.usefixtures("nms_path")
+def test_two_equal_scores_keep_the_box_the_zoo_keeps() -> None:
+    """Two overlapping boxes of one class with equal scores, and crowds of tied levels:
+    the zoo's nms_boxes visits equal scores in ``argsort()[::-1]`` order (numpy's sort, not
+    stable), and so does NMS here."""
+    module = zoo.zoo("yolov8")
+    module.NMS_THRESH = 0.45
+    pair = np.array([[0, 0, 10, 10], [1, 1, 11, 11]], float)
+    tied = np.array([0.5, 0.5], np.float32)
+    assert nms(pair, tied).tolist() == module.nms_boxes(pair, tied).tolist()
+    rng = np.random.default_rng(11)
+    for count in (3, 16, 17, 40, 300):
+        xy = rng.uniform(0, 60, (count, 2))
+        crowd = np.concatenate([xy, xy + 40], axis=1)
+        levels = (rng.integers(0, 4, count) / 4 + 0.25).astype(np.float32)
+        assert nms(crowd, levels).tolist() == module.nms_boxes(crowd, levels).tolist(), count
 
 
 @pytest.mark.parametrize(("format", "sums"), FORMATS, ids=FORMAT_IDS)
@@ -242,17 +263,23 @@ def test_nms_equals_the_zoos_nms_boxes_on_random_boxes(block: int, monkeypatch) 
 
 
 @pytest.mark.usefixtures("nms_path")
-def test_nms_ties_keep_the_earlier_candidate_and_classes_do_not_suppress() -> None:
+def test_nms_ties_follow_the_zoo_and_classes_do_not_suppress() -> None:
+    module = zoo.zoo("yolov8")
+    module.NMS_THRESH = 0.45
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], float)
     scores = np.array([0.5, 0.5, 0.5, 0.4], np.float32)
-    assert nms(boxes, scores).tolist() == [0, 3]
-    assert nms(boxes, scores, np.array([0, 0, 1, 0])).tolist() == [0, 2, 3]
-    assert nms(boxes, scores, max_det=1).tolist() == [0]
+    expected = module.nms_boxes(boxes, scores).tolist()
+    assert nms(boxes, scores).tolist() == expected and len(expected) == 2
+    labels = np.array([0, 0, 1, 0])
+    first = np.flatnonzero(labels == 0)
+    zoo_kept = [*first[module.nms_boxes(boxes[first], scores[first])].tolist(), 2]
+    assert sorted(nms(boxes, scores, labels).tolist()) == sorted(zoo_kept)
+    assert nms(boxes, scores, max_det=1).tolist() == expected[:1]
     assert nms(np.zeros((0, 4)), np.zeros(0, np.float32)).tolist() == []
-    # a tied crowd among other scores: the earliest of the tied boxes stays
+    # a tied crowd among other scores: one box stays, the one the zoo keeps
     levels = np.random.default_rng(1).integers(0, 3, 200).astype(np.float32) / 4
     crowd = np.array([[0, 0, 10, 10]]) + np.arange(200)[:, None] * 0.01
-    assert nms(crowd, levels).tolist() == [int(np.flatnonzero(levels == levels.max())[0])]
+    assert nms(crowd, levels).tolist() == module.nms_boxes(crowd, levels).tolist()
 
 
 def test_pair_iou_is_box_iou_pair_by_pair() -> None:
@@ -311,11 +338,12 @@ def test_postprocess_is_the_zoos_pipeline(format: str, sums: bool) -> None:
 
 
 def test_overlay_is_the_zoos_drawing() -> None:
+    """Where the zoo's labels fit in the image, the same pixels as its ``draw``."""
     rng = np.random.default_rng(14)
     picture = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
     labels = ["circle", "square", "triangle"]
     found = Detections(
-        np.array([[10.7, 30.2, 200.9, 150.5], [0.0, 0.0, 480.0, 360.0], [300, 5, 470, 100]]),
+        np.array([[10.7, 30.2, 200.9, 150.5], [0.0, 40.0, 480.0, 360.0], [300, 25, 470, 100]]),
         np.array([0.91, 0.5, 0.333], np.float32),
         np.array([2, 0, 1]),
     )
@@ -323,6 +351,55 @@ def test_overlay_is_the_zoos_drawing() -> None:
     expected = zoo.draw(picture[:, :, ::-1], found.boxes, found.scores, found.classes, labels)
     assert np.array_equal(drawn, expected[:, :, ::-1])
     assert not np.array_equal(drawn, picture)
+
+
+def _label_pixels(canvas: np.ndarray) -> int:
+    return int(np.all(canvas == detect.TEXT_RGB, axis=2).sum())
+
+
+def _whole_label(text: str) -> int:
+    """The pixels of ``text`` drawn as the overlay draws it, with room all around."""
+    canvas = np.zeros((200, 600, 3), np.uint8)
+    cv2.putText(canvas, text, (50, 100), cv2.FONT_HERSHEY_SIMPLEX, 0.6, detect.TEXT_RGB, 2)
+    return _label_pixels(canvas)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [[30, 0, 90, 50], [30, 5.5, 90, 50], [0, 0, 200, 120], [150, 40, 200, 90], [0, 100, 40, 119]],
+    ids=["top-edge", "near-top", "whole-image", "right-edge", "bottom-left"],
+)
+def test_every_label_is_drawn_inside_the_image(box: List[float]) -> None:
+    """A box at the top edge (the demo's sample 002.jpg has one: its cross) had its label
+    drawn above the image, where nothing of it shows; at the right edge, cut."""
+    picture = np.zeros((120, 200, 3), np.uint8)
+    found = Detections(np.array([box], float), np.array([0.98], np.float32), np.array([0]))
+    drawn = detect.draw(picture, found, ["triangle"])
+    assert _label_pixels(drawn) == _whole_label("triangle 0.98")
+
+
+def test_the_demo_samples_show_every_label() -> None:
+    """Each detection of the demo detector on its samples, drawn alone: its whole label."""
+    from rkserve import repository
+
+    engine = repository.open_engine(ROOT / "models", "shapes-det", backend="onnx")
+    for sample in sorted((ROOT / "models" / "shapes-det" / "samples").glob("*.jpg")):
+        prepared = engine.prepare(sample.read_bytes(), engine.parse_params())
+        found = detect.postprocess(
+            engine.run(prepared),
+            "yolov8",
+            prepared.context.placement,
+            engine.spec.input_size,
+            prepared.context.size,
+        )
+        blank = np.zeros((*prepared.context.size, 3), np.uint8)
+        for n in range(len(found)):
+            one = Detections(
+                found.boxes[n : n + 1], found.scores[n : n + 1], found.classes[n : n + 1]
+            )
+            text = f"{engine.spec.labels[int(found.classes[n])]} {float(found.scores[n]):.2f}"
+            drawn = detect.draw(blank, one, engine.spec.labels)
+            assert _label_pixels(drawn) == _whole_label(text), (sample.name, text, found.boxes[n])
 
 
 def test_to_wire_is_best_first_with_labels() -> None:
@@ -409,7 +486,8 @@ def test_drawn_overlay_is_jpeg_ready() -> None:
 def test_a_real_onnx_detectors_outputs_give_the_zoos_boxes(sums: bool) -> None:
     """onnxruntime runs the small detector of tests/onnx_detector.py on letterboxed images of
     squares with noisy colours (distinct scores, overlapping boxes at every stride)."""
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     from tests.onnx_detector import detector_onnx
 
     size = 128

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
@@ -121,3 +122,85 @@ def test_bgr_models_get_swapped_channels():
     rgb[0, 0] = (1, 2, 3)
     assert image.to_model_colour(rgb, "bgr")[0, 0].tolist() == [3, 2, 1]
     assert image.to_model_colour(rgb, "rgb")[0, 0].tolist() == [1, 2, 3]
+
+
+def _pil_jpeg(mode: str, **options: object) -> bytes:
+    """A small JPEG written by Pillow (another encoder than OpenCV's): ``mode`` L, RGB or CMYK."""
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 255, 48, dtype=np.float32).astype(np.uint8), (32, 1))
+    picture = Image.fromarray(np.dstack([ramp, ramp.T[:32, :32].repeat(2, 1)[:, :48], ramp]))
+    out = io.BytesIO()
+    picture.convert(mode).save(out, "JPEG", quality=90, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "held"),
+    [
+        ("RGB", {"subsampling": 2}, 0.0),  # baseline: decoded row by row
+        ("RGB", {"subsampling": 2, "progressive": True}, 1.5),  # Y + Cb/4 + Cr/4
+        ("RGB", {"subsampling": 1, "progressive": True}, 2.0),  # 4:2:2
+        ("RGB", {"subsampling": 0, "progressive": True}, 3.0),
+        ("L", {"progressive": True}, 1.0),
+        ("CMYK", {}, 0.0),
+        ("CMYK", {"progressive": True}, 4.0),
+    ],
+    ids=[
+        "baseline",
+        "progressive-420",
+        "progressive-422",
+        "progressive-444",
+        "progressive-grey",
+        "cmyk",
+        "progressive-cmyk",
+    ],
+)
+def test_the_header_says_what_a_jpeg_decoder_holds(mode, options, held):
+    """libjpeg keeps every coefficient of a progressive JPEG (2 bytes a component sample)
+    until the last scan: the charge reads that from the frame and first scan headers."""
+    data = _pil_jpeg(mode, **options)
+    header = image.image_header(data)
+    assert (header.width, header.height, header.held, header.problem) == (48, 32, held, "")
+    assert header.working_bytes() == 48 * 32 * (image.BYTES_PER_PIXEL + 2 * held)
+    assert image.decode_image(data).shape == (32, 48, 3)
+
+
+def _frame(marker: int = 0xC0, precision: int = 8, components: int = 3) -> bytes:
+    """A 30x20 frame header: ``components`` of sampling 1x1, then a first scan of all."""
+    body = bytes([precision]) + struct.pack(">HH", 20, 30) + bytes([components])
+    body += b"".join(bytes([n + 1, 0x11, 0]) for n in range(components))
+    return b"\xff" + bytes([marker]) + struct.pack(">H", 2 + len(body)) + body
+
+
+def _scan(components: int) -> bytes:
+    body = (
+        bytes([components])
+        + b"".join(bytes([n + 1, 0]) for n in range(components))
+        + b"\x00\x3f\x00"
+    )
+    return b"\xff\xda" + struct.pack(">H", 2 + len(body)) + body
+
+
+def test_a_baseline_jpeg_of_several_scans_is_charged_as_held():
+    """A baseline frame whose first scan carries one of three components is decoded as a
+    progressive one (libjpeg's multi-scan buffer); a header cut before any scan likewise."""
+    one_scan = image.image_header(b"\xff\xd8" + _frame() + _scan(3))
+    assert (one_scan.width, one_scan.height, one_scan.held) == (30, 20, 0.0)
+    assert image.image_header(b"\xff\xd8" + _frame() + _scan(1)).held == 3.0
+    assert image.image_header(b"\xff\xd8" + _frame()).held == 3.0
+
+
+@pytest.mark.parametrize(
+    ("frame", "words"),
+    [
+        (_frame(marker=0xC3), "SOF3 \\(lossless or hierarchical\\) is not decoded"),
+        (_frame(precision=12), "12-bit samples: only 8-bit JPEGs are decoded"),
+        (_frame(components=2), "2 components: only 1, 3 or 4 are decoded"),
+    ],
+)
+def test_jpegs_the_charge_cannot_bound_are_refused_before_decoding(frame, words):
+    data = b"\xff\xd8" + frame + _scan(1) + b"\x00" * 64 + b"\xff\xd9"
+    assert image.image_size(data) == (30, 20)
+    with pytest.raises(BadImage, match=words):
+        image.decode_image(data)

@@ -157,7 +157,8 @@ def test_write_samples(tmp_path: Path) -> None:
 
 
 def _session(spec: ModelSpec) -> Any:
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(str(spec.onnx_path), options, providers=["CPUExecutionProvider"])

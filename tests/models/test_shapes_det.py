@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from rkserve import repository
+from rkserve.kernels import detect
+from rkserve.kernels.yolo import read_layout
 from rkserve.tasks import load_spec
 from tools.demo import shapes as demo
-
-detect = pytest.importorskip("rkserve.kernels.detect", reason="no detection post-processing")
-read_layout = pytest.importorskip("rkserve.kernels.yolo").read_layout
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 FOLDER = MODELS / "shapes-det"
@@ -33,7 +32,6 @@ MIN_PRECISION = 0.7
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    pytest.importorskip("onnxruntime")
     loaded = repository.open_engine(MODELS, "shapes-det", backend="onnx")
     yield loaded
     loaded.backend.close()

@@ -9,8 +9,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import cv2
 import numpy as np
@@ -18,11 +19,16 @@ import pytest
 import yaml
 
 from rkserve import repository
+from rkserve.backends.fake import FakeBackend
+from rkserve.engine import Engine
 from rkserve.errors import BadRequest, ConfigError
 from rkserve.kernels import detect
-from rkserve.tasks import load_spec
+from rkserve.tasks import detection, load_spec
 from rkserve.tasks.detection import Config
+from tests.emulated.prepare import reference_input, source_size
 from tests.onnx_detector import square_image, write_detector
+from tests.reference import Twin, answer, model_yaml, same_answer
+from tools import zoo
 from tools.harness import ROOT, Daemon
 
 LABELS = ["red", "green", "blue"]
@@ -179,7 +185,9 @@ def test_the_engine_finds_the_squares(engine) -> None:
     for index, channel in ((0, 0), (1, 2)):
         boxes = np.array([d["box"] for d in found if d["index"] == channel])
         assert {d["label"] for d in found if d["index"] == channel} == {LABELS[channel]}
-        assert detect.box_iou(boxes, truth(index)).max() > 0.6
+        # a match as PASCAL VOC counts one: this detector scores every cell on a square the
+        # same, so which of their boxes NMS keeps is the zoo's (numpy's sort's) choice
+        assert detect.box_iou(boxes, truth(index)).max() > 0.5
     assert all(d["index"] != 1 for d in found)  # no green square
     assert all(0 <= v <= limit for d in found for v, limit in zip(d["box"], (160, 96) * 2))
 
@@ -214,9 +222,9 @@ def test_model_yaml_defaults_are_the_params_defaults(tmp_path: Path) -> None:
         ({"conf": True}, "params.conf must be a number 0..1, got True"),
         ({"conf": math.nan}, "params.conf must be a number 0..1, got nan"),
         ({"iou": 2}, "params.iou must be a number 0..1, got 2"),
-        ({"max_det": 0}, "params.max_det must be an integer 1..10000, got 0"),
-        ({"max_det": 2.5}, "params.max_det must be an integer 1..10000, got 2.5"),
-        ({"max_det": 10_001}, "params.max_det must be an integer 1..10000"),
+        ({"max_det": 0}, "params.max_det must be an integer 1..300, got 0"),
+        ({"max_det": 2.5}, "params.max_det must be an integer 1..300, got 2.5"),
+        ({"max_det": 301}, "params.max_det must be an integer 1..300"),
         ({"classes": [3]}, r"params.classes: 3 is not a class index of this model \(0..2\)"),
         ({"classes": [-1]}, "params.classes: -1 is not a class index"),
         ({"classes": [True]}, "params.classes: True is not a class index"),
@@ -458,29 +466,50 @@ def demo_detector() -> Path:
     from tests.helpers import MODELS
 
     folder = MODELS / "shapes-det"
-    if not (folder / "model.yaml").is_file() or not (folder / "model.onnx").is_file():
-        pytest.skip(f"no demo detector in {folder}")
+    assert (folder / "model.yaml").is_file() and (folder / "model.onnx").is_file(), folder
     return folder
 
 
-def test_the_demo_detectors_outputs_give_the_zoos_boxes(tmp_path: Path) -> None:
-    from tools import zoo
-
+def test_the_demo_detector_answers_the_zoos_boxes_end_to_end() -> None:
+    """The engine's whole path (decode, letterbox, the ONNX twin, post-processing, boxes back
+    in the source) against the model zoo's: its letter_box, the twin run by onnxruntime
+    itself, its post_process and get_real_box (tests/reference.py)."""
     folder = demo_detector()
     engine = repository.open_engine(folder.parent, folder.name, backend="onnx")
-    output = engine.spec.task_config
+    twin, spec = Twin(folder), model_yaml(folder)
     samples = sorted((folder / "samples").glob("*.jpg"))
     assert samples
     for sample in samples:
+        data = sample.read_bytes()
+        want = answer(folder, twin.run(reference_input(data, spec)), source_size(data), {})
+        same_answer(engine.infer(data).result, want)
+
+
+def test_the_demo_detectors_quantized_outputs_give_the_zoos_boxes_ties_included() -> None:
+    """Its class scores on 1/255 steps, as an int8 output dequantizes them: every sample then
+    has equally scored candidates of one class, and keeping the earlier of two (as rkserve
+    did) kept another box than the zoo in 3 of the 8 samples."""
+    folder = demo_detector()
+    engine = repository.open_engine(folder.parent, folder.name, backend="onnx")
+    samples = sorted((folder / "samples").glob("*.jpg"))
+    tied = 0
+    for sample in samples:
         prepared = engine.prepare(sample.read_bytes(), engine.parse_params({}))
-        outputs = engine.run(prepared)
-        mine = detect.decode(outputs, output.format, 0.25, output.strides, output.anchors)
-        keep = detect.nms(mine.boxes, mine.scores, mine.classes, 0.45)
-        theirs = zoo.post_process(
-            outputs, output.format, anchors=output.anchors, input_size=engine.spec.input_size
+        outputs = [
+            o if o.shape[1] == 64 else (np.round(o * 255) / 255).astype(np.float32)
+            for o in engine.run(prepared)
+        ]
+        found = detect.decode(outputs, "yolov8", 0.25)
+        keep = detect.nms(found.boxes, found.scores, found.classes, 0.45)
+        ours = (found.boxes[keep], found.classes[keep], found.scores[keep])
+        theirs = zoo.post_process(outputs, "yolov8", input_size=engine.spec.input_size)
+        assert zoo.same_per_class(ours, theirs) is None, (
+            sample.name,
+            zoo.same_per_class(ours, theirs),
         )
-        ours = (mine.boxes[keep], mine.classes[keep], mine.scores[keep])
-        assert zoo.same_detections(ours, theirs) is None, sample.name
+        pairs = np.stack([found.classes, found.scores.view(np.int32)])
+        tied += int((np.unique(pairs, axis=1, return_counts=True)[1] > 1).any())
+    assert tied == len(samples)
 
 
 @pytest.mark.process
@@ -512,3 +541,107 @@ def test_the_demo_detector_served_finds_the_shapes_in_its_samples(tmp_path: Path
         assert daemon.stop() == 0, daemon.log()
     # recall at IoU 0.5 of at least 0.8: what the demo model's mAP@0.5 >= 0.8 promises
     assert found_all and missed <= found_all * 0.2, f"missed {missed} of {found_all} shapes"
+
+
+# --- the cost of one request -------------------------------------------------------------------
+
+
+def _cpu_ms(call: Any, repeat: int = 3) -> float:
+    """The least CPU time of ``repeat`` calls (this process's threads only: other work on
+    the machine does not count)."""
+    best = math.inf
+    for _ in range(repeat):
+        started = time.process_time()
+        call()
+        best = min(best, (time.process_time() - started) * 1000)
+    return best
+
+
+class _Crowd(FakeBackend):
+    """The fake backend, answering every request with the worst outputs for NMS: one class,
+    every cell of a 640x640 yolov8 a candidate whose box is a point of its own (8 400 boxes,
+    none overlapping another: nothing is ever suppressed)."""
+
+    def _compute(self, inputs: Any) -> List[np.ndarray]:
+        rng = np.random.default_rng(0)
+        outputs = []
+        for grid in (80, 40, 20):
+            box = np.full((1, 64, grid, grid), -10.0, np.float32)
+            box[:, 0::16] = 10.0  # every side 0 cells from the centre
+            outputs += [box, rng.uniform(0.3, 0.9, (1, 1, grid, grid)).astype(np.float32)]
+        return outputs
+
+
+def _detector(root: Path, format: str, classes: int, backend: type = FakeBackend) -> Engine:
+    folder = root / f"{format}-{classes}"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"placeholder: the fake backend never reads it")
+    spec = {
+        "task": "detection",
+        "input": {"size": 640},
+        "output": {"format": format, "classes": classes},
+    }
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec))
+    loaded = load_spec(folder)
+    return Engine(loaded, backend(loaded))
+
+
+@pytest.mark.parametrize(
+    ("format", "classes", "backend"),
+    [("yolov5", 80, FakeBackend), ("yolov8", 1, _Crowd)],
+    ids=["yolov5-80-classes", "one-class-crowd"],
+)
+def test_the_costliest_params_cost_a_bounded_multiple_of_a_default_request(
+    tmp_path: Path, format: str, classes: int, backend: type
+) -> None:
+    """``{conf: 0, iou: 1, max_det: <the most>}`` on a 640x640 detector makes every cell a
+    candidate (25 200 for the 80-class yolov5, 8 400 for the crowd) and suppresses none: the
+    candidates before NMS (``detect.MAX_NMS``) and ``max_det`` are capped, so its CPU time
+    stays within a few default requests' (measured here, in one process; the yolov5 one
+    cost 2.5 s, 80 times a default request, with max_det 10 000)."""
+    engine = _detector(tmp_path, format, classes, backend)
+    picture = np.zeros((480, 640, 3), np.uint8)
+    picture[100:300, 200:400] = 255
+    jpeg = cv2.imencode(".jpg", picture)[1].tobytes()
+    worst = {"conf": 0.0, "iou": 1.0, "max_det": detection.MAX_DET}
+    default_engine = engine if backend is FakeBackend else _detector(tmp_path, "yolov5", 80)
+    default_engine.infer(jpeg)  # first calls pay for imports and caches
+    default_ms = _cpu_ms(lambda: default_engine.infer(jpeg))
+    worst_ms = _cpu_ms(lambda: engine.infer(jpeg, worst))
+    found = engine.infer(jpeg, worst).result["detections"]
+    print(f"\ndefault {default_ms:.1f} ms, worst {worst_ms:.1f} ms of CPU, {len(found)} boxes")
+    assert len(found) == min(detection.MAX_DET, detect.MAX_NMS)
+    assert worst_ms < 8 * default_ms
+
+
+FIRST_OVERLAY = """
+import json, statistics, sys, time
+from rkserve import repository
+engine = repository.open_engine("models", "shapes-det", backend="onnx")
+engine.warm_up()  # what the loader does before serving
+data = open("models/shapes-det/samples/002.jpg", "rb").read()
+costs = []
+for _ in range(5):
+    prepared = engine.prepare(data, engine.parse_params({"overlay": True}))
+    outputs = engine.run(prepared)
+    started = time.thread_time()
+    engine.finish(prepared, outputs)
+    costs.append(time.thread_time() - started)
+print(json.dumps(costs))
+"""
+
+
+def test_the_first_overlay_after_load_costs_what_the_next_ones_do() -> None:
+    """OpenCV's first text and JPEG in a process cost ~2 ms here (tens on a board, and 3x
+    the overlay's post-processing): the warm-up at load pays it, not the first request."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_OVERLAY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    first, *rest = json.loads(done.stdout)
+    assert first < 2 * sorted(rest)[len(rest) // 2], (first, rest)

@@ -216,7 +216,8 @@ def test_crop_only_where_results_do_not_map_back(tmp_path):
 def _torchvision_style(path: Path) -> np.ndarray:
     """An independent reference: PIL decode, Resize(256) (PIL bilinear, antialiased, as
     torchvision does on PIL images), CenterCrop(224), (x - 127) / 127.5, NCHW."""
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image
+
     with Image.open(path) as picture:
         rgb = picture.convert("RGB")
     width, height = rgb.size

@@ -265,3 +265,34 @@ def test_convert_refuses_a_tensor_model_with_its_reason(tmp_path):
         match="accuracy gate for classification, segmentation, detection models, not tensor",
     ):
         load_recipe(load_spec(folder))
+
+
+def test_only_image_like_inputs_take_an_nchw_alternative(tmp_path):
+    """A [1, 16, 16, 8] input (8 channels: not image-like) keeps its own shape: the same
+    elements as (1, 8, 16, 16) are refused, not transposed (PROTOCOL.md, Layout)."""
+    spec = {
+        "task": "tensor",
+        "inputs": [{"name": "x", "shape": [1, 16, 16, 8], "dtype": "float32"}],
+    }
+    folder = write_model(tmp_path / "f", spec, onnx=Path(__file__))
+    engine = Engine(load_spec(folder), open_backend("fake", load_spec(folder)))
+    values = np.arange(16 * 16 * 8, dtype=np.float32)
+    assert engine.infer([values.reshape(1, 16, 16, 8)]).result["outputs"]
+    with pytest.raises(
+        BadTensor,
+        match=r"input 'x': shape \[1, 8, 16, 16\], but the model takes \[1, 16, 16, 8\] float32$",
+    ):
+        engine.infer([values.reshape(1, 8, 16, 16)])
+
+
+def test_an_image_like_input_still_takes_nchw(tmp_path):
+    spec = {
+        "task": "tensor",
+        "inputs": [{"name": "x", "shape": [1, 16, 16, 3], "dtype": "float32"}],
+    }
+    folder = write_model(tmp_path / "f", spec, onnx=Path(__file__))
+    engine = Engine(load_spec(folder), open_backend("fake", load_spec(folder)))
+    nhwc = np.arange(16 * 16 * 3, dtype=np.float32).reshape(1, 16, 16, 3)
+    want = decode_output(engine.infer([nhwc]).result["outputs"][0])
+    got = decode_output(engine.infer([nhwc.transpose(0, 3, 1, 2)]).result["outputs"][0])
+    assert np.array_equal(got, want)
