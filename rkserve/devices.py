@@ -123,12 +123,30 @@ def npu_device(root: Path) -> DeviceAccess:
     usable = [n for n in npu_nodes(root) if n.driver != "rocket"]
     if usable:
         node = usable[0]
-        return _access(root, node.path.lstrip("/"), node.driver, node.evidence, lite2)
+        relative = node.path.lstrip("/")
+        if not (root / relative).exists() and _mapped_in(root, node):
+            evidence = f"{node.evidence}, mapped in as /{LITE2_NODE}"
+            return _access(root, LITE2_NODE, node.driver, evidence, lite2)
+        return _access(root, relative, node.driver, node.evidence, lite2)
     for relative in FALLBACK_PATHS:
         if (root / relative).exists():
             return _access(root, relative, "", "", lite2)
     user, groups = _identity()
     return DeviceAccess(path=None, user=user, user_groups=groups, lite2_node=lite2)
+
+
+def _mapped_in(root: Path, node: NpuNode) -> bool:
+    """Is ``/dev/dri/renderD129`` the NPU under another name, as a container gets it with
+    ``--device /dev/dri/renderD128:/dev/dri/renderD129``? Yes when its device number is the
+    NPU's, or (numbers unknown) when the host's sysfs has no renderD129 of its own."""
+    try:
+        rdev = (root / LITE2_NODE).stat().st_rdev
+    except OSError:
+        return False
+    number = _read_name(root / node.evidence.lstrip("/") / "dev")  # "226:128"
+    if rdev and number:
+        return number == f"{os.major(rdev)}:{os.minor(rdev)}"
+    return not (root / "sys/class/drm" / os.path.basename(LITE2_NODE)).exists()
 
 
 def _access(root: Path, relative: str, driver: str, evidence: str, lite2: bool) -> DeviceAccess:

@@ -37,6 +37,8 @@ NPU_DEVICES = {"rk356x": "fde40000.npu", "rk3588": "fdab0000.npu"}
 NPU_COMPATIBLE = {"rk356x": "rockchip,rk3568-rknpu", "rk3588": "rockchip,rk3588-rknpu"}
 ROCKET_COMPATIBLE = "rockchip,rk3588-rknn-core"
 GPU_DEVICES = {"rk356x": ("fde60000.gpu", "panfrost"), "rk3588": ("fb000000.gpu", "panthor")}
+# major:minor in sysfs's "dev" files: DRM render nodes are 226:128 up, accel 261:N, misc 10:N
+DEVICE_NUMBERS = {"renderD128": "226:128", "renderD129": "226:129", "accel0": "261:0"}
 CONTAINER_FILES = {"docker": ".dockerenv", "kubernetes": "var/run/secrets/kubernetes.io/token"}
 
 # The seed board of the field notes, before and after its runtime update.
@@ -106,7 +108,7 @@ def make_board(
     if load is not None:
         _write(root, "sys/kernel/debug/rknpu/load", load.encode())
     if freq is not None:
-        node = DEVFREQ_NODES.get(soc or "", "fde40000.npu")
+        node = NPU_DEVICES.get(npu_family(soc or "rk3568"), "fde40000.npu")
         _write(root, f"sys/class/devfreq/{node}/cur_freq", f"{freq}\n".encode())
     if device is not None:
         _write(root, device, b"", device_mode)
@@ -147,6 +149,7 @@ def _class_link(root: Path, platform_device: str, node: str) -> None:
     kind = {"dev/dri": "drm", "dev": "misc", "dev/accel": "accel"}[folder]
     under = root / "sys/devices/platform" / platform_device / kind / name
     under.mkdir(parents=True, exist_ok=True)
+    (under / "dev").write_text(DEVICE_NUMBERS.get(name, "10:121") + "\n")
     _link(under / "device", "../../../" + platform_device)
     _link(
         root / "sys/class" / kind / name, f"../../devices/platform/{platform_device}/{kind}/{name}"
