@@ -138,7 +138,7 @@ def _platform_device(root: Path, name: str, of_name: str, compatible: str, drive
     device = root / "sys/devices/platform" / name
     _write(device, "of_node/name", of_name.encode() + b"\0")
     _write(device, "of_node/compatible", compatible.encode() + b"\0")
-    (root / "sys/bus/platform/drivers" / driver).mkdir(parents=True, exist_ok=True)
+    _write(root / "sys/bus/platform/drivers" / driver, "uevent", b"", 0o200)  # as sysfs has it
     _link(device / "driver", f"../../../bus/platform/drivers/{driver}")
 
 
