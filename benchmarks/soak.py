@@ -5,7 +5,7 @@ The real daemon (``rkserve serve`` in a subprocess) serves the three demo models
 
 - two clients send requests of every task in turn (classification, segmentation with a PNG
   mask and with an overlay, detection, raw tensors), each waiting for its reply;
-- every ``--reload-s`` one model's labels are rewritten and the daemon gets SIGHUP;
+- every ``--reload-s`` one model's labels are rewritten and the daemon gets SIGHUP (0: never);
 - a client sends a request every second and never reads a reply;
 - every second a client connects, sends a segmentation request and closes at once.
 
@@ -280,10 +280,12 @@ def _soak(
     ]
     if not options.calm:
         threads += [
-            threading.Thread(target=reloader, args=(daemon, models, options.reload_s, log, stop)),
             threading.Thread(target=stalled, args=(daemon.endpoint, slow, log, stop)),
             threading.Thread(target=quitter, args=(daemon.endpoint, slow, log, stop)),
         ]
+    if not options.calm and options.reload_s > 0:
+        reloads = (daemon, models, options.reload_s, log, stop)
+        threads.append(threading.Thread(target=reloader, args=reloads))
     for thread in threads:
         thread.start()
     try:
@@ -357,7 +359,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--requests", type=int, default=0, help="stop after this many replies")
     parser.add_argument("--sample-s", type=float, default=30.0)
-    parser.add_argument("--reload-s", type=float, default=60.0)
+    parser.add_argument("--reload-s", type=float, default=60.0, help="0: no reloads")
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--mix", default=",".join(KINDS), help=f"of {', '.join(KINDS)}")
     parser.add_argument("--calm", action="store_true", help="no reloads, no bad clients")

@@ -127,14 +127,26 @@ def drive(target: Board, lite2: str, folder: Path, steps: List[Dict[str, Any]]) 
     results = {r["name"]: r for r in json.loads(out.read_text())}
     return {
         "results": results,
-        "log": done.stderr,
+        "log": done.stdout + done.stderr,  # the wheel prints its container hint to stdout
         "trace": trace.read_text() if trace.exists() else "",
     }
 
 
 def shapes_step(folder: Path) -> Dict[str, Any]:
-    write_attrs(folder / "records", MODELS / "shapes" / "model.rknn")
-    return {"name": "shapes", "model": str(MODELS / "shapes"), "inputs": []}
+    """The demo classifier on a random input, its outputs recorded for the stand-in."""
+    rknn = MODELS / "shapes" / "model.rknn"
+    info = read_rknn(rknn)
+    rng = np.random.default_rng(128)
+    tensor = rng.integers(0, 256, nhwc(info.inputs[0].shape), dtype=np.uint8)
+    outputs = [rng.standard_normal(t.shape).astype(np.float32) for t in info.outputs]
+    write_attrs(folder / "records", rknn)
+    record(folder / "records", rknn, [tensor], outputs)
+    np.save(folder / "input.npy", tensor)
+    return {
+        "name": "shapes",
+        "model": str(MODELS / "shapes"),
+        "inputs": [str(folder / "input.npy")],
+    }
 
 
 @pytest.mark.parametrize("lite2", LITE2_RELEASES)
