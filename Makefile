@@ -1,8 +1,10 @@
 # rkserve developer entry points. `make help` lists them.
 #   make serve   set up .venv and run the daemon on the demo models (onnx backend on a PC)
+#   make fast    the inner loop: every in-process test on CPython 3.11 (no daemon, CLI or tool
+#                processes; a few minutes)
 #   make test    set up everything and run the whole suite on CPython 3.8 and 3.11
 #                (the emulated-board tests on 3.11 only: they run aarch64 CPython 3.11 anyway)
-#   make bench   run benchmarks/run.py (a few minutes) and rewrite docs/BENCHMARKS.md
+#   make bench   run python -m benchmarks.run (a few minutes) and rewrite docs/BENCHMARKS.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -12,7 +14,7 @@ VENV  ?= .venv
 VENV38 ?= .venv38
 PYTEST_ARGS ?=
 
-.PHONY: help serve venv venv38 lint test test38 test311 convert-env emulated-board demo-models bench clean
+.PHONY: help serve venv venv38 lint fast test test38 test311 convert-env emulated-board demo-models bench clean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -38,7 +40,7 @@ venv38: $(VENV38)/.installed
 serve: venv
 	$(VENV)/bin/rkserve serve $(ARGS)
 
-LINTED := $(wildcard rkserve tests deploy benchmarks)
+LINTED := $(wildcard rkserve tests tools deploy benchmarks)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINTED)
@@ -52,6 +54,9 @@ convert-env:
 emulated-board: venv
 	tests/emulated/build.sh --python $(VENV)/bin/python || { test $$? -eq 3 && echo "emulated board not built: the emulated tests will skip"; }
 
+fast: venv
+	RKSERVE_NO_PROCESSES=1 $(VENV)/bin/python -m pytest -q -m "not process and not convert and not emulated and not board" $(PYTEST_ARGS)
+
 test311: venv
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
@@ -61,11 +66,11 @@ test38: venv38
 test: venv venv38 convert-env emulated-board lint test38 test311
 
 bench: venv
-	$(VENV)/bin/python benchmarks/run.py $(ARGS)
+	$(VENV)/bin/python -m benchmarks.run $(ARGS)
 
 demo-models:
-	$(PY311) deploy/train_demo_models.py
-	$(PY311) deploy/train_demo_detector.py
+	$(PY311) -m tools.demo.train_models
+	$(PY311) -m tools.demo.train_detector
 
 clean:
 	rm -rf $(VENV) $(VENV38) .venv-convert .emulated .pytest_cache .mypy_cache .ruff_cache

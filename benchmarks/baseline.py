@@ -28,9 +28,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import msgpack
 import zmq
-from common import (
+
+from benchmarks.common import (
     ROOT,
-    Daemon,
     Section,
     Target,
     demo_repository,
@@ -39,6 +39,7 @@ from common import (
     jpeg,
     main,
     ratio,
+    rkserve_daemon,
     table,
 )
 
@@ -131,7 +132,7 @@ def compare(
 ) -> Dict[str, Any]:
     """Interleaved rounds of rkserve and the baseline on the same model ``m``."""
     flags = ["--backend", backend, "--fake-latency-ms", str(latency_ms)]
-    daemon = Daemon(models, *flags).start()
+    daemon = rkserve_daemon(models, *flags).start(timeout=120.0)
     serial = Serial(models, "m", backend, latency_ms)
     found: Dict[str, Dict[str, List[float]]] = {
         "rkserve": {"rps": [], "lat": []},

@@ -4,22 +4,17 @@ images, latency statistics and the report's building blocks."""
 from __future__ import annotations
 
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools.demo import shapes as demo
+from tools.harness import Daemon
 
-from rkserve import demo  # noqa: E402
-from rkserve.client import Client  # noqa: E402
-from rkserve.errors import RkserveError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_MODELS = ROOT / "models"
 
@@ -43,88 +38,11 @@ class Section:
     figures: Dict[str, Any] = field(default_factory=dict)  # raw numbers for --json
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Daemon:
-    """``rkserve serve`` in a subprocess on a free loopback TCP port."""
-
-    def __init__(self, models: Path, *flags: str) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.args = [sys.executable, "-m", "rkserve", "serve", "--models-dir", str(models)]
-        self.args += ["--endpoint", self.endpoint, "--metrics-port", "0", "--log-level", "warning"]
-        self.args += list(flags)
-        self.proc: Optional[subprocess.Popen] = None
-        # the daemon's log; a pipe nobody reads could fill up and block it
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
-        self.ready_after = 0.0
-
-    def start(self, timeout: float = 120.0) -> Daemon:
-        """Start and wait until health says ready; ``ready_after`` is the seconds it took."""
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(self.args, env=env, cwd=str(ROOT), stderr=self.log)
-        with Client(self.endpoint, timeout=0.2, retries=0) as client:
-            while time.perf_counter() - started < timeout:
-                if self.proc.poll() is not None:
-                    self.log.seek(0)
-                    log = self.log.read().decode(errors="replace")
-                    raise RuntimeError(f"daemon exited with {self.proc.returncode}: {log}")
-                try:
-                    if client.health().get("ready"):
-                        self.ready_after = time.perf_counter() - started
-                        return self
-                except RkserveError:
-                    time.sleep(0.005)
-        raise RuntimeError(f"daemon not ready within {timeout} s")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc/<pid>/status")
-
-    def status(self) -> str:
-        """``running``, or how it ended and the end of its log."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            return "the daemon is running"
-        self.log.seek(0)
-        tail = self.log.read().decode(errors="replace")[-2000:]
-        return f"the daemon exited with {self.proc.returncode}: {tail}"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the daemon has used so far (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def minor_faults(self) -> int:
-        """Page faults served without I/O so far: memory mapped in afresh."""
-        return int(Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def __enter__(self) -> Daemon:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+def rkserve_daemon(models: Path, *flags: str) -> Daemon:
+    """The daemon for a benchmark: loopback TCP (what a board's clients use), warnings only,
+    no metrics exporter; its folder (log, nothing else) beside ``models``."""
+    quiet = ("--log-level", "warning", "--metrics-port", "0")
+    return Daemon(models.parent / f"{models.name}-daemon", models, *quiet, *flags, transport="tcp")
 
 
 def busy_cpu_seconds() -> float:

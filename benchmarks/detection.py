@@ -5,26 +5,23 @@ fake_yolo``: each object lights up the cells around its centre, as trained model
 sides are checked to keep the same boxes first (the test suite's oracle comparison), then
 timed in this process, alternating calls, best of 150 each. The zoo's yolov8 ``dfl()`` needs
 torch: where torch is installed the zoo's own runs, elsewhere the same softmax expectation in
-numpy (tests/zoo.py), which is slower than torch's; the section says which was used.
+numpy (tools/zoo.py), which is slower than torch's; the section says which was used.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, List, Tuple
 
 import numpy as np
-from common import ROOT, Section, Target, ratio, table
 
+from benchmarks.common import Section, Target, ratio, table
 from rkserve.backends.fake_yolo import yolo_outputs
-from rkserve.tasks import detect, image
-
-sys.path.insert(0, str(ROOT / "tests"))
-import zoo
+from rkserve.kernels import detect, image
+from tools import zoo
 
 INPUT = (640, 640)
 SOURCE = (720, 1280)
@@ -142,6 +139,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from baseline import closed_loop
-from common import Daemon, Section, Target, fake_model, jpeg, main, ratio, table
+from benchmarks.baseline import closed_loop
+from benchmarks.common import Section, Target, fake_model, jpeg, main, ratio, rkserve_daemon, table
 
 NPU_MS = 20.0
 CONCURRENCY = 6
@@ -26,7 +26,9 @@ def run(work: Path) -> Section:
         folder = fake_model(models, "m", "classification", 64, 10)
         spec = folder / "model.yaml"
         spec.write_text(spec.read_text() + f"instances: {count}\n")
-        with Daemon(models, "--backend", "fake", "--fake-latency-ms", str(NPU_MS)) as daemon:
+        with rkserve_daemon(
+            models, "--backend", "fake", "--fake-latency-ms", str(NPU_MS)
+        ) as daemon:
             rps, _ = closed_loop(daemon.endpoint, image, CONCURRENCY, SECONDS)
         figures[count] = rps
         bound = count * 1000.0 / NPU_MS

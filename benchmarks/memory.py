@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import List
 
-from common import Daemon, Section, Target, fake_model, jpeg, table
-
-from rkserve.bench import Plan, run_step
+from benchmarks.common import Section, Target, fake_model, jpeg, rkserve_daemon, table
+from rkserve.loadtest import Plan, run_step
 
 WARMUP, MEASURED, ERRORS, CONCURRENCY = 2_000, 20_000, 4_000, 4
 IMAGE_REQUESTS = (500, 1_500)
@@ -25,7 +24,7 @@ def run(work: Path) -> Section:
     section = Section("4. Memory over 20,000 requests")
     fake_model(work / "tiny", "tiny", "classification", 32, 4)
     rows: List[List[object]] = []
-    with Daemon(work / "tiny", "--backend", "fake", "--queue-size", "16") as daemon:
+    with rkserve_daemon(work / "tiny", "--backend", "fake", "--queue-size", "16") as daemon:
         plan = Plan([daemon.endpoint], "tiny", [_tensor()], requests=WARMUP, warmup=0.0)
         started_rss = daemon.rss_bytes()
         run_step(plan, CONCURRENCY, None)
@@ -99,7 +98,7 @@ def image_rss(work: Path) -> List[int]:
     """RSS when ready, after a first batch of 1080p requests and after more."""
     fake_model(work / "cls", "cls", "classification", 224, 1000)
     image = {"image": jpeg(work, 1920, 1080, "classification").read_bytes()}
-    with Daemon(work / "cls", "--backend", "fake", "--queue-size", "16") as daemon:
+    with rkserve_daemon(work / "cls", "--backend", "fake", "--queue-size", "16") as daemon:
         found = [daemon.rss_bytes()]
         for count in IMAGE_REQUESTS:
             step = run_step(
@@ -120,6 +119,6 @@ def _tensor() -> dict:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

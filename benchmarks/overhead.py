@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import msgpack
 import zmq
-from common import (
-    Daemon,
+
+from benchmarks.common import (
     Section,
     Target,
     demo_models,
@@ -29,12 +29,13 @@ from common import (
     jpeg,
     median_ms,
     ratio,
+    rkserve_daemon,
     table,
     time_calls,
 )
-
 from rkserve import protocol, repository
 from rkserve.client import Client
+from tools.harness import Daemon, free_port
 
 ECHO = """
 import sys, zmq
@@ -52,8 +53,6 @@ class BareEcho:
     and a DEALER to call it: the least any Python ZeroMQ server can cost."""
 
     def __init__(self, request_bytes: int, reply_bytes: int) -> None:
-        from common import free_port
-
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.server = subprocess.Popen([sys.executable, "-c", ECHO, endpoint, str(reply_bytes)])
         self.ctx = zmq.Context()
@@ -102,7 +101,7 @@ def client_check(work: Path) -> Dict[str, float]:
     """One bench process with 16 threads vs two with 8 each, alternated twice (best of each)."""
     fake_model(work / "tiny", "tiny", "classification", 32, 4)
     runs: Dict[int, List[Tuple[float, float]]] = {1: [], 2: []}
-    with Daemon(work / "tiny", "--backend", "fake", "--queue-size", "64") as daemon:
+    with rkserve_daemon(work / "tiny", "--backend", "fake", "--queue-size", "64") as daemon:
         for processes in (1, 2, 1, 2):
             runs[processes].append(_bench_processes(daemon.endpoint, processes, 16 // processes))
     one, two = max(runs[1]), max(runs[2])
@@ -186,7 +185,7 @@ def run(work: Path) -> Section:
     image = jpeg(work, 640, 480, "classification").read_bytes()
     engine = repository.open_engine(models, name, backend=backend)
     pool = ThreadPoolExecutor(1)
-    with Daemon(models, "--backend", backend) as daemon:
+    with rkserve_daemon(models, "--backend", backend) as daemon:
         sizes = reply_size(daemon.endpoint, name, image)
         echo = BareEcho(*sizes)
         client = Client(daemon.endpoint, timeout=10.0, retries=0)
@@ -334,6 +333,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from common import (
-    Daemon,
+from benchmarks.common import (
     Section,
     Target,
     best_ms,
@@ -26,11 +25,12 @@ from common import (
     fake_model,
     jpeg,
     ratio,
+    rkserve_daemon,
     table,
 )
-
 from rkserve import repository
-from rkserve.bench import Plan, Step, run_plan
+from rkserve.loadtest import Plan, Step, run_plan
+from tools.harness import Daemon
 
 # name, task, input size, classes, NPU ms, requests measured per step, warm-up seconds
 MODELS = (
@@ -93,7 +93,7 @@ def run_model(work: Path, model: Tuple[Any, ...], images: Dict[str, bytes]) -> D
     results: Dict[str, Any] = {}
     flags = ("--backend", "fake", "--fake-latency-ms", str(npu_ms), "--queue-size", "32")
     seconds = 1.5 if npu_ms < 50 else 2.5
-    with Daemon(models, *flags) as daemon:
+    with rkserve_daemon(models, *flags) as daemon:
         for label, image in images.items():
             # the serial loop runs just before and after the sweep (the daemon idle), so
             # that both see about the same share of a shared machine
@@ -121,7 +121,7 @@ def reduced_decode(images: Dict[str, bytes], size: int = 224) -> List[List[Any]]
     import cv2
     import numpy as np
 
-    from rkserve.tasks import image as img
+    from rkserve.kernels import image as img
 
     flags = {
         2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -321,6 +321,6 @@ def _targets(name: str, label: str, npu_ms: float, r: Dict[str, Any]) -> List[Ta
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -17,10 +17,19 @@ import cv2
 import msgpack
 import numpy as np
 import zmq
-from common import Daemon, Section, Target, best_ms, fake_model, jpeg, ratio, table
 
+from benchmarks.common import (
+    Section,
+    Target,
+    best_ms,
+    fake_model,
+    jpeg,
+    ratio,
+    rkserve_daemon,
+    table,
+)
 from rkserve import protocol
-from rkserve.tasks import segment
+from rkserve.kernels import segment
 
 ARGMAX_SHAPES = ((1, 19, 512, 512), (1, 21, 257, 257))
 FORMATS = (
@@ -81,7 +90,9 @@ def neighbour_rows(image: np.ndarray, classes: np.ndarray) -> List[List[Any]]:
             "mask PNG (unfiltered + deflate vs Up filter + RLE deflate)",
             lambda: _plain_png_deflate(classes),
             lambda: segment.indexed_png(classes, palette),
-            lambda a, b: True,  # different bytes, same pixels (checked in tests/test_bench.py)
+            lambda a, b: (
+                True
+            ),  # different bytes, same pixels (checked in tests/loadtest/test_bench.py)
         ),
         (
             "overlay (numpy fancy indexing vs cv2 LUT + masked copy)",
@@ -110,7 +121,7 @@ def reply_sizes(work: Path) -> List[List[Any]]:
     fake_model(work / "seg", "seg", "segmentation", 512, 19)
     images = {f"{w}x{h}": jpeg(work, w, h).read_bytes() for w, h in ((512, 512), (1920, 1080))}
     rows = []
-    with Daemon(work / "seg", "--backend", "fake") as daemon:
+    with rkserve_daemon(work / "seg", "--backend", "fake") as daemon:
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.connect(daemon.endpoint)
@@ -192,6 +203,6 @@ def run(work: Path) -> Section:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -1,8 +1,8 @@
 """Run every benchmark once and write ``docs/BENCHMARKS.md``.
 
-    python benchmarks/run.py                 # all sections (a few minutes), writes the report
-    python benchmarks/run.py --only memory   # one section, printed, report untouched
-    python benchmarks/run.py --json out.json # also the raw figures
+    python -m benchmarks.run                 # all sections (a few minutes), writes the report
+    python -m benchmarks.run --only memory   # one section, printed, report untouched
+    python -m benchmarks.run --json out.json # also the raw figures
 
 Every figure in the report is measured in this one run, on this machine, and stated next
 to what it is compared with, so that reports from different machines stay comparable.
@@ -21,17 +21,18 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import baseline
-import detection
-import instances
-import memory
-import overhead
-import pipelining
-import postprocess
-import startup
-from common import ROOT, Section, Target, table
-
-from rkserve.bench.report import machine_info
+from benchmarks import (
+    baseline,
+    detection,
+    instances,
+    memory,
+    overhead,
+    pipelining,
+    postprocess,
+    startup,
+)
+from benchmarks.common import ROOT, Section, Target, table
+from rkserve.loadtest.report import machine_info
 
 SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "overhead": overhead.run,
@@ -47,7 +48,7 @@ REPORT = ROOT / "docs" / "BENCHMARKS.md"
 
 INTRO = """# Benchmarks
 
-What the daemon costs and what it sustains, measured by `benchmarks/run.py` (`make bench`),
+What the daemon costs and what it sustains, measured by `python -m benchmarks.run` (`make bench`),
 which wrote this page. Each script in `benchmarks/` also runs alone and prints its section.
 Every figure below was measured in the same run on the machine named here, and is stated
 as a ratio to something measured alongside it; absolute numbers from this PC say little

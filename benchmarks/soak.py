@@ -48,7 +48,7 @@ from rkserve import protocol
 from rkserve.client import Client
 from rkserve.errors import RkserveError
 from tests import emuboard
-from tests.daemon import Daemon
+from tools.harness import Daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

@@ -12,7 +12,14 @@ import statistics
 from pathlib import Path
 from typing import List
 
-from common import Daemon, Section, demo_models, demo_repository, fake_model, table
+from benchmarks.common import (
+    Section,
+    demo_models,
+    demo_repository,
+    fake_model,
+    rkserve_daemon,
+    table,
+)
 
 STARTS = 3
 
@@ -20,7 +27,7 @@ STARTS = 3
 def time_to_ready(models: Path, *flags: str) -> List[float]:
     times = []
     for _ in range(STARTS):
-        daemon = Daemon(models, *flags)
+        daemon = rkserve_daemon(models, *flags)
         try:
             daemon.start()
             times.append(daemon.ready_after)
@@ -62,6 +69,6 @@ def _cells(times: List[float]) -> List[str]:
 
 
 if __name__ == "__main__":
-    from common import main
+    from benchmarks.common import main
 
     main(run)

@@ -20,8 +20,9 @@ import numpy as np
 
 from .backends import Backend
 from .errors import BackendError
+from .kernels import image
 from .spec import ModelSpec
-from .tasks import Prepared, get_task, image
+from .tasks import Prepared, get_task
 from .tasks.base import elapsed_ms
 
 __all__ = ["Engine", "Prepared", "Result"]

@@ -25,28 +25,17 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Dict, List, Mapping, Optional
 
-from . import checks, probes, repository
-from .backends import choose_backend
+from . import repository
+from .builder import Builder
 from .config import Settings
-from .engine import Engine
-from .errors import BackendError, ConfigError, ModelUnavailable, RknnFileError, RkserveError
-from .metrics import Metrics
+from .errors import BackendError, ConfigError, ModelUnavailable, RkserveError
 from .modelhost import ModelHost
-from .rknnfile import read_rknn
 
 log = logging.getLogger("rkserve")
-# Board checks that decide whether a model is served (rknn-toolkit-lite2's own absence
-# already fails the backend import with a clear message).
-POLICY = ("soc", "driver", "librknnrt", "rknn_server", "device")
 RELOAD, STOP = "reload", "stop"
 WATCH_S = 0.25  # how often the owner looks for wedged runners when idle
 Start = Callable[[ModelHost], None]  # starts a loaded host's runner
 Abandon = Callable[[ModelHost, RkserveError], None]  # answers a wedged host's jobs
-
-
-def _one_line(text: str) -> str:
-    """A reason as one log line: a runtime's multi-line message must not split it."""
-    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -59,13 +48,10 @@ class Table:
 
 
 class Loader:
-    def __init__(
-        self, settings: Settings, metrics: Metrics, start: Start, abandon: Abandon
-    ) -> None:
+    def __init__(self, settings: Settings, build: Builder, start: Start, abandon: Abandon) -> None:
         self.settings = settings
-        self.metrics = metrics
+        self.build = build  # model folder → host (serving, or the reason it is not)
         self.table = Table()
-        self.board: Optional[checks.Board] = None
         self.passes = 0  # loading passes started
         self._start = start
         self._abandon = abandon
@@ -153,7 +139,6 @@ class Loader:
             self.table.loading if loading is None else loading,
             scanned,
         )
-        self._publish_metrics(changes)
 
     def _pass(self) -> None:
         self.passes += 1
@@ -163,7 +148,7 @@ class Loader:
         except ConfigError as exc:
             log.error("%s", exc)
             entries = {}
-        self._probe_board()
+        self.build.begin_pass()
         old = self.table.hosts
         todo = [
             e
@@ -172,7 +157,7 @@ class Loader:
         ]
         size = self.settings.queue_size
         seen: Dict[str, Optional[ModelHost]] = {
-            e.name: ModelHost(e, None, None, "loading", size)
+            e.name: ModelHost.loading(e, size)
             for e in todo
             if e.name not in old or not old[e.name].ready
         }
@@ -189,7 +174,7 @@ class Loader:
 
     def _install(self, entry: repository.Entry) -> None:
         """Load one model and put it in the table, or keep its previous version serving."""
-        host = self.load(entry)
+        host = self.build(entry)
         previous = self.table.hosts.get(entry.name)
         if host.ready or previous is None or not previous.ready:
             if host.ready:
@@ -201,103 +186,6 @@ class Loader:
         previous.error = f"reload failed, still serving the previous version: {host.error}"
         log.error("model %s: %s", entry.name, previous.error)
         self._swap({})
-
-    def _probe_board(self) -> None:
-        if self.settings.backend in ("auto", "rknnlite"):
-            self.board = checks.probe_board(Path(self.settings.sysroot))
-            self.metrics.set_runtime(self.board.runtime_info())
-
-    def load(self, entry: repository.Entry) -> ModelHost:
-        """Load one model; never raises: failures become a host that says why."""
-        size = self.settings.queue_size
-        if entry.spec is None:
-            log.error("model %s failed to load: %s", entry.name, entry.error)
-            return ModelHost(entry, None, entry.error, "failed", size)
-        try:
-            kind = self.settings.backend
-            if kind == "auto":
-                kind = choose_backend(entry.spec, Path(self.settings.sysroot))
-            refused = self._refusal(entry, kind)
-            if refused:
-                log.error("model %s refused: %s", entry.name, refused)
-                return ModelHost(entry, None, refused, "refused", size)
-            engines = self._open_instances(entry, kind)
-        except RkserveError as exc:
-            return self._failed(entry, exc)
-        except Exception as exc:  # a runtime or library error at load: this model fails, alone
-            log.error("model %s: loading crashed", entry.name, exc_info=exc)
-            return self._failed(
-                entry, BackendError(f"loading crashed: {type(exc).__name__}: {exc}")
-            )
-        engine = engines[0]
-        log.info(
-            "model %s ready (%s, %s backend%s)",
-            entry.name,
-            entry.spec.task,
-            engine.backend.name,
-            f", {len(engines)} instances" if len(engines) > 1 else "",
-        )
-        info = self._info(entry, engine.backend.name)
-        return ModelHost(entry, engine, None, "ready", size, info=info, spares=engines[1:])
-
-    def _open_instances(self, entry: repository.Entry, kind: str) -> List[Engine]:
-        """The model's engines, each warmed up (a broken model fails now, not on a user);
-        on a multi-core NPU each is pinned to its own core."""
-        assert entry.spec is not None
-        cores = probes.npu_cores(self.board.soc) if self.board and kind == "rknnlite" else 1
-        count = entry.spec.instances or cores
-        engines: List[Engine] = []
-        try:
-            for mask in core_masks(cores, count):
-                options: Dict[str, object] = {}
-                if kind == "fake":
-                    options["latency_ms"] = self.settings.fake_latency_ms
-                if mask is not None:
-                    options["core_mask"] = mask
-                engine = repository.build_engine(
-                    entry.spec, kind, self.settings.max_pixels, **options
-                )
-                engines.append(engine)
-                engine.warm_up()  # fail now, not on a user
-        except BaseException:
-            for engine in engines:
-                engine.backend.close()
-            raise
-        return engines
-
-    def _failed(self, entry: repository.Entry, exc: RkserveError) -> ModelHost:
-        # a model that does not fit its model.yaml or its task is refused, not failed
-        state = "refused" if isinstance(exc, ConfigError) else "failed"
-        log.error("model %s %s: %s", entry.name, state, _one_line(str(exc)))
-        return ModelHost(entry, None, str(exc), state, self.settings.queue_size)
-
-    def _refusal(self, entry: repository.Entry, kind: str) -> Optional[str]:
-        if kind != "rknnlite" or self.board is None or entry.spec is None:
-            return None
-        try:
-            info = read_rknn(entry.spec.rknn_path)
-        except RknnFileError as exc:
-            return str(exc)
-        board = [
-            c for c in checks.board_checks(self.board, self.settings.strict) if c.name in POLICY
-        ]
-        return checks.refusal(board + checks.model_checks(self.board, info, self.settings.strict))
-
-    def _info(self, entry: repository.Entry, backend: str) -> Dict[str, str]:
-        toolkit, target = "", ""
-        if entry.spec is not None and entry.spec.rknn_path.is_file():
-            try:
-                rknn = read_rknn(entry.spec.rknn_path)
-                toolkit, target = rknn.toolkit_version, ",".join(rknn.target_platforms)
-            except RknnFileError:
-                pass
-        task = entry.spec.task if entry.spec else ""
-        return {
-            "task": task,
-            "toolkit_version": toolkit,
-            "target_platform": target,
-            "backend": backend,
-        }
 
     def _retire(self, host: ModelHost) -> None:
         """Let the work admitted to a replaced version through, then close it (off the owner
@@ -337,7 +225,7 @@ class Loader:
                 self._replace(host)
 
     def _replace(self, host: ModelHost) -> None:
-        fresh = self.load(repository.load_entry(host.entry.folder))
+        fresh = self.build(repository.load_entry(host.entry.folder))
         if not fresh.ready:
             host.error = f"{host.error}; replacement failed: {fresh.error}"
             self._swap({host.name: host})
@@ -348,14 +236,6 @@ class Loader:
         log.info("model %s: runner replaced", host.name)
         self._retire(host)  # the old runner closes once (if ever) the runtime returns
 
-    def _publish_metrics(self, changes: Mapping[str, Optional[ModelHost]]) -> None:
-        for name, host in changes.items():
-            if host is None:
-                self.metrics.remove_model(name)
-                continue
-            depth = (lambda h=host: float(h.pending)) if host.ready else None
-            self.metrics.set_model(name, host.ready, host.info if host.ready else None, depth)
-
     def _summary(self) -> str:
         hosts = self.table.hosts
         ready = [n for n, h in hosts.items() if h.ready]
@@ -363,12 +243,3 @@ class Loader:
         return f"serving {len(ready)}/{len(hosts)} models" + (
             f" ({'; '.join(problems)})" if problems else ""
         )
-
-
-def core_masks(cores: int, instances: int) -> List[Optional[int]]:
-    """The ``core_mask`` of each instance: its own core on a multi-core NPU (RKNNLite's
-    ``NPU_CORE_0/1/2`` are 1, 2 and 4; more instances than cores share them in turn), and
-    None on a single-core NPU, whose runtime refuses the argument (error -13)."""
-    if cores <= 1:
-        return [None] * instances
-    return [1 << (n % cores) for n in range(instances)]

@@ -6,11 +6,10 @@ tests and several daemons in one process do not collide. ``docs/METRICS.md`` lis
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,7 +18,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from . import probes
+from .board import probes
 from .errors import ConfigError
 from .protocol import STAGES
 
@@ -49,6 +48,47 @@ class NpuCollector:
             )
 
 
+class ModelState(NamedTuple):
+    """What the metrics say of one model at a scrape."""
+
+    name: str
+    ready: bool
+    info: Mapping[str, str]  # task, toolkit_version, target_platform, backend (when ready)
+    pending: int  # requests admitted and not yet taken by a runner
+
+
+INFO_LABELS = ("task", "toolkit_version", "target_platform", "backend")
+
+
+class ModelCollector:
+    """``rkserve_model_ready``, ``rkserve_queue_depth`` and ``rkserve_model_info``, computed
+    from the model table at scrape time: nothing to keep in step when models come and go."""
+
+    def __init__(self, models: Callable[[], Iterable[ModelState]]) -> None:
+        self.models = models
+
+    def collect(self) -> Iterable[Metric]:
+        ready = GaugeMetricFamily(
+            "rkserve_model_ready",
+            "1 when the model serves, 0 when it is loading, failed or refused",
+            labels=["model"],
+        )
+        depth = GaugeMetricFamily(
+            "rkserve_queue_depth", "Requests waiting for a model's NPU runner", labels=["model"]
+        )
+        info = GaugeMetricFamily(
+            "rkserve_model_info",
+            "Static facts about a loaded model",
+            labels=["model", *INFO_LABELS],
+        )
+        for model in self.models():
+            ready.add_metric([model.name], 1.0 if model.ready else 0.0)
+            if model.ready:
+                depth.add_metric([model.name], float(model.pending))
+                info.add_metric([model.name, *(model.info.get(k, "") for k in INFO_LABELS)], 1.0)
+        yield from (ready, depth, info)
+
+
 class Metrics:
     def __init__(self, root: Path = Path("/")) -> None:
         self.registry = CollectorRegistry()
@@ -69,24 +109,6 @@ class Metrics:
         self.inflight = Gauge(
             "rkserve_inflight_requests", "Requests accepted and not yet answered", registry=r
         )
-        self.queue_depth = Gauge(
-            "rkserve_queue_depth",
-            "Requests waiting for a model's NPU runner",
-            ["model"],
-            registry=r,
-        )
-        self.ready = Gauge(
-            "rkserve_model_ready",
-            "1 when the model serves, 0 when it is loading, failed or refused",
-            ["model"],
-            registry=r,
-        )
-        self.model_info = Gauge(
-            "rkserve_model_info",
-            "Static facts about a loaded model",
-            ["model", "task", "toolkit_version", "target_platform", "backend"],
-            registry=r,
-        )
         self.runtime_info = Gauge(
             "rkserve_runtime_info",
             "Versions of the board's NPU stack",
@@ -106,31 +128,9 @@ class Metrics:
             if stage in STAGES:
                 self.duration.labels(model, stage).observe(ms / 1000.0)
 
-    def set_model(
-        self,
-        model: str,
-        ready: bool,
-        info: Optional[Mapping[str, str]] = None,
-        depth: Optional[Callable[[], float]] = None,
-    ) -> None:
-        """A model's state; ``depth`` is read at scrape time for ``rkserve_queue_depth``."""
-        self.ready.labels(model).set(1 if ready else 0)
-        if depth is not None:
-            self.queue_depth.labels(model).set_function(depth)
-        if info is not None:
-            self._clear_info(model)
-            self.model_info.labels(model=model, **info).set(1)
-
-    def remove_model(self, model: str) -> None:
-        self._clear_info(model)
-        for gauge in (self.ready, self.queue_depth):
-            with contextlib.suppress(KeyError):
-                gauge.remove(model)
-
-    def _clear_info(self, model: str) -> None:
-        for labels in [s.labels for m in self.model_info.collect() for s in m.samples]:
-            if labels.get("model") == model:
-                self.model_info.remove(*(labels[n] for n in self.model_info._labelnames))
+    def watch_models(self, models: Callable[[], Iterable[ModelState]]) -> None:
+        """Export the served models' state, read from ``models`` at each scrape."""
+        self.registry.register(ModelCollector(models))
 
     def set_runtime(self, info: Mapping[str, str]) -> None:
         self.runtime_info.clear()

@@ -1,4 +1,5 @@
-"""One served model: its engines, its bounded admission count, its queue and its runners.
+"""One served model: its engines, its bounded admission count, its queue and its runners,
+and the :class:`Job` (one admitted request) that waits in that queue.
 
 A host does not know what a request goes through (that is :mod:`rkserve.pipeline`): each
 runner thread owns one engine (one runtime object: on a multi-core NPU, pinned to its own
@@ -13,18 +14,66 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .engine import Engine
-from .errors import ModelUnavailable, Overloaded
+from . import protocol
+from .engine import Engine, Prepared
+from .errors import DeadlineExceeded, ModelUnavailable, Overloaded
 from .repository import Entry
-
-if TYPE_CHECKING:
-    from .pipeline import Job
 
 log = logging.getLogger("rkserve")
 Step = Callable[["ModelHost", "Job", Engine], None]
 STATES = ("loading", "ready", "failed", "refused", "stuck")
+
+
+class Job:
+    """One admitted infer request; ``finish``/``fail`` answer it, only the first call counts."""
+
+    def __init__(
+        self,
+        envelope: List[bytes],
+        request: protocol.Request,
+        host: ModelHost,
+        params: Any,
+        deadline: float,
+        cost: int,
+        pixels: int = 0,
+    ) -> None:
+        self.envelope = envelope
+        self.request = request
+        self.host = host
+        self.params = params
+        self.deadline = deadline  # time.monotonic() value
+        self.cost = cost  # bytes of the memory budget it holds until answered
+        self.pixels = pixels  # of its image, from the header (0 for named tensors)
+        self.received = time.perf_counter()
+        self.prepared: Optional[Prepared] = None
+        self.answered = False
+        self._lock = threading.Lock()
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def deadline_error(self, waiting_for: str) -> DeadlineExceeded:
+        total = self.timings()["total"]
+        return DeadlineExceeded(
+            f"deadline passed after {total:.0f} ms waiting for {waiting_for}; the NPU was not used"
+        )
+
+    def timings(self) -> Dict[str, float]:
+        stages = dict(self.prepared.timings) if self.prepared else {}
+        total = (time.perf_counter() - self.received) * 1000.0
+        stages["queue"] = max(0.0, total - sum(stages.values()))
+        stages["total"] = total
+        return stages
+
+    def claim(self) -> bool:
+        """True for the one caller that gets to answer this job."""
+        with self._lock:
+            if self.answered:
+                return False
+            self.answered = True
+            return True
 
 
 class ModelHost:
@@ -33,17 +82,17 @@ class ModelHost:
     def __init__(
         self,
         entry: Entry,
-        engine: Optional[Engine],
-        error: Optional[str],
         state: str,
         queue_size: int,
+        engines: Sequence[Engine] = (),
+        error: Optional[str] = None,
         info: Optional[Dict[str, str]] = None,
-        spares: Sequence[Engine] = (),
     ) -> None:
         self.entry = entry
         self.name = entry.name
-        self.engine = engine  # the first instance; prepare and finish use it (pure CPU work)
-        self.engines: List[Engine] = ([engine] if engine is not None else []) + list(spares)
+        self.engines: List[Engine] = list(engines)  # one per runtime instance (runner)
+        # the first instance; prepare and finish use it (pure CPU work)
+        self.engine: Optional[Engine] = self.engines[0] if self.engines else None
         self.error = error  # why it is not serving, or why its last reload failed
         self.state = state  # one of STATES; written by the loader thread only
         self.queue_size = queue_size
@@ -54,6 +103,23 @@ class ModelHost:
         self._queue: queue.Queue[Optional[Job]] = queue.Queue()
         self._threads: List[threading.Thread] = []
         self._busy: Dict[int, float] = {}  # runner index -> when its current job started
+
+    @classmethod
+    def loading(cls, entry: Entry, queue_size: int) -> ModelHost:
+        """Listed while its first version loads: requests are answered model_unavailable."""
+        return cls(entry, "loading", queue_size)
+
+    @classmethod
+    def unserved(cls, entry: Entry, state: str, error: str, queue_size: int) -> ModelHost:
+        """``failed`` or ``refused``, with the reason shown in ``models`` and ``health``."""
+        return cls(entry, state, queue_size, error=error)
+
+    @classmethod
+    def serving(
+        cls, entry: Entry, engines: Sequence[Engine], info: Dict[str, str], queue_size: int
+    ) -> ModelHost:
+        """Loaded and warmed up: one runner per engine once started."""
+        return cls(entry, "ready", queue_size, engines=engines, info=info)
 
     @property
     def ready(self) -> bool:

@@ -30,19 +30,18 @@ import numpy as np
 
 from . import protocol
 from .config import BYTES_PER_PIXEL, OVERLAY_BYTES_PER_PIXEL, Settings
-from .engine import Engine, Prepared
+from .engine import Engine
 from .errors import (
-    DeadlineExceeded,
     InternalError,
     Overloaded,
     RkserveError,
     Unavailable,
     UnknownModel,
 )
+from .kernels.image import check_pixels, image_size
 from .memory import GcGuard
 from .metrics import Metrics
-from .modelhost import ModelHost
-from .tasks.image import check_pixels, image_size
+from .modelhost import Job, ModelHost
 
 log = logging.getLogger("rkserve")
 Send = Callable[[List[bytes], Any, bytes], None]  # (envelope, request id, reply)
@@ -56,56 +55,6 @@ def reply_error(exc: BaseException, doing: str) -> RkserveError:
         return exc
     log.error("%s crashed", doing, exc_info=exc)
     return InternalError(f"{doing} crashed: {type(exc).__name__}")
-
-
-class Job:
-    """One admitted infer request; ``finish``/``fail`` answer it, only the first call counts."""
-
-    def __init__(
-        self,
-        envelope: List[bytes],
-        request: protocol.Request,
-        host: ModelHost,
-        params: Any,
-        deadline: float,
-        cost: int,
-        pixels: int = 0,
-    ) -> None:
-        self.envelope = envelope
-        self.request = request
-        self.host = host
-        self.params = params
-        self.deadline = deadline  # time.monotonic() value
-        self.cost = cost  # bytes of the memory budget it holds until answered
-        self.pixels = pixels  # of its image, from the header (0 for named tensors)
-        self.received = time.perf_counter()
-        self.prepared: Optional[Prepared] = None
-        self.answered = False
-        self._lock = threading.Lock()
-
-    def expired(self) -> bool:
-        return time.monotonic() > self.deadline
-
-    def deadline_error(self, waiting_for: str) -> DeadlineExceeded:
-        total = self.timings()["total"]
-        return DeadlineExceeded(
-            f"deadline passed after {total:.0f} ms waiting for {waiting_for}; the NPU was not used"
-        )
-
-    def timings(self) -> Dict[str, float]:
-        stages = dict(self.prepared.timings) if self.prepared else {}
-        total = (time.perf_counter() - self.received) * 1000.0
-        stages["queue"] = max(0.0, total - sum(stages.values()))
-        stages["total"] = total
-        return stages
-
-    def claim(self) -> bool:
-        """True for the one caller that gets to answer this job."""
-        with self._lock:
-            if self.answered:
-                return False
-            self.answered = True
-            return True
 
 
 class Pipeline:
@@ -186,17 +135,19 @@ class Pipeline:
             host.release()  # its version was retired meanwhile: no runner will take it
             self.fail(job, host.unavailable())
 
-    def _prepared(self, job: Job) -> bool:
-        """Decode and preprocess; False when the job was answered instead."""
+    def _prepared(self, job: Job, on_runner: bool = False) -> bool:
+        """Decode and preprocess (on a CPU worker, or on the runner that took the job idle);
+        False when the job was answered instead."""
         host = job.host
         try:
             if job.expired():
-                raise job.deadline_error("a CPU worker")
+                raise job.deadline_error("the NPU" if on_runner else "a CPU worker")
             assert host.engine is not None
             job.prepared = host.engine.prepare(job.request.input, job.params)
             return True
         except Exception as exc:
-            host.release()
+            if not on_runner:
+                host.release()  # a runner released it as it took it; a worker did not
             self.fail(job, reply_error(exc, f"model {host.name}: preprocessing"))
             return False
 
@@ -212,7 +163,7 @@ class Pipeline:
     def _step(self, host: ModelHost, job: Job, engine: Engine) -> None:
         if job.answered or self.stopped:
             return
-        if job.prepared is None and not self._prepared_on_runner(job):
+        if job.prepared is None and not self._prepared(job, on_runner=True):
             return
         if job.expired():
             self.fail(job, job.deadline_error("the NPU"))
@@ -232,17 +183,6 @@ class Pipeline:
             self.pool.submit(self._finish, job, outputs)
         except RuntimeError:  # the pool stopped under us: the drain answers the job
             self.fail(job, Unavailable("the server stopped before this request finished"))
-
-    def _prepared_on_runner(self, job: Job) -> bool:
-        try:
-            if job.expired():
-                raise job.deadline_error("the NPU")
-            assert job.host.engine is not None
-            job.prepared = job.host.engine.prepare(job.request.input, job.params)
-            return True
-        except Exception as exc:
-            self.fail(job, reply_error(exc, f"model {job.host.name}: preprocessing"))
-            return False
 
     @staticmethod
     def _cheap(job: Job, outputs: Sequence[np.ndarray]) -> bool:

@@ -13,14 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import msgpack
 import numpy as np
 
-from .errors import (
-    BadImage,
-    BadRequest,
-    BadTensor,
-    RkserveError,
-    TooLarge,
-    UnsupportedVersion,
-)
+from .errors import BadImage, BadRequest, BadTensor, RkserveError, TooLarge, UnsupportedVersion
 from .msgcheck import check_message
 
 VERSION = 1

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
-from .errors import ConfigError
-from .spec import SPEC_FILE, ModelSpec, load_spec, model_files
-from .tasks.image import MAX_PIXELS
+from .backends import open_backend
+from .engine import Engine
+from .errors import ConfigError, UnknownModel
+from .kernels.image import MAX_PIXELS
+from .spec import SPEC_FILE, ModelSpec, model_files
+from .tasks import load_spec
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -67,8 +70,6 @@ def build_engine(spec: ModelSpec, kind: str, max_pixels: int, **options: object)
     A backend whose engine cannot be built (a model.yaml that does not fit the model) is
     closed before the error propagates, so nothing of it stays loaded.
     """
-    from .backends import open_backend
-    from .engine import Engine
 
     backend = open_backend(kind, spec, **options)
     try:
@@ -86,7 +87,6 @@ def open_engine(
     **options: object,
 ) -> Engine:
     """Load one model of a repository in-process: the engine without the daemon."""
-    from .errors import UnknownModel
 
     entries = scan(models_dir)
     if name not in entries:

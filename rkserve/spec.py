@@ -14,6 +14,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 import yaml
 
 from .errors import ConfigError
+from .kernels.labels import read_labels
 
 SPEC_FILE = "model.yaml"
 MAX_INSTANCES = 16  # runtime objects (and runner threads) per model: a few per NPU core
@@ -31,19 +32,12 @@ class OnnxInput:
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One declared model input (task ``tensor``); empty fields are taken from the model file."""
-
-    name: str = ""
-    dtype: str = ""  # the dtype a client sends: uint8 | int8 | int16 | float16 | float32
-    shape: Tuple[int, ...] = ()  # as a client sends it (NHWC for 4-D image-like inputs)
-    mean: Tuple[float, ...] = ()  # ONNX twin only: (x - mean) / std over the last axis
-    std: Tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
 class ModelSpec:
-    """One model folder, as described by its model.yaml."""
+    """One model folder, as described by its model.yaml.
+
+    The fields every model has, the image input the image tasks share (zero for ``tensor``),
+    and ``task_config``: the task's own sections, a frozen dataclass its module defines
+    (``rkserve.tasks.classification.Config``...), read by that module alone."""
 
     name: str
     folder: Path
@@ -54,19 +48,13 @@ class ModelSpec:
     interpolation: str = "linear"  # nearest | linear | area (cv2's, for every resize)
     shorter_side: int = 0  # resize: crop: the shorter side before the centre crop
     pad: int = 114  # the letterbox's grey level (the model zoo's detectors: 0)
-    output: str = "probabilities"  # probabilities | logits | class_map
-    output_layout: str = "nchw"  # segmentation scores: nchw [1,C,H,W] | nhwc [1,H,W,C]
-    label_offset: int = 0  # output index - label_offset = label index
-    top_k: int = 5
     labels: Tuple[str, ...] = ()
     labels_file: str = ""  # the labels file named by model.yaml (part of the reload fingerprint)
-    palette: Optional[Tuple[Tuple[int, int, int], ...]] = None
-    detection: Any = None  # task detection's output section (rkserve.tasks.detection.Output)
     description: str = ""
     rknn_file: str = "model.rknn"
     onnx: OnnxInput = field(default_factory=OnnxInput)
-    inputs: Tuple[InputSpec, ...] = ()  # task tensor: the model's inputs as declared
     convert: Dict[str, Any] = field(default_factory=dict)
+    task_config: Any = None  # the task's own sections (its module's Config dataclass)
     instances: int = 0  # runtime objects serving the model at once; 0: one per NPU core
 
     @property
@@ -127,7 +115,7 @@ class SpecReader:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value] * count
         ok = isinstance(value, (list, tuple)) and len(value) == count
-        ok = ok and all(_is_number(v) and (v > 0 or not positive) for v in value)
+        ok = ok and all(is_number(v) and (v > 0 or not positive) for v in value)
         if not ok:
             kind = "positive numbers" if positive else "numbers"
             self.fail(key, f"expected {count} {kind} (or one for all), got {value!r}")
@@ -136,10 +124,10 @@ class SpecReader:
     def vector(self, key: str, positive: bool = False) -> Tuple[float, ...]:
         """A number or a list of numbers of any length (``()`` when absent)."""
         value = self.data.get(key, [])
-        if _is_number(value):
+        if is_number(value):
             value = [value]
         ok = isinstance(value, list) and all(
-            _is_number(v) and (v > 0 or not positive) for v in value
+            is_number(v) and (v > 0 or not positive) for v in value
         )
         if not ok:
             kind = "positive numbers" if positive else "numbers"
@@ -147,31 +135,30 @@ class SpecReader:
         return tuple(float(v) for v in value)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what every numeric model.yaml field takes."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
-    """Read and validate ``folder/model.yaml``; the folder name is the model name.
-
-    ``need_model=False`` accepts a folder with neither model file yet (``rkserve convert``
-    builds them from ``convert.source``)."""
-    folder = Path(folder)
-    path = folder / SPEC_FILE
+def read_yaml(folder: Path) -> SpecReader:
+    """``folder/model.yaml``, parsed, behind a reader whose errors name the file."""
+    path = Path(folder) / SPEC_FILE
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    from .tasks import get_task, task_names
+    return SpecReader(path, data)
 
-    top = SpecReader(path, data)
-    task = top.choice("task", task_names())
-    spec = ModelSpec(
+
+def common_fields(top: SpecReader, folder: Path) -> Dict[str, Any]:
+    """The fields every task shares, as ``ModelSpec`` keyword arguments; the folder name is
+    the model name."""
+    folder = Path(folder)
+    return dict(
         name=folder.name,
         folder=folder,
-        task=task,
         description=top.text("description"),
         rknn_file=top.section("rknn").text("file", "model.rknn"),
         onnx=_onnx_input(top.section("onnx")),
@@ -179,12 +166,7 @@ def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
         instances=top.integer("instances", 0, maximum=MAX_INSTANCES),
         labels=_labels(top, folder),
         labels_file=top.text("labels"),
-        palette=_palette(top),
-        **get_task(task).read_spec(top),
     )
-    if need_model:
-        _check_files(top, spec)
-    return spec
 
 
 def _onnx_input(section: SpecReader) -> OnnxInput:
@@ -201,8 +183,6 @@ def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     name = top.text("labels")
     if not name:
         return ()
-    from .tasks.labels import read_labels
-
     try:
         labels = tuple(read_labels(folder / name))
     except OSError as exc:
@@ -212,20 +192,8 @@ def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     return labels
 
 
-def _palette(top: SpecReader) -> Optional[Tuple[Tuple[int, int, int], ...]]:
-    value = top.data.get("palette")
-    if value is None:
-        return None
-    ok = isinstance(value, list) and all(
-        isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
-        for c in value
-    )
-    if not ok or not value:
-        top.fail("palette", "expected a list of [r, g, b] triples with values 0..255")
-    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in value)
-
-
-def _check_files(top: SpecReader, spec: ModelSpec) -> None:
+def check_files(top: SpecReader, spec: ModelSpec) -> None:
+    """A model needs a ``.rknn`` or an ONNX twin."""
     if not spec.rknn_path.is_file() and not spec.onnx_path.is_file():
         top.fail(
             "",

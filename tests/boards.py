@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from rkserve.probes import npu_family
-from rkserve.rknnfile import RknnInfo
+from rkserve.board.probes import npu_family
+from rkserve.board.rknnfile import RknnInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RKSERVE_SHARED_DATA", ROOT.parent / "shared" / "data"))

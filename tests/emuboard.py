@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from rkserve.rknnfile import TensorInfo, read_rknn
+from rkserve.board.rknnfile import TensorInfo, read_rknn
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATED = Path(os.environ.get("RKSERVE_EMULATED", ROOT / ".emulated"))
@@ -195,7 +195,7 @@ class RecordingBackend:
         write_attrs(records, spec.rknn_path)
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        from rkserve.tasks import image
+        from rkserve.kernels import image
 
         onnx = self.spec.onnx
         fed = [
@@ -235,7 +235,7 @@ def record_twin(
     """Record the ONNX twin's outputs for the board's ``inputs`` and for the loader's
     warm-up; returns, per image name, the answer the host computes from those outputs."""
     from rkserve.engine import Engine
-    from rkserve.spec import load_spec
+    from rkserve.tasks import load_spec
 
     spec = load_spec(model)
     recording = Engine(spec, RecordingBackend(spec, records))
@@ -250,7 +250,7 @@ def record_twin(
 
 
 def on_board(daemon: Any, target: Board, lite2: str, **env: str) -> Any:
-    """Make a ``tests/daemon.py`` Daemon run on the emulated board instead of the host."""
+    """Make a ``tools/harness.py`` Daemon run on the emulated board instead of the host."""
     assert daemon.args[1:3] == ["-m", "rkserve"]
     daemon.args[:1] = target.python
     daemon.env = target.env(lite2, **env)

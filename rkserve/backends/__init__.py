@@ -17,11 +17,11 @@ import importlib.util
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..devices import npu_device
+from ..board.devices import npu_device
 from ..errors import ConfigError, ModelUnavailable
 from ..spec import ModelSpec
 
@@ -42,6 +42,17 @@ class TensorSpec:
     name: str
     shape: Tuple[int, ...]
     dtype: str
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    """What the fake backend plays for one model: its tensors and how outputs follow from
+    inputs. Each task module says it for its models (``fake``), so the fake backend knows
+    no task."""
+
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+    answer: Callable[[Sequence[np.ndarray]], List[np.ndarray]]
 
 
 class Backend(Protocol):

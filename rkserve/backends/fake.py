@@ -1,8 +1,9 @@
 """A deterministic stand-in for the NPU, for tests, benchmarks and users' own tests.
 
-It takes what the NPU takes (``1xHxWx3 uint8``), sleeps ``latency_ms`` with the GIL
-released like a real NPU call, and answers with outputs of the model's shapes that depend
-on the input in a documented way:
+It takes what the NPU takes (``1xHxWx3 uint8`` for an image task), sleeps ``latency_ms``
+with the GIL released like a real NPU call, and answers with outputs of the model's shapes
+that depend on the input in a documented way, which each task module defines (its
+``fake``: :class:`~rkserve.backends.FakeModel`):
 
 - classification: the winning class is ``sum(input bytes) % classes``;
 - segmentation: each pixel's class is its grey level split into ``classes`` equal bands;
@@ -30,10 +31,9 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError
 from ..spec import ModelSpec
-from ..tasks.classify import softmax
-from . import TensorSpec
+from ..tasks import get_task
 
 
 class FakeBackend:
@@ -54,42 +54,15 @@ class FakeBackend:
         self.leaked: List[bytes] = []
         self._last_buffers: Optional[List[Any]] = None
         self.latency = latency_ms / 1000.0
-        if spec.task == "tensor":
-            self.classes = 0
-            self.inputs = _declared_inputs(spec)
-            self.outputs = [TensorSpec("sums", (1, len(self.inputs)), "float32")]
-        else:
-            self.classes = classes or _class_count(spec)
-            if self.classes < 1:
-                raise ConfigError(
-                    f"model {spec.name!r}: the fake backend needs labels or classes=N"
-                )
-            height, width = spec.input_size
-            self.inputs = [TensorSpec("input", (1, height, width, 3), "uint8")]
-            self.outputs = [
-                TensorSpec(f"output{i}" if i else "output", shape, "float32")
-                for i, shape in enumerate(self._output_shapes())
-            ]
+        self.model = get_task(spec.task).fake(spec, classes)
+        self.inputs = self.model.inputs
+        self.outputs = self.model.outputs
         self.calls = 0
         self._cached: Optional[List[np.ndarray]] = None
         self._reuse = reuse_outputs
         fault = self._fault()
         if fault.startswith("slow-load:"):
             time.sleep(float(fault[len("slow-load:") :]) / 1000.0)
-
-    def _output_shapes(self) -> List[tuple]:
-        height, width = self.spec.input_size
-        if self.spec.task == "detection":
-            from ..tasks.detection import expected_shapes
-
-            return expected_shapes(self.spec)
-        if self.spec.task == "classification":
-            return [(1, self.classes)]
-        if self.spec.output == "class_map":
-            return [(1, height, width)]
-        if self.spec.output_layout == "nhwc":
-            return [(1, height, width, self.classes)]
-        return [(1, self.classes, height, width)]
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         self._check(inputs)
@@ -98,7 +71,7 @@ class FakeBackend:
         if fault and self._inject(fault):
             return None  # type: ignore[return-value]  # what a broken runtime hands back
         started = time.perf_counter()
-        outputs = self._cached if self._cached is not None else self._compute(inputs)
+        outputs = self._cached if self._cached is not None else self.model.answer(inputs)
         if self._reuse:
             self._cached = outputs
         remaining = self.latency - (time.perf_counter() - started)
@@ -133,70 +106,5 @@ class FakeBackend:
         if got != want:
             raise BackendError(f"fake backend expects one tensor per input {want}, got {got}")
 
-    def _compute(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
-        if self.spec.task == "tensor":
-            sums = [float(np.sum(i, dtype=np.float64)) for i in inputs]
-            return [np.asarray([sums], np.float32)]
-        tensor = inputs[0]
-        if self.spec.task == "detection":
-            return self._boxes(tensor)
-        if self.spec.task == "classification":
-            return [self._scores(int(tensor.sum(dtype=np.uint64)) % self.classes)]
-        grey = tensor[0].mean(axis=2, dtype=np.float32)
-        classes = np.minimum(grey * (self.classes / 256.0), self.classes - 1).astype(np.uint8)
-        if self.spec.output == "class_map":
-            return [classes[None].astype(np.int64)]
-        onehot = (classes[None] == np.arange(self.classes, dtype=np.uint8)[:, None, None]).astype(
-            np.float32
-        )
-        if self.spec.output_layout == "nhwc":
-            onehot = np.ascontiguousarray(onehot.transpose(1, 2, 0))
-        return [onehot[None]]
-
-    def _boxes(self, tensor: np.ndarray) -> List[np.ndarray]:
-        from .fake_yolo import yolo_outputs
-
-        rows, cols = np.nonzero(tensor[0].mean(axis=2, dtype=np.float32) > 128)
-        boxes = [[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]] if rows.size else []
-        winner = int(tensor.sum(dtype=np.uint64)) % self.classes
-        output = self.spec.detection
-        return yolo_outputs(
-            output.format,
-            boxes,
-            [winner] * len(boxes),
-            [0.9] * len(boxes),
-            self.classes,
-            self.spec.input_size,
-            output.strides,
-            output.anchors,
-            rng=np.random.default_rng(0),
-        )
-
-    def _scores(self, winner: int) -> np.ndarray:
-        logits = np.linspace(0.0, 1.0, self.classes, dtype=np.float32)[::-1].copy()
-        logits[winner] = 4.0
-        scores = softmax(logits) if self.spec.output == "probabilities" else logits
-        return scores[None]
-
     def close(self) -> None:
         self._cached = None
-
-
-def _declared_inputs(spec: ModelSpec) -> List[TensorSpec]:
-    """A tensor model's inputs from its model.yaml: the fake backend has no model file."""
-    if not spec.inputs or not all(i.shape for i in spec.inputs):
-        raise ConfigError(
-            f"model {spec.name!r}: the fake backend needs every inputs[].shape in model.yaml"
-        )
-    return [
-        TensorSpec(i.name or f"input{n}", i.shape, i.dtype or "float32")
-        for n, i in enumerate(spec.inputs)
-    ]
-
-
-def _class_count(spec: ModelSpec) -> int:
-    if spec.task == "detection":
-        from ..tasks.detection import class_count
-
-        return class_count(spec)
-    return len(spec.labels) + spec.label_offset

@@ -1,4 +1,4 @@
-"""Raw YOLO outputs that show given boxes: the inverse of :func:`rkserve.tasks.yolo.decode`.
+"""Raw YOLO outputs that show given boxes: the inverse of :func:`rkserve.kernels.yolo.decode`.
 
 For the fake backend, benchmarks and tests: each box is written into the cell holding its
 centre and the cells around it (``spread``), as a trained model lights up a cluster of
@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..tasks.yolo import DFL_BINS, STRIDES, YOLOV5_ANCHORS, Anchors
+from ..kernels.yolo import DFL_BINS, STRIDES, YOLOV5_ANCHORS, Anchors
 
 BACKGROUND = 1e-3  # the class score of an empty cell
 

@@ -7,12 +7,13 @@ One instance per runner thread: an RKNNLite object is not safe to call from two 
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
+from ..board.rknnfile import read_rknn
 from ..errors import BackendError
-from ..rknnfile import read_rknn
+from ..kernels.image import nhwc
 from ..spec import ModelSpec
 from . import TensorSpec
 
@@ -97,11 +98,3 @@ def feed_dtype(model_dtype: str) -> str:
     if model_dtype in ("float16", "float32"):
         return "float32"
     return model_dtype
-
-
-def nhwc(shape: Sequence[int]) -> Tuple[int, ...]:
-    """The runtime's NHWC view of an input the toolkit recorded as NCHW ``[1,C,H,W]``."""
-    shape = tuple(shape)
-    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
-        return (shape[0], shape[2], shape[3], shape[1])
-    return shape

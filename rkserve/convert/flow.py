@@ -22,23 +22,19 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO
+from typing import Any, Dict, Iterator, List, Optional, TextIO
 
 import numpy as np
 
 from ..errors import BackendError
+from ..kernels.image import decode_image, resize, to_model_colour
 from ..spec import ModelSpec
-from ..tasks.image import decode_image, resize, to_model_colour, to_raw_input
 from .gate import Named, check_gate, measure, nothing_to_compare
+from .hybrid import build_hybrid
 from .recipe import Recipe, list_images, show_path
-from .report import (
-    describe_rknn,
-    parse_error_analysis,
-    render_markdown,
-    versions,
-    write_json,
-)
+from .report import describe_rknn, parse_error_analysis, render_markdown, versions, write_json
 from .source import Outputs, Source, float_inputs, load_into, open_source, run_float
+from .toolkit import Toolkit
 from .twin import export_twin, place_twin, twin_needed
 
 REPORT_NAME = "conversion_report.md"
@@ -124,7 +120,7 @@ def convert_model(
             with progress.step("ONNX twin", f"torch.onnx.export to {spec.onnx.file}, checked"):
                 twin = export_twin(source, spec, tensors, reference, work)
         built = work / "model.rknn"
-        with _Toolkit(recipe) as kit, _working_directory(work):
+        with Toolkit() as kit, _working_directory(work):
             _build(kit, recipe, spec, source, work, progress)
             with progress.step("export"):
                 kit.check("export_rknn", kit.rknn.export_rknn(str(built)))
@@ -159,47 +155,8 @@ def _working_directory(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-class _Toolkit:
-    """One ``RKNN`` object; failed calls (return codes or exceptions) become BackendError."""
-
-    def __init__(self, recipe: Recipe) -> None:
-        from rknn.api import RKNN
-
-        self.rknn = RKNN(verbose=False)
-        self.recipe = recipe
-
-    def __enter__(self) -> _Toolkit:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.rknn.release()
-
-    def check(self, what: str, ret: Any) -> None:
-        if ret != 0:
-            raise BackendError(
-                f"rknn-toolkit2 {what} failed (returned {ret!r}); its log above says why"
-            )
-
-    def call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> None:
-        try:
-            ret = fn(**kwargs)
-        except Exception as exc:  # the toolkit raises bare ValueError/RuntimeError with a traceback
-            last = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
-            raise BackendError(f"rknn-toolkit2 {what} failed: {last[0]}") from None
-        self.check(what, ret)
-
-    def infer(self, image: np.ndarray) -> Outputs:
-        """Every output of the simulator for one ``HxWx3 uint8`` image (raw NHWC, as on a board)."""
-        outputs = self.rknn.inference(inputs=[to_raw_input(image)], data_format="nhwc")
-        if not outputs:
-            raise BackendError(
-                "rknn-toolkit2 simulator inference returned nothing; see its log above"
-            )
-        return [np.asarray(o) for o in outputs]
-
-
 def _build(
-    kit: _Toolkit, recipe: Recipe, spec: ModelSpec, source: Source, work: Path, progress: Progress
+    kit: Toolkit, recipe: Recipe, spec: ModelSpec, source: Source, work: Path, progress: Progress
 ) -> None:
     with progress.step("load", f"{source.path} for {', '.join(recipe.target_platforms)}"):
         kit.call(
@@ -215,8 +172,6 @@ def _build(
         load_into(kit, source, spec)
     dataset = _write_dataset(recipe, spec, work) if recipe.quantize else None
     if recipe.hybrid_fp16_layers:
-        from .hybrid import build_hybrid
-
         with progress.step(
             "build", f"hybrid quantization, {len(recipe.hybrid_fp16_layers)} layers in float16"
         ):
@@ -246,7 +201,7 @@ def _write_dataset(recipe: Recipe, spec: ModelSpec, work: Path) -> str:
 
 
 def _analyse(
-    kit: _Toolkit, image: np.ndarray, work: Path, progress: Progress
+    kit: Toolkit, image: np.ndarray, work: Path, progress: Progress
 ) -> List[Dict[str, Any]]:
     sample = work / "analysis_input.npy"
     np.save(sample, image.transpose(2, 0, 1)[None])  # the toolkit wants NCHW .npy
@@ -320,7 +275,8 @@ def _write_reports(
     markdown.parent.mkdir(parents=True, exist_ok=True)
     if accepted:
         (output.parent / REFUSED_NAME).unlink(missing_ok=True)
-    markdown.write_text(render_markdown(report, spec.labels, spec.label_offset), encoding="utf-8")
+    offset = getattr(spec.task_config, "label_offset", 0)  # a classifier's
+    markdown.write_text(render_markdown(report, spec.labels, offset), encoding="utf-8")
     if json_report is not None:
         write_json(report, json_report)
     return markdown

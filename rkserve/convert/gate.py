@@ -25,9 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Sequence, 
 
 import numpy as np
 
+from ..kernels.detect import box_iou, postprocess
+from ..kernels.image import Placement
+
 if TYPE_CHECKING:
+    from ..kernels.detect import Detections
     from ..spec import ModelSpec
-    from ..tasks.detect import Detections
 
 Pair = Tuple[str, np.ndarray, np.ndarray]  # (image name, float output, quantized output)
 # (image name, every float output, every quantized output), outputs in the model's order
@@ -44,7 +47,8 @@ def measure(spec: ModelSpec, named: Sequence[Named]) -> Tuple[Rows, Dict[str, fl
     pairs: List[Pair] = [(name, ref[0], out[0]) for name, ref, out in named]
     if spec.task == "classification":
         return compare_classification(pairs)
-    return compare_segmentation(pairs, spec.output_layout, spec.output != "class_map")
+    config = spec.task_config
+    return compare_segmentation(pairs, config.layout, config.kind != "class_map")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,10 +177,8 @@ def read_boxes(spec: ModelSpec) -> ReadBoxes:
     """A detector's raw outputs → its boxes as the daemon finds them with model.yaml's
     defaults (``output.format``, ``strides``, ``anchors``, ``conf``, ``iou``, ``max_det``),
     in model-input pixels."""
-    from ..tasks.detect import postprocess
-    from ..tasks.image import Placement
 
-    output = spec.detection
+    output = spec.task_config
     height, width = spec.input_size
     placement = Placement(1.0, 1.0, 0, 0, width, height)
 
@@ -200,7 +202,6 @@ def read_boxes(spec: ModelSpec) -> ReadBoxes:
 def match_boxes(want: Detections, got: Detections) -> List[Tuple[int, int, float]]:
     """``(float index, quantized index, IoU)`` pairs: each quantized box, best score first,
     takes the unmatched float box of its class that it overlaps most, if that IoU >= 0.5."""
-    from ..tasks.detect import box_iou
 
     if not len(want) or not len(got):
         return []

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, List, Optional, Sequence
 import yaml
 
 from ..errors import ConfigError
+from .toolkit import Toolkit
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
-    from .flow import _Toolkit
     from .recipe import Recipe
 
 
 def build_hybrid(
-    kit: _Toolkit,
+    kit: Toolkit,
     recipe: Recipe,
     model_path: Path,
     dataset: Optional[str],

@@ -11,7 +11,7 @@ The recipe is the ``convert:`` section of ``model.yaml`` (documented in ``docs/C
 This module validates the recipe; it imports neither rknn-toolkit2 nor onnxruntime, so the
 daemon's environment can use it. The conversion itself is
 :func:`rkserve.convert.flow.convert_model`, which runs inside ``.venv-convert``;
-:mod:`rkserve.convert.cli` gets the command there.
+:mod:`rkserve.cli.convert` gets the command there.
 
 Example::
 
@@ -23,13 +23,13 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from ..spec import ModelSpec
+from ..spec import ModelSpec, SpecReader, is_number
+from .source import source_kind
 
 PLATFORMS = ("rk3566", "rk3568", "rk3588", "rk3576", "rk3562")
 DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
@@ -110,39 +110,31 @@ def show_path(path: Path, folder: Optional[Path] = None) -> str:
     return str(path)
 
 
-class _Section:
-    """The ``convert:`` mapping, with errors naming the file and the dotted field."""
+class _Section(SpecReader):
+    """The ``convert:`` mapping, read like the rest of model.yaml (errors name the file and
+    the dotted field), with the model it belongs to."""
 
     def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec.spec_path, dict(spec.convert), "convert.")
         self.spec = spec
-        self.data: Mapping[str, Any] = spec.convert
-
-    def fail(self, key: str, why: str) -> ConfigError:
-        return ConfigError(f"{self.spec.spec_path}: convert.{key}: {why}")
-
-    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
-        value = self.data.get(key, default)
-        if value not in choices:
-            raise self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
 
     def triple(
         self, key: str, default: Tuple[float, float, float], positive: bool
     ) -> Tuple[float, float, float]:
         value = self.data.get(key, default)
-        if _is_number(value):
+        if is_number(value):
             value = [value] * 3
         ok = (
             isinstance(value, (list, tuple))
             and len(value) == 3
-            and all(_is_number(v) for v in value)
+            and all(is_number(v) for v in value)
         )
         if not ok or (positive and min(value) <= 0):
             kind = "positive numbers" if positive else "numbers"
             raise self.fail(key, f"expected 3 {kind} in the model's colour order, got {value!r}")
         return (float(value[0]), float(value[1]), float(value[2]))
 
-    def path(self, key: str, value: Any) -> Path:
+    def existing(self, key: str, value: Any) -> Path:
         if not isinstance(value, str) or not value:
             raise self.fail(
                 key, f"expected a folder or .txt file relative to the model folder, got {value!r}"
@@ -151,10 +143,6 @@ class _Section:
         if not path.exists():
             raise self.fail(key, f"{path} does not exist")
         return path
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_recipe(
@@ -207,8 +195,6 @@ def _check_onnx_input(spec: ModelSpec) -> None:
 
 def _source(section: _Section, override: Optional[Path]) -> Path:
     """``convert.source`` (default ``onnx.file``) in the model folder, or ``--source``."""
-    from .source import source_kind
-
     if override is not None:
         path, where = Path(override), f"--source {override}"
     else:
@@ -247,7 +233,7 @@ def _dataset(section: _Section, quantize: bool) -> Optional[Path]:
                 "dataset", "required to quantize (a folder of calibration images, or a .txt list)"
             )
         return default.resolve()
-    path = section.path("dataset", value)
+    path = section.existing("dataset", value)
     if not list_images(path):
         raise section.fail("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
     return path
@@ -269,7 +255,7 @@ def _validation(section: _Section, override: Optional[Path], dataset: Optional[P
         path = Path(override).resolve()
         where = f"--validation {override}"
     elif "validation" in section.data:
-        path = section.path("validation", section.data["validation"])
+        path = section.existing("validation", section.data["validation"])
         where = f"{section.spec.spec_path}: convert.validation"
     else:
         samples = section.spec.folder / "samples"
@@ -300,7 +286,7 @@ def _gate(section: _Section, overrides: Mapping[str, Optional[float]]) -> Dict[s
             )
     merged: Dict[str, Any] = {**known, **value, **overrides}
     for name, threshold in merged.items():
-        if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
+        if threshold is not None and not (is_number(threshold) and 0.0 <= threshold <= 1.0):
             raise section.fail(
                 f"gate.{name}", f"expected a number in 0..1 (or null), got {threshold!r}"
             )
@@ -329,7 +315,7 @@ def parse_thresholds(items: Sequence[str]) -> Dict[str, Optional[float]]:
 def list_images(source: Path) -> List[Path]:
     """The images of a folder (sorted) or of a .txt list (one path per line, relative to it).
 
-    In a folder, ``*.mask.png`` files are ground-truth class maps (as :mod:`rkserve.demo`
+    In a folder, ``*.mask.png`` files are ground-truth class maps (as :mod:`tools.demo.shapes`
     writes them beside each sample), not inputs: they are left out.
     """
     if source.is_dir():

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ..board.rknnfile import read_rknn
+
 _ANALYSIS_LINE = re.compile(
     r"^\[(?P<op>[^\]]+)\]\s+(?P<name>\S.*?)\s+(?P<ec>\S+)\s*\|\s*(?P<ee>\S+)\s+(?P<sc>\S+)\s*\|\s*(?P<se>\S+)\s*$"
 )
@@ -212,7 +214,6 @@ def _bullets(mapping: Mapping[str, Any]) -> List[str]:
 
 def describe_rknn(path: Path) -> Dict[str, Any]:
     """What the produced file says about itself (read back, as the board will read it)."""
-    from ..rknnfile import read_rknn
 
     info = read_rknn(path)
     return {

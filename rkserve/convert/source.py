@@ -19,24 +19,20 @@ import pickletools
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..kernels.image import to_onnx_input
 from ..spec import ModelSpec
-from ..tasks.image import to_onnx_input
-
-if TYPE_CHECKING:
-    from .flow import _Toolkit
+from .toolkit import Outputs, Toolkit
 
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript")
 # Sizes tried when a TorchScript model refuses model.yaml's input.size, to name one it takes.
 PROBE_SIDES = (32, 64, 96, 112, 128, 160, 192, 224, 256, 299, 320, 384, 416, 448, 512, 640)
 _TENSOR_GLOBALS = ("collections", "torch._utils", "torch", "__builtin__", "builtins", "_codecs")
-
-Outputs = List[np.ndarray]  # every output of one inference, in the model's order
 
 
 @dataclass(frozen=True)
@@ -271,7 +267,7 @@ def run_torchscript(path: Path, tensors: Sequence[np.ndarray]) -> List[Outputs]:
     return results
 
 
-def load_into(kit: _Toolkit, source: Source, spec: ModelSpec) -> None:
+def load_into(kit: Toolkit, source: Source, spec: ModelSpec) -> None:
     """The toolkit's own loader for the source's kind (after ``config``; any directory)."""
     if source.kind == "onnx":
         kit.call("load_onnx", kit.rknn.load_onnx, model=str(source.path.absolute()))

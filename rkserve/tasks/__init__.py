@@ -14,11 +14,13 @@ the converter and the tests::
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Tuple, cast
 
+from ..spec import ModelSpec, check_files, common_fields, read_yaml
 from .base import Prepared, Task
 
-__all__ = ["TASKS", "Prepared", "Task", "get_task", "task_names"]
+__all__ = ["TASKS", "Prepared", "Task", "get_task", "load_spec", "task_names"]
 
 # task name (model.yaml's ``task``, the reply's ``task``) → its module in this package
 TASKS: Dict[str, str] = {
@@ -27,6 +29,18 @@ TASKS: Dict[str, str] = {
     "tensor": "tensor",
     "detection": "detection",
 }
+
+
+def load_spec(folder: Path, need_model: bool = True) -> ModelSpec:
+    """Read and validate ``folder/model.yaml``: the common fields, then the task's sections
+    read by the task itself. ``need_model=False`` accepts a folder with neither model file yet
+    (``rkserve convert`` builds them from ``convert.source``)."""
+    top = read_yaml(folder)
+    task = top.choice("task", task_names())
+    spec = ModelSpec(task=task, **common_fields(top, folder), **get_task(task).read_spec(top))
+    if need_model:
+        check_files(top, spec)
+    return spec
 
 
 def task_names() -> Tuple[str, ...]:

@@ -11,22 +11,22 @@ engine calls them in this order; nothing else in rkserve knows what a task does:
     outputs = backend.run(prepared.tensors)      # NPU runner (the engine does this)
     result = task.finish(outputs, prepared, spec)                      # CPU pool
 
-``warmup_input`` gives the load-time warm-up its input and ``describe`` adds to the model's
-entry in the ``models`` reply.
+``warmup_input`` gives the load-time warm-up its input, ``describe`` adds to the model's
+entry in the ``models`` reply, and ``fake`` says what the fake backend answers for the task.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..errors import BadRequest
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from ..backends import Backend, FakeModel
     from ..spec import ModelSpec, SpecReader
 
 try:  # Python 3.8 has Protocol in typing
@@ -71,6 +71,10 @@ class Task(Protocol):
 
     def describe(self, spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
         """What a client sends and gets back, added to the model's entry in ``models``."""
+
+    def fake(self, spec: ModelSpec, classes: Optional[int]) -> FakeModel:
+        """What the fake backend plays for this model: its tensors and documented outputs
+        (``classes`` overrides the class count model.yaml gives)."""
 
 
 def elapsed_ms(started: float) -> float:

@@ -8,22 +8,32 @@ model.yaml: ``input`` (:mod:`.vision`), ``output.kind`` (``probabilities`` | ``l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..errors import BadRequest, ConfigError
+from ..kernels import classify
 from ..protocol import show
-from . import classify, vision
+from . import vision
 from .base import Prepared, reject_unknown
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from ..backends import Backend, FakeModel
     from ..spec import ModelSpec, SpecReader
 
 NAME = "classification"
 PARAMS = ("top_k",)
 MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """model.yaml's ``output`` section of a classifier."""
+
+    kind: str = "probabilities"  # probabilities | logits (softmax applied here)
+    label_offset: int = 0  # output index - label_offset = label index
+    top_k: int = 5  # the default of params.top_k
 
 
 @dataclass(frozen=True)
@@ -33,12 +43,12 @@ class Params:
 
 def read_spec(top: SpecReader) -> Dict[str, Any]:
     output = top.section("output")
-    return {
-        **vision.read_input(top.section("input"), vision.CROP_MODES),
-        "output": output.choice("kind", ("probabilities", "logits"), "probabilities"),
-        "label_offset": output.integer("label_offset", 0),
-        "top_k": output.integer("top_k", 5, minimum=1, maximum=MAX_TOP_K),
-    }
+    config = Config(
+        kind=output.choice("kind", ("probabilities", "logits"), "probabilities"),
+        label_offset=output.integer("label_offset", 0),
+        top_k=output.integer("top_k", 5, minimum=1, maximum=MAX_TOP_K),
+    )
+    return {**vision.read_input(top.section("input"), vision.CROP_MODES), "task_config": config}
 
 
 def check(spec: ModelSpec, backend: Backend) -> None:
@@ -55,10 +65,11 @@ def check(spec: ModelSpec, backend: Backend) -> None:
             f"([1, N]), but the {backend.name} model has {len(backend.outputs)} output(s): "
             f"{vision.shapes(backend.outputs)}"
         )
-    if spec.labels and scores != len(spec.labels) + spec.label_offset:
+    offset = spec.task_config.label_offset
+    if spec.labels and scores != len(spec.labels) + offset:
         raise ConfigError(
             f"{spec.spec_path}: labels: {len(spec.labels)} labels (+ label_offset "
-            f"{spec.label_offset}) but the model outputs {scores} scores"
+            f"{offset}) but the model outputs {scores} scores"
         )
 
 
@@ -74,7 +85,7 @@ def score_count(outputs: Sequence[Any]) -> Optional[int]:
 
 def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
     reject_unknown(raw, PARAMS, NAME)
-    top_k = raw.get("top_k", spec.top_k)
+    top_k = raw.get("top_k", spec.task_config.top_k)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise BadRequest(f"params.top_k must be an integer 1..{MAX_TOP_K}, got {show(top_k)}")
     return Params(top_k)
@@ -87,8 +98,9 @@ def prepare(
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:
-    scores = classify.class_scores(outputs[0], spec.output)
-    top = classify.top_k(scores, prepared.params.top_k, spec.labels, spec.label_offset)
+    config: Config = spec.task_config
+    scores = classify.class_scores(outputs[0], config.kind)
+    top = classify.top_k(scores, prepared.params.top_k, spec.labels, config.label_offset)
     return {"classes": top}
 
 
@@ -98,3 +110,18 @@ def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
 
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
     return vision.describe(spec)
+
+
+def fake(spec: ModelSpec, classes: Optional[int]) -> FakeModel:
+    """Scores with ``sum(input bytes) % classes`` the clear winner (softmaxed for
+    ``output.kind: probabilities``)."""
+    config: Config = spec.task_config
+    count = classes or len(spec.labels) + config.label_offset
+
+    def answer(tensor: np.ndarray, count: int) -> List[np.ndarray]:
+        logits = np.linspace(0.0, 1.0, count, dtype=np.float32)[::-1].copy()
+        logits[vision.pixel_sum_class(tensor, count)] = 4.0
+        scores = classify.softmax(logits) if config.kind == "probabilities" else logits
+        return [scores[None]]
+
+    return vision.fake_image_model(spec, count, [(1, count)], answer)

@@ -11,20 +11,22 @@ defaults of the params ``conf``, ``iou``, ``max_det``. Params: ``conf``, ``iou``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..backends.fake_yolo import yolo_outputs
 from ..errors import BadRequest, ConfigError
+from ..kernels import detect, segment
+from ..kernels.yolo import FORMATS, STRIDES, YOLOV5_ANCHORS, explain, output_shapes
 from ..protocol import show
-from . import detect, segment, vision
+from ..spec import is_number
+from . import vision
 from .base import Prepared, reject_unknown
-from .yolo import DFL_BINS, FORMATS, STRIDES, YOLOV5_ANCHORS, explain
 
 if TYPE_CHECKING:
-    from ..backends import Backend
+    from ..backends import Backend, FakeModel
     from ..spec import ModelSpec, SpecReader
 
 NAME = "detection"
@@ -34,7 +36,7 @@ PAD = 0  # the model zoo letterboxes with black: RGA initialises its buffers wit
 
 
 @dataclass(frozen=True)
-class Output:
+class Config:
     """model.yaml's ``output`` section of a detector."""
 
     format: str  # yolov5 | yolov8
@@ -59,7 +61,7 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
     section = top.section("output")
     fmt = section.choice("format", FORMATS)
     strides = _strides(section)
-    output = Output(
+    config = Config(
         format=fmt,
         classes=section.integer("classes", 0, minimum=0),
         strides=strides,
@@ -69,18 +71,14 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
         max_det=_max_det(section),
     )
     fields = vision.read_input(top.section("input"), resize="letterbox", pad=PAD)
-    return {**fields, "detection": output}
+    return {**fields, "task_config": config}
 
 
 def _fraction(section: SpecReader, key: str, default: float) -> float:
     value = section.data.get(key, default)
-    if not _number(value) or not 0.0 <= value <= 1.0:
+    if not is_number(value) or not 0.0 <= value <= 1.0:
         section.fail(key, f"expected a number 0..1, got {value!r}")
     return float(value)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _max_det(section: SpecReader) -> int:
@@ -115,7 +113,7 @@ def _anchors(
     if value is None:
         return YOLOV5_ANCHORS if scales == len(YOLOV5_ANCHORS) else _no_anchors(section, scales)
     flat = [v for row in value for v in row] if _rows(value) else value
-    ok = isinstance(flat, list) and flat and all(_number(v) and v > 0 for v in flat)
+    ok = isinstance(flat, list) and flat and all(is_number(v) and v > 0 for v in flat)
     if not ok or len(flat) % (2 * scales):
         section.fail(
             "anchors",
@@ -135,14 +133,14 @@ def _no_anchors(section: SpecReader, scales: int) -> Any:
 
 def class_count(spec: ModelSpec) -> int:
     """``output.classes``, else the number of labels."""
-    output: Output = spec.detection
+    output: Config = spec.task_config
     return output.classes or len(spec.labels)
 
 
 def check(spec: ModelSpec, backend: Backend) -> None:
     """The outputs are the format's, with the yaml's class count and strides."""
     vision.check_input(spec, backend)
-    output: Output = spec.detection
+    output: Config = spec.task_config
     classes = class_count(spec)
     if not classes:
         raise ConfigError(f"{spec.spec_path}: output.classes: give the class count, or labels")
@@ -167,18 +165,10 @@ def check(spec: ModelSpec, backend: Backend) -> None:
 
 def expected_shapes(spec: ModelSpec) -> List[Tuple[int, ...]]:
     """The outputs model.yaml describes (yolov8: without score sums)."""
-    output: Output = spec.detection
-    classes = class_count(spec)
-    height, width = spec.input_size
-    shapes: List[Tuple[int, ...]] = []
-    for i, stride in enumerate(output.strides):
-        grid = (height // stride, width // stride)
-        if output.format == "yolov5":
-            anchors = len(output.anchors[i]) if output.anchors else 3
-            shapes.append((1, anchors * (5 + classes), *grid))
-        else:
-            shapes += [(1, 4 * DFL_BINS, *grid), (1, classes, *grid)]
-    return shapes
+    output: Config = spec.task_config
+    return output_shapes(
+        output.format, class_count(spec), spec.input_size, output.strides, output.anchors
+    )
 
 
 def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]]) -> bool:
@@ -193,7 +183,7 @@ def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]]
 
 def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
     reject_unknown(raw, PARAMS, NAME)
-    output: Output = spec.detection
+    output: Config = spec.task_config
     overlay = raw.get("overlay", False)
     if not isinstance(overlay, bool):
         raise BadRequest(f"params.overlay must be true or false, got {show(overlay)}")
@@ -208,7 +198,7 @@ def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
 
 def _param_fraction(raw: Mapping[str, Any], key: str, default: float) -> float:
     value = raw.get(key, default)
-    if not _number(value) or not 0.0 <= value <= 1.0:
+    if not is_number(value) or not 0.0 <= value <= 1.0:
         raise BadRequest(f"params.{key} must be a number 0..1, got {show(value)}")
     return float(value)
 
@@ -240,7 +230,7 @@ prepare = vision.prepare_with_overlay
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:
     context: vision.ImageContext = prepared.context
     params: Params = prepared.params
-    output: Output = spec.detection
+    output: Config = spec.task_config
     found = detect.postprocess(
         outputs,
         output.format,
@@ -273,5 +263,31 @@ def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
 
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
     """For ``models``: the input, and the output format with its class count."""
-    output: Output = spec.detection
+    output: Config = spec.task_config
     return {**vision.describe(spec), "format": output.format, "classes": class_count(spec)}
+
+
+def fake(spec: ModelSpec, classes: Optional[int]) -> FakeModel:
+    """One box around the pixels brighter than mid-grey (none if there are none), of class
+    ``sum(input bytes) % classes``, score 0.9, in model.yaml's output format."""
+    config: Config = spec.task_config
+    count = classes or class_count(spec)
+    shapes = output_shapes(config.format, count, spec.input_size, config.strides, config.anchors)
+
+    def answer(tensor: np.ndarray, count: int) -> List[np.ndarray]:
+        rows, cols = np.nonzero(tensor[0].mean(axis=2, dtype=np.float32) > 128)
+        boxes = [[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]] if rows.size else []
+        winner = vision.pixel_sum_class(tensor, count)
+        return yolo_outputs(
+            config.format,
+            boxes,
+            [winner] * len(boxes),
+            [0.9] * len(boxes),
+            count,
+            spec.input_size,
+            config.strides,
+            config.anchors,
+            rng=np.random.default_rng(0),
+        )
+
+    return vision.fake_image_model(spec, count, shapes, answer)

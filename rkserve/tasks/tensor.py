@@ -22,17 +22,37 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from ..backends.rknnlite import nhwc
+from ..backends import FakeModel, TensorSpec
 from ..errors import BadRequest, BadTensor, ConfigError
+from ..kernels.image import nhwc
 from ..protocol import INPUT_DTYPES, Inputs, NamedTensor, encode_tensor, show
+from ..spec import SpecReader
 from .base import Prepared, elapsed_ms, reject_unknown
 
 if TYPE_CHECKING:
     from ..backends import Backend
-    from ..spec import InputSpec, ModelSpec, SpecReader
+    from ..spec import ModelSpec
 
 NAME = "tensor"
 NOT_USED = ("input", "output", "labels", "palette")  # image-task sections: a mistake here
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared model input; empty fields are taken from the model file."""
+
+    name: str = ""
+    dtype: str = ""  # the dtype a client sends: uint8 | int8 | int16 | float16 | float32
+    shape: Tuple[int, ...] = ()  # as a client sends it (NHWC for 4-D image-like inputs)
+    mean: Tuple[float, ...] = ()  # ONNX twin only: (x - mean) / std over the last axis
+    std: Tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    """model.yaml's ``inputs`` of a tensor model (optional: the model file has them)."""
+
+    inputs: Tuple[InputSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,11 +83,10 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
     for key in NOT_USED:
         if key in top.data:
             top.fail(key, "not used by task tensor (its inputs are named tensors: docs/MODELS.md)")
-    return {"inputs": _declared(top)}
+    return {"task_config": Config(_declared(top))}
 
 
 def _declared(top: SpecReader) -> Tuple[InputSpec, ...]:
-    from ..spec import SpecReader
 
     value = top.data.get("inputs")
     if value is None:
@@ -90,7 +109,6 @@ def _named(key: Any, value: Any) -> Any:
 
 
 def _input_spec(section: SpecReader) -> InputSpec:
-    from ..spec import InputSpec
 
     shape = section.data.get("shape", [])
     if not (
@@ -113,13 +131,14 @@ def wires(spec: ModelSpec, backend: Backend) -> List[Wire]:
 
 
 def _by_position(spec: ModelSpec, backend: Backend) -> List[Optional[InputSpec]]:
-    if not spec.inputs:
+    declared = spec.task_config.inputs
+    if not declared:
         return [None] * len(backend.inputs)
     names = [t.name for t in backend.inputs]
-    if all(d.name for d in spec.inputs) and set(d.name for d in spec.inputs) == set(names):
-        named = {d.name: d for d in spec.inputs}
+    if all(d.name for d in declared) and set(d.name for d in declared) == set(names):
+        named = {d.name: d for d in declared}
         return [named[n] for n in names]
-    return list(spec.inputs)
+    return list(declared)
 
 
 def _wire(tensor: Any, declared: Optional[InputSpec], raw: bool) -> Wire:
@@ -141,9 +160,10 @@ def check(spec: ModelSpec, backend: Backend) -> None:
     """Every input has a dtype and shape a client can send, and model.yaml agrees."""
     if not backend.inputs:
         raise ConfigError(f"{spec.spec_path}: the {backend.name} backend lists no model inputs")
-    if spec.inputs and len(spec.inputs) != len(backend.inputs):
+    declared = spec.task_config.inputs
+    if declared and len(declared) != len(backend.inputs):
         raise ConfigError(
-            f"{spec.spec_path}: inputs: model.yaml declares {len(spec.inputs)} inputs but the "
+            f"{spec.spec_path}: inputs: model.yaml declares {len(declared)} inputs but the "
             f"{backend.name} model has {len(backend.inputs)}: {_listed(_model_inputs(backend))}"
         )
     for n, (wire, declared) in enumerate(zip(wires(spec, backend), _by_position(spec, backend))):
@@ -293,3 +313,23 @@ def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in backend.outputs
         ],
     }
+
+
+def fake(spec: ModelSpec, classes: Optional[int]) -> FakeModel:
+    """The inputs model.yaml declares (``inputs[].shape`` and ``dtype``, default float32) and
+    one output ``sums``, ``[1, inputs] float32``: the sum of each input's values."""
+    declared = spec.task_config.inputs
+    if not declared or not all(i.shape for i in declared):
+        raise ConfigError(
+            f"model {spec.name!r}: the fake backend needs every inputs[].shape in model.yaml"
+        )
+    inputs = [
+        TensorSpec(i.name or f"input{n}", i.shape, i.dtype or "float32")
+        for n, i in enumerate(declared)
+    ]
+
+    def answer(tensors: Sequence[np.ndarray]) -> List[np.ndarray]:
+        sums = [float(np.sum(t, dtype=np.float64)) for t in tensors]
+        return [np.asarray([sums], np.float32)]
+
+    return FakeModel(inputs, [TensorSpec("sums", (1, len(inputs)), "float32")], answer)

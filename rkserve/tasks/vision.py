@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..backends import FakeModel, TensorSpec
 from ..errors import BadRequest, ConfigError, TooLarge
-from . import image
+from ..kernels import image
+from ..kernels.yolo import explain, read_layout
 from .base import Prepared, elapsed_ms
 
 if TYPE_CHECKING:
@@ -145,7 +147,6 @@ def check_input(spec: ModelSpec, backend: Backend) -> None:
 
 def refuse_detector(spec: ModelSpec, backend: Backend) -> None:
     """A YOLO detector's outputs served as another task: say what the file looks like."""
-    from .yolo import explain, read_layout
 
     outputs = [tuple(t.shape) for t in backend.outputs]
     if read_layout(outputs, spec.input_size) is not None:
@@ -175,3 +176,26 @@ def describe(spec: ModelSpec) -> Dict[str, Any]:
 def shapes(tensors: Sequence[Any]) -> str:
     """``"name [1, 3, 8, 8], ..."``: a model's tensors for an error message."""
     return ", ".join(f"{t.name} {list(t.shape)}" for t in tensors)
+
+
+def fake_image_model(
+    spec: ModelSpec,
+    classes: int,
+    outputs: Sequence[Tuple[int, ...]],
+    answer: Callable[[np.ndarray, int], List[np.ndarray]],
+) -> FakeModel:
+    """The fake backend's model for an image task: a ``1xHxWx3 uint8`` input (the NPU's),
+    ``outputs`` float32, and ``answer(tensor, classes)``."""
+    if classes < 1:
+        raise ConfigError(f"model {spec.name!r}: the fake backend needs labels or classes=N")
+    height, width = spec.input_size
+    return FakeModel(
+        [TensorSpec("input", (1, height, width, 3), "uint8")],
+        [TensorSpec(f"output{i}" if i else "output", s, "float32") for i, s in enumerate(outputs)],
+        lambda inputs: answer(inputs[0], classes),
+    )
+
+
+def pixel_sum_class(tensor: np.ndarray, classes: int) -> int:
+    """The fake backend's class for an image: the sum of its bytes modulo ``classes``."""
+    return int(tensor.sum(dtype=np.uint64)) % classes

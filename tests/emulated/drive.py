@@ -31,7 +31,7 @@ import numpy as np
 
 from rkserve.backends.rknnlite import RknnLiteBackend
 from rkserve.memory import GcGuard
-from rkserve.spec import load_spec
+from rkserve.tasks import load_spec
 
 
 def run_step(step: Dict[str, Any], out: Path) -> Dict[str, Any]:

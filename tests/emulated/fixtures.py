@@ -14,9 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from boards import make_board
-
-from rkserve.probes import npu_family
+from rkserve.board.probes import npu_family
+from tests.boards import make_board
 
 
 def write_fixtures(

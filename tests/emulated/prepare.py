@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rkserve.spec import load_spec
+from rkserve.tasks import load_spec
 
 RESIZE = {"linear": cv2.INTER_LINEAR, "linear_exact": cv2.INTER_LINEAR_EXACT}
 

@@ -11,8 +11,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 
+from rkserve.board.rknnfile import RknnInfo, read_rknn
 from rkserve.errors import RknnFileError
-from rkserve.rknnfile import RknnInfo, read_rknn
 
 FAMILIES = {"rk3566": "rk356x", "rk3568": "rk356x", "rk3588": "rk3588", "rk3576": "rk3576"}
 MULTI_CORE = {"rk3588", "rk3576"}

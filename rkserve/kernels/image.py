@@ -1,0 +1,285 @@
+"""Image decoding and the model-input transforms shared by every task.
+
+Arrays are ``HxWx3 uint8`` in RGB order unless a name says otherwise. Nothing here knows
+about backends: the engine picks :func:`to_raw_input` (what the NPU takes) or
+:func:`to_onnx_input` (the ONNX twin's normalised tensor).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from ..errors import BadImage, TooLarge
+
+MAX_PIXELS = 16_000_000  # 16 MP (4608x3456); the daemon's max_pixels setting overrides it
+MIN_SIDE = 8  # smaller images carry no usable signal for any model we serve
+LETTERBOX_FILL = 114  # the grey YOLO-style letterboxing uses
+MAX_JPEG_SEGMENTS = 1000  # markers before the frame header (cameras write about a dozen)
+_FILL = re.compile(rb"\xff+")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the resized image sits inside the model input (for mapping results back)."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: int = 0
+    pad_y: int = 0
+    width: int = 0  # resized content size inside the input
+    height: int = 0
+
+
+def image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` from a PNG, JPEG or BMP header, without decoding; None if unknown.
+
+    Only images whose size is known this way are decoded: the header is read the way the
+    decoder reads it, so the decoder cannot find a larger size than the one checked.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:2] == b"BM" and len(data) >= 26:
+        return _bmp_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """The first SOFn's size, walking the markers strictly: libjpeg skips stray bytes (and
+    ``FF 00``) between markers, so anything but a marker here could hide another SOF.
+
+    The frontend reads this for every request: runs of fill bytes are skipped in C, and a
+    file with more than ``MAX_JPEG_SEGMENTS`` markers before its frame header is refused
+    (an 8 MB file of 4-byte markers, or of fill bytes, took 1.3 s of the frontend each).
+    """
+    pos, segments = 2, 0
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        if data[pos + 1] == 0xFF:  # fill bytes: up to the last 0xFF of the run
+            pos = _FILL.match(data, pos).end() - 1  # type: ignore[union-attr]
+            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            return None
+        marker = data[pos + 1]
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
+            pos += 2
+            continue
+        if marker in (0x00, 0xD8, 0xD9, 0xDA):  # not a marker, SOI again, EOI or SOS first
+            return None
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
+            if pos + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return int(width), int(height)
+        pos += 2 + length
+    return None
+
+
+def _png_chunks_fit(data: bytes) -> bool:
+    """Every PNG chunk lies inside the data. OpenCV 5 reserves a chunk's declared length before
+    reading it: a 3.7 kB file declaring a 3.9 GB IDAT took 3.8 GB and 4 s to refuse."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        if length > 0x7FFFFFFF or pos + 12 + length > len(data):
+            return False
+        if data[pos + 4 : pos + 8] == b"IEND":
+            break
+        pos += 12 + length
+    return True
+
+
+def _bmp_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """BITMAPCOREHEADER (12 bytes: 16-bit sides) or a later header (signed 32-bit sides;
+    a negative height means top-down rows)."""
+    (header,) = struct.unpack("<I", data[14:18])
+    if header == 12:
+        width, height = struct.unpack("<HH", data[18:22])
+    elif header >= 36:
+        width, height = struct.unpack("<ii", data[18:26])
+    else:
+        return None
+    return abs(int(width)), abs(int(height))
+
+
+def check_pixels(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    if width * height > max_pixels:
+        raise TooLarge(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise BadImage(f"image is {width}x{height}; both sides must be at least {MIN_SIDE} px")
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` RGB. The pixel limit is checked before decoding."""
+    if not data:
+        raise BadImage("image is empty (0 bytes)")
+    size = image_size(data)
+    if size is None:  # never let a decoder allocate for a size nobody checked
+        raise _undecodable(data)
+    check_pixels(size[0], size[1], max_pixels)
+    if data[:1] == b"\x89" and not _png_chunks_fit(data):
+        raise BadImage(
+            f"PNG of {len(data)} bytes has a chunk running past its end: truncated or corrupt"
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise _undecodable(data)
+    if sorted(image.shape[:2]) != sorted(size):  # EXIF orientation may swap the sides
+        raise BadImage(
+            f"image header says {size[0]}x{size[1]} but it decodes to {image.shape[1]}x{image.shape[0]}"
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
+
+
+def _undecodable(data: bytes) -> BadImage:
+    return BadImage(
+        f"cannot decode image ({len(data)} bytes starting {bytes(data[:8])!r}): "
+        "not a JPEG/PNG/BMP or corrupt"
+    )
+
+
+def check_tensor(array: np.ndarray, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A raw image tensor must be ``HxWx3 uint8`` (RGB)."""
+    if array.dtype != np.uint8:
+        raise BadImage(f"tensor dtype must be uint8, got {array.dtype}")
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise BadImage(f"tensor shape must be [height, width, 3], got {list(array.shape)}")
+    check_pixels(array.shape[1], array.shape[0], max_pixels)
+    return array
+
+
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,  # bilinear; no antialiasing when shrinking
+    # the same bilinear resize in exact fixed point: INTER_LINEAR's SIMD paths differ by one
+    # level between OpenCV's x86-64 and aarch64 builds, this one gives the board the PC's bytes
+    "linear_exact": cv2.INTER_LINEAR_EXACT,
+    "area": cv2.INTER_AREA,  # pixel-area averaging when shrinking (linear when enlarging)
+}
+CROP_RATIO = 0.875  # torchvision's ImageNet convention: resize to 256, crop 224
+CROP_ASPECT = 16  # an image enlarged for a crop: at most this many shorter sides long
+
+
+def resize(
+    image: np.ndarray,
+    size: Tuple[int, int],
+    mode: str = "stretch",
+    interpolation: str = "linear",
+    shorter_side: int = 0,
+    fill: int = LETTERBOX_FILL,
+) -> Tuple[np.ndarray, Placement]:
+    """Resize to ``size=(height, width)``: a plain ``stretch`` (Rockchip's examples), a
+    ``letterbox`` (aspect kept, padded with grey level ``fill``: the model zoo's letter_box,
+    the same size and place; its detection examples pad with 0, as RGA does, Ultralytics
+    with 114) or a ``crop`` (the shorter side to ``shorter_side``, default ``size / 0.875``,
+    then the centre: torchvision's ImageNet ``Resize(256)`` + ``CenterCrop(224)``), with
+    cv2's ``interpolation``."""
+    flag = INTERPOLATIONS[interpolation]
+    if mode == "crop":
+        return _resize_crop(image, size, flag, shorter_side or crop_side(size))
+    height, width = size
+    src_h, src_w = image.shape[:2]
+    if mode == "stretch":
+        out = (
+            image
+            if (src_h, src_w) == size
+            else cv2.resize(image, (width, height), interpolation=flag)
+        )
+        return out, Placement(width / src_w, height / src_h, 0, 0, width, height)
+    scale = min(width / src_w, height / src_h)
+    new_w, new_h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+    pad_x, pad_y = (width - new_w) // 2, (height - new_h) // 2
+    out = np.full((height, width, 3), fill, np.uint8)
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.resize(
+        image, (new_w, new_h), interpolation=flag
+    )
+    return out, Placement(scale, scale, pad_x, pad_y, new_w, new_h)
+
+
+def crop_side(size: Tuple[int, int]) -> int:
+    """The default shorter side before a centre crop of ``size``: 224 → 256."""
+    return round(max(size) / CROP_RATIO)
+
+
+def _resize_crop(
+    image: np.ndarray, size: Tuple[int, int], flag: int, shorter: int
+) -> Tuple[np.ndarray, Placement]:
+    """Shorter side to ``shorter`` (the longer one truncated, as torchvision), then the
+    centre ``size`` (offsets rounded, as torchvision's center_crop). ``shorter`` must be at
+    least both sides of ``size``. The placement's negative padding is the crop offset."""
+    height, width = size
+    src_h, src_w = image.shape[:2]
+    if src_w <= src_h:
+        new_w, new_h = shorter, int(shorter * src_h / src_w)
+    else:
+        new_w, new_h = int(shorter * src_w / src_h), shorter
+    check_enlargement(src_w, src_h, new_w, new_h, shorter)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=flag)
+    top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
+    out = np.ascontiguousarray(resized[top : top + height, left : left + width])
+    return out, Placement(new_w / src_w, new_h / src_h, -left, -top, new_w, new_h)
+
+
+def check_enlargement(src_w: int, src_h: int, new_w: int, new_h: int, shorter: int) -> None:
+    """A crop resizes the whole image before cutting its centre: an image thinner than the
+    shorter side grows by its aspect ratio (8x64000 → 110x880000, 290 MB, for a 96 px crop),
+    past anything the memory budget counted for it. Refused unless it stays within the
+    larger of the image itself and ``CROP_ASPECT`` squares of the shorter side."""
+    if new_w * new_h <= max(src_w * src_h, CROP_ASPECT * shorter * shorter):
+        return
+    raise BadImage(
+        f"image is {src_w}x{src_h}: a centre crop would first scale it to {new_w}x{new_h}; "
+        f"an image smaller than the crop's shorter side ({shorter} px) may be at most "
+        f"{CROP_ASPECT} times longer than wide"
+    )
+
+
+def to_model_colour(rgb: np.ndarray, colour: str) -> np.ndarray:
+    return rgb[:, :, ::-1] if colour == "bgr" else rgb
+
+
+def to_raw_input(image: np.ndarray) -> np.ndarray:
+    """``HxWx3 uint8`` → ``1xHxWx3 uint8`` NHWC: what RKNNLite takes (mean/std are in the model)."""
+    return np.ascontiguousarray(image)[None]
+
+
+def to_onnx_input(
+    image: np.ndarray,
+    layout: str,
+    dtype: str,
+    mean: Tuple[float, float, float],
+    std: Tuple[float, float, float],
+) -> np.ndarray:
+    """``HxWx3 uint8`` → the ONNX twin's input: ``(x - mean) / std`` as float32, NCHW or NHWC."""
+    if dtype == "uint8":
+        tensor = np.ascontiguousarray(image)
+    else:
+        tensor = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(
+            std, np.float32
+        )
+    if layout == "nchw":
+        tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
+    return tensor[None]
+
+
+def nhwc(shape: Sequence[int]) -> Tuple[int, ...]:
+    """The runtime's NHWC view of an input the toolkit recorded as NCHW ``[1,C,H,W]``."""
+    shape = tuple(shape)
+    if len(shape) == 4 and shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
+        return (shape[0], shape[2], shape[3], shape[1])
+    return shape
