@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 from benchmarks import (
     baseline,
     detection,
+    frigate,
     instances,
     memory,
     overhead,
@@ -43,6 +44,7 @@ SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "baseline": baseline.run,
     "instances": instances.run,
     "detection": detection.run,
+    "frigate": frigate.run,
 }
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
 

@@ -104,7 +104,9 @@ class HostBuilder:
                     options["core_mask"] = mask
                 engine = build_engine(entry.spec, kind, self.settings.max_pixels, **options)
                 engines.append(engine)
-                engine.warm_up()  # fail now, not on a user
+                warnings = engine.warm_up().warnings  # fail now, not on a user
+                for warning in warnings if len(engines) == 1 else ():
+                    log.warning("model %s: %s", entry.name, warning)
         except BaseException:
             for engine in engines:
                 engine.backend.close()

@@ -8,6 +8,9 @@ come back as the same exception classes the server raised::
         top = client.classify("shapes", open("circle.jpg", "rb").read(), top_k=3)
         print(top.result["classes"][0])
 
+``Client("dnssd:")`` (or ``Client(discovery=browser)``) connects to every board announced
+on the LAN instead, and to boards that appear later (:mod:`rkserve.discovery`).
+
 One Client per thread: ZeroMQ sockets are not thread-safe.
 """
 
@@ -16,17 +19,20 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import zmq
 
 from . import protocol
-from .errors import BadRequest, Unavailable, from_code
+from .discovery import Browser, Following
+from .errors import BadRequest, RkserveError, Unavailable, from_code
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"  # the same as the CLI's default
 TRANSPORTS = ("tcp://", "ipc://", "inproc://")
+DISCOVER = "dnssd:"  # in place of endpoints: the boards announced on the LAN (DNS-SD)
 _NO_CONNECTION: Dict[str, Any] = {}  # _exchange's answer when no endpoint ever connected
 
 
@@ -77,11 +83,15 @@ class Client:
         context: Optional[zmq.Context] = None,
         curve: Optional[Dict[str, bytes]] = None,
         connect_timeout: Optional[float] = None,
+        discovery: Optional[Browser] = None,
     ) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        self._follow = _following(self.endpoints, discovery, curve)
+        if self._follow is not None:
+            self.endpoints = [DISCOVER]
         if not self.endpoints:
             raise BadRequest("a Client needs at least one endpoint")
-        for endpoint in self.endpoints:
+        for endpoint in self.endpoints if self._follow is None else ():
             check_endpoint(endpoint)
         self.timeout = timeout
         # how long to wait for a first connection before saying no daemon is there
@@ -94,6 +104,7 @@ class Client:
         # addresses 64 kB apart shared their ids, and their replies looked like duplicates)
         self._prefix = f"{os.getpid()}-{next(_CLIENTS)}-"
         self._sock: Optional[zmq.Socket] = None
+        self._connected: List[str] = []
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -104,43 +115,71 @@ class Client:
                 sock.curve_secretkey = self._curve["secret"]
                 sock.curve_publickey = self._curve["public"]
                 sock.curve_serverkey = self._curve["server"]
-            for endpoint in self.endpoints:
+            for endpoint in self._targets():
                 try:
                     sock.connect(endpoint)
                 except zmq.ZMQError as exc:
                     sock.close(linger=0)
                     raise BadRequest(f"cannot connect to {endpoint!r}: {exc}") from None
             self._sock = sock
+        elif self._follow is not None and self._follow.changed():
+            self._refollow(self._sock)
         return self._sock
+
+    @property
+    def connected(self) -> List[str]:
+        """The endpoints the socket is connected to (with discovery: the boards found)."""
+        return sorted(self._connected) if self._sock is not None else []
+
+    def _targets(self) -> List[str]:
+        self._connected = self.endpoints if self._follow is None else self._follow.endpoints()
+        return self._connected
+
+    def _refollow(self, sock: zmq.Socket) -> None:
+        """Boards appeared or went away: connect the new ones, disconnect the gone."""
+        before = set(self._connected)
+        now = set(self._targets())
+        for endpoint in sorted(now - before):
+            sock.connect(endpoint)
+        for endpoint in sorted(before - now):
+            sock.disconnect(endpoint)
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
 
+    def shutdown(self) -> None:
+        """Close the socket and the browser this client started (if any)."""
+        self.close()
+        if self._follow is not None:
+            self._follow.close()
+
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self.shutdown()
 
     def call(self, message: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
         """Send one request map, return the reply map; error replies raise their exception."""
         request_id = f"{self._prefix}{next(self._ids)}"
         payload = protocol.encode({"v": protocol.VERSION, "id": request_id, **message})
         timeout = self.timeout if timeout is None else timeout
+        if self._follow is not None and not self._connected:
+            self._follow.wait_any(min(timeout, self.connect_timeout))
         for _attempt in range(self.retries + 1):
             reply = self._exchange(payload, request_id, timeout)
             if reply is _NO_CONNECTION:
                 self._reset()
                 curve = (
                     "; with CURVE, does the daemon allow this client's key, and is the "
-                    "server key its own?"
+                    "server key its own"
                     if self._curve
                     else ""
                 )
                 raise Unavailable(
-                    f"could not connect to {', '.join(self.endpoints)} within "
+                    f"could not connect to {self._where()} within "
                     f"{min(timeout, self.connect_timeout):g} s: is the daemon running "
                     f"('rkserve serve', 'systemctl status rkserve') and listening there{curve}?"
                 )
@@ -153,8 +192,13 @@ class Client:
                 return reply
             self._reset()  # a lost reply must not be mistaken for the next one's
         raise Unavailable(
-            f"no reply from {', '.join(self.endpoints)} within {timeout:g} s ({self.retries + 1} attempts)"
+            f"no reply from {self._where()} within {timeout:g} s ({self.retries + 1} attempts)"
         )
+
+    def _where(self) -> str:
+        if self._follow is None:
+            return ", ".join(self.endpoints)
+        return f"any board found on the LAN by DNS-SD ({len(self._connected)} usable)"
 
     def _exchange(
         self, payload: bytes, request_id: str, timeout: float
@@ -276,3 +320,45 @@ class Client:
         if overlay:
             params["overlay"] = True
         return self.infer(model, image, **{**params, **kw})
+
+
+Answer = Union[Dict[str, Any], List[Dict[str, Any]], RkserveError]
+
+
+def ask_each(endpoints: Sequence[str], op: str, **client_kw: Any) -> List[Tuple[str, Answer]]:
+    """``health`` or ``models`` of every endpoint, each on its own socket and at the same
+    time, in the order given: ``(endpoint, answer)``, the answer an error when that daemon
+    could not answer. One DEALER over several endpoints would ask only the one ZeroMQ picks.
+    """
+    if op not in ("health", "models"):
+        raise BadRequest(f"ask_each asks health or models, not {op!r}")
+    for endpoint in endpoints:
+        check_endpoint(endpoint)
+
+    def ask(endpoint: str) -> Answer:
+        try:
+            with Client(endpoint, **client_kw) as client:
+                return client.health() if op == "health" else client.models()
+        except RkserveError as exc:
+            return exc
+
+    if not endpoints:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(endpoints), 16)) as pool:
+        return list(zip(endpoints, pool.map(ask, endpoints)))
+
+
+def _following(
+    endpoints: List[str], browser: Optional[Browser], curve: Optional[Dict[str, bytes]]
+) -> Optional[Following]:
+    """Discovery in place of endpoints: ``"dnssd:"`` alone, or a browser passed in."""
+    if browser is None and DISCOVER not in endpoints:
+        return None
+    if endpoints not in ([DISCOVER], [DEFAULT_ENDPOINT]):
+        raise BadRequest(
+            f"{DISCOVER} stands for every board found: give it alone, not with endpoints"
+        )
+    server_key = curve["server"] if curve else None
+    if browser is None:
+        return Following(Browser().start(), True, server_key)
+    return Following(browser, False, server_key)

@@ -1,7 +1,9 @@
 """Daemon settings: the YAML file, then ``RKSERVE_*`` environment variables, then flags.
 
 Every setting is one field of :class:`Settings` with a one-line doc; ``docs/CONFIG.md``
-and ``rkserve serve --help`` are generated from the same place.
+and ``rkserve serve --help`` are generated from the same place. A section of the file
+(``frigate:``) holds the fields of that prefix (``frigate: {endpoint: ...}`` is
+``frigate_endpoint``).
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import yaml
 
+from . import dnssd
 from .errors import ConfigError
 
 # The working memory of one request per decoded pixel (measured peaks, docs/SECURITY.md):
@@ -91,13 +94,53 @@ class Settings:
     curve_clients_dir: str = _setting(
         "", "CURVE: folder of allowed clients' public key files, reloaded on SIGHUP"
     )
+    frigate_endpoint: str = _setting(
+        "",
+        "Frigate's zmq detector: address(es) to bind for it, comma-separated "
+        "(ipc:///tmp/cache/zmq_detector, tcp://*:5556); empty = off (docs/FRIGATE.md)",
+    )
+    frigate_input_dtype: str = _setting(
+        "float",
+        "Frigate: how its float32 tensors are scaled, as its model.input_dtype: float "
+        "(pixels / 255) or float_denorm (pixels 0..255); uint8 tensors need nothing",
+    )
+    frigate_pixel_format: str = _setting(
+        "rgb",
+        "Frigate: its model.input_pixel_format: rgb | bgr (the model's own order is model.yaml's)",
+    )
+    frigate_deadline_ms: int = _setting(
+        200,
+        "Frigate: a request not on the NPU after this long is dropped unanswered "
+        "(Frigate has given up: its request_timeout_ms, default 200)",
+    )
+    frigate_uploads: bool = _setting(
+        False,
+        "Frigate: save a model it sends (model_data, for a name no model has) into models_dir "
+        "and serve it; off: refused",
+    )
+    frigate_max_upload_mb: float = _setting(64.0, "Frigate: the largest model file it may send")
+    announce: bool = _setting(
+        True,
+        "announce the daemon on the LAN as DNS-SD service _rkserve._tcp (mDNS; needs the "
+        "zeroconf package); never when bound to loopback or ipc:// only",
+    )
+    announce_name: str = _setting(
+        "", "the DNS-SD instance name, one DNS label (default: the host name)"
+    )
 
     @property
     def endpoints(self) -> list:
         return [e.strip() for e in self.endpoint.split(",") if e.strip()]
 
+    @property
+    def frigate_endpoints(self) -> List[str]:
+        return [e.strip() for e in self.frigate_endpoint.split(",") if e.strip()]
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+SECTIONS = ("frigate",)  # file sections whose keys are fields named <section>_<key>
+FRIGATE_DTYPES = ("float", "float_denorm")
+FRIGATE_PIXELS = ("rgb", "bgr")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BACKENDS = ("auto", "rknnlite", "onnx", "fake")
 
@@ -129,10 +172,24 @@ def _from_file(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
+    data = _flatten(data, path)
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown settings {unknown}; see docs/CONFIG.md")
     return {k: _convert(k, v, str(path)) for k, v in data.items()}
+
+
+def _flatten(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """``{frigate: {endpoint: X}}`` → ``{frigate_endpoint: X}``."""
+    flat = {k: v for k, v in data.items() if k not in SECTIONS}
+    for section in SECTIONS:
+        values = data.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: {section}: expected a mapping of settings")
+        flat.update({f"{section}_{k}": v for k, v in values.items()})
+    return flat
 
 
 def _from_env(environ: Mapping[str, str]) -> Dict[str, Any]:
@@ -194,8 +251,22 @@ def _validate(settings: Settings) -> None:
         problems.append("metrics_port must be 0..65535")
     if not settings.endpoints:
         problems.append("endpoint must name at least one address")
+    problems += _frigate_problems(settings)
+    if settings.announce_name and not dnssd.valid_name(settings.announce_name):
+        problems.append("announce_name must be 1-63 letters, digits or inner '-' (a DNS label)")
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def _frigate_problems(settings: Settings) -> List[str]:
+    problems = []
+    if settings.frigate_input_dtype not in FRIGATE_DTYPES:
+        problems.append(f"frigate_input_dtype must be one of {', '.join(FRIGATE_DTYPES)}")
+    if settings.frigate_pixel_format not in FRIGATE_PIXELS:
+        problems.append(f"frigate_pixel_format must be one of {', '.join(FRIGATE_PIXELS)}")
+    if settings.frigate_deadline_ms < 1 or settings.frigate_max_upload_mb <= 0:
+        problems.append("frigate_deadline_ms and frigate_max_upload_mb must be positive")
+    return problems
 
 
 def describe_settings() -> str:

@@ -13,7 +13,7 @@ runner, see :mod:`rkserve.pipeline`)::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = ["Engine", "Prepared", "Result"]
 class Result:
     result: Dict[str, Any]
     timings: Dict[str, float]  # milliseconds per stage
+    warnings: List[str] = field(default_factory=list)  # the warm-up's review, for the log
 
 
 class Engine:
@@ -84,5 +85,12 @@ class Engine:
         return self.impl.describe(self.spec, self.backend)
 
     def warm_up(self) -> Result:
-        """One inference on the task's own warm-up input: a broken model fails at load."""
-        return self.infer(self.impl.warmup_input(self.spec, self.backend))
+        """One inference on the task's own warm-up input: a broken model fails at load.
+        ``warnings`` holds the task's review of what the model made of it."""
+        prepared = self.prepare(
+            self.impl.warmup_input(self.spec, self.backend), self.parse_params(None)
+        )
+        outputs = self.run(prepared)
+        result = self.finish(prepared, outputs)
+        result.warnings = self.impl.review_warmup(outputs, self.spec, self.backend)
+        return result

@@ -18,12 +18,29 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import protocol
 from .engine import Engine, Prepared
-from .errors import DeadlineExceeded, ModelUnavailable, Overloaded
+from .errors import DeadlineExceeded, ModelUnavailable, Overloaded, RkserveError
 from .repository import Entry
 
 log = logging.getLogger("rkserve")
 Step = Callable[["ModelHost", "Job", Engine], None]
 STATES = ("loading", "ready", "failed", "refused", "stuck")
+
+
+class Door:
+    """How a front end answers its jobs: the reply to a result or to an error, and where it
+    goes (``send(envelope, request id, reply)``).
+
+    This one speaks the msgpack protocol; a front end with its own wire subclasses it. A
+    reply of None answers nothing (the job is still counted and let go)."""
+
+    def __init__(self, send: Callable[[List[bytes], Any, bytes], None]) -> None:
+        self.send = send
+
+    def ok(self, job: Job, body: Dict[str, Any]) -> Optional[bytes]:
+        return protocol.ok_reply(job.request.id, body, job.timings())
+
+    def error(self, job: Job, error: RkserveError) -> Optional[bytes]:
+        return protocol.error_reply(job.request.id, error, job.timings())
 
 
 class Job:
@@ -38,7 +55,9 @@ class Job:
         deadline: float,
         cost: int,
         pixels: int = 0,
+        door: Optional[Door] = None,
     ) -> None:
+        self.door = door  # how it is answered (None: the pipeline's own)
         self.envelope = envelope
         self.request = request
         self.host = host

@@ -14,7 +14,9 @@ whoever holds it, and answered exactly once::
 Every admitted job is in ``jobs`` until it is answered, so a drain answers each one
 wherever it waits (CPU pool, model queue, NPU), and nothing starts once the pipeline stops.
 Admission holds three bounds: the model's ``queue_size``, the daemon-wide memory budget
-(estimated from the image's pixels before anything is decoded) and the drain.
+(estimated from the image's pixels before anything is decoded) and the drain. A job is
+answered through its :class:`Door`: the msgpack protocol's by default, or the one a front
+end with its own wire (Frigate's) admits it with.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .errors import (
 from .kernels.image import check_pixels, image_size
 from .memory import GcGuard
 from .metrics import Metrics
-from .modelhost import Job, ModelHost
+from .modelhost import Door, Job, ModelHost
 
 log = logging.getLogger("rkserve")
 Send = Callable[[List[bytes], Any, bytes], None]  # (envelope, request id, reply)
@@ -63,7 +65,7 @@ class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics, send: Send) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._send = send
+        self.door = Door(send)
         self.pool = ThreadPoolExecutor(
             max_workers=settings.workers or os.cpu_count() or 2, thread_name_prefix="cpu"
         )
@@ -76,9 +78,14 @@ class Pipeline:
 
     # frontend thread ---------------------------------------------------------------------
     def admit(
-        self, envelope: List[bytes], request: protocol.Request, hosts: Mapping[str, ModelHost]
+        self,
+        envelope: List[bytes],
+        request: protocol.Request,
+        hosts: Mapping[str, ModelHost],
+        door: Optional[Door] = None,
     ) -> Job:
-        """Take an infer request on, or raise the error that answers it at once."""
+        """Take an infer request on, or raise the error that answers it at once; ``door``
+        answers it (default: the msgpack protocol's)."""
         host = hosts.get(request.model)
         if host is None:
             known = ", ".join(hosts) or "none"
@@ -89,7 +96,7 @@ class Pipeline:
         pixels = _pixels(request, self.settings.max_pixels)
         cost = _cost(request, params, pixels, host.engine.backend.raw_input)
         deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
-        job = Job(envelope, request, host, params, deadline, cost, pixels)
+        job = Job(envelope, request, host, params, deadline, cost, pixels, door or self.door)
         self._hold(job)
         try:
             idle = host.idle
@@ -199,7 +206,7 @@ class Pipeline:
             assert host.engine is not None and job.prepared is not None
             result = host.engine.finish(job.prepared, outputs)
             body = {"model": host.name, "task": host.engine.task, "result": result.result}
-            reply = protocol.ok_reply(job.request.id, body, job.timings())  # before the claim
+            reply = self._door(job).ok(job, body)  # before the claim
         except Exception as exc:
             self.fail(job, reply_error(exc, f"model {host.name}: postprocessing"))
             return
@@ -209,13 +216,16 @@ class Pipeline:
     def fail(self, job: Job, error: RkserveError) -> None:
         """Answer ``job`` with ``error`` unless something answered it first (any thread)."""
         if job.claim():
-            reply = protocol.error_reply(job.request.id, error, job.timings())
-            self._answer(job, reply, error.code)
+            self._answer(job, self._door(job).error(job, error), error.code)
 
-    def _answer(self, job: Job, reply: bytes, code: str) -> None:
+    def _door(self, job: Job) -> Door:
+        return job.door or self.door
+
+    def _answer(self, job: Job, reply: Optional[bytes], code: str) -> None:
         try:
             self.metrics.observe(job.request.model, code, job.timings())
-            self._send(job.envelope, job.request.id, reply)
+            if reply is not None:
+                self._door(job).send(job.envelope, job.request.id, reply)
         finally:
             self._drop(job)  # after the send: a drain that sees no jobs has sent every reply
 

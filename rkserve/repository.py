@@ -45,12 +45,14 @@ def fingerprint(folder: Path, spec: Optional[ModelSpec]) -> Fingerprint:
 
 
 def scan(models_dir: Path) -> Dict[str, Entry]:
-    """Every sub-folder holding a model.yaml, sorted by name."""
+    """Every sub-folder holding a model.yaml, sorted by name; hidden folders (``.name``: a
+    model being written, see :mod:`rkserve.frigate_upload`) are not models."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         raise ConfigError(f"models directory {models_dir} does not exist or is not a directory")
     entries = {}
-    for folder in sorted(p for p in models_dir.iterdir() if (p / SPEC_FILE).is_file()):
+    folders = (p for p in models_dir.iterdir() if not p.name.startswith("."))
+    for folder in sorted(p for p in folders if (p / SPEC_FILE).is_file()):
         entries[folder.name] = load_entry(folder)
     return entries
 

@@ -20,10 +20,13 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import zmq
 
-from . import memory, protocol, security
+from . import announce, memory, protocol, security
+from .backends import npu_present
+from .board import checks
 from .builder import HostBuilder
 from .config import Settings
-from .errors import ModelUnavailable, RkserveError, Unavailable
+from .errors import ConfigError, ModelUnavailable, RkserveError, Unavailable
+from .frigate_frontend import FrigateFrontend
 from .frontend import Frontend
 from .loader import Loader
 from .metrics import Metrics, ModelState
@@ -52,6 +55,8 @@ class Server:
         self.draining = False
         self.metrics_port: Optional[int] = None
         self.curve: Optional[security.CurveServer] = None
+        self.frigate: Optional[FrigateFrontend] = None
+        self.announcer: Optional[announce.Announcer] = None
 
     @property
     def bound(self) -> List[str]:
@@ -67,6 +72,7 @@ class Server:
             self.close()
 
     def startup(self) -> None:
+        self._require_runtime()
         memory.pin_mmap_threshold()
         memory.keep_top_pad()
         raise_file_limit()
@@ -80,13 +86,28 @@ class Server:
             self.metrics_port = self.metrics.serve(
                 self.settings.metrics_host, self.settings.metrics_port
             )
+        if self.settings.frigate_endpoints:
+            self.frigate = FrigateFrontend(
+                self.settings, self.ctx, self.pipeline, self.loader, self.metrics, self._backend
+            )
+            self.frigate.start()
         self._install_signals()
+        self.announcer = announce.create(self.settings, self.bound)
         self.loader.start()
         log.info(
             "listening on %s; metrics on %s",
-            ", ".join(self.bound),
+            ", ".join(self.bound + [f"{e} (frigate)" for e in self._frigate_bound()]),
             f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
         )
+
+    def _require_runtime(self) -> None:
+        """``backend: rknnlite`` asks for the NPU: without its runtime, stop at start-up
+        (exit 1, one line) rather than serve a table of refused models."""
+        if self.settings.backend != "rknnlite":
+            return
+        missing = checks.missing_runtime(checks.probe_board(Path(self.settings.sysroot)))
+        if missing:
+            raise ConfigError(f"backend rknnlite: {missing}")
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -138,6 +159,7 @@ class Server:
         if event:
             self.notifier.ready(event)
             log.info("%s", event)
+            self._announce()
             if self.pipeline.gc_guard.every:
                 memory.settle()  # models (re)loaded: freeze them, so collections stay cheap
         now = time.monotonic()
@@ -147,10 +169,21 @@ class Server:
             return now + interval
         return next_ping
 
+    def _announce(self) -> None:
+        """Tell the LAN what this board serves now (after every loading pass)."""
+        if self.announcer is not None:
+            public = self.curve.public if self.curve is not None else None
+            hosts = self.loader.table.hosts
+            self.announcer.publish(announce.facts(self.settings, self.metrics_port, public, hosts))
+
     def shutdown(self) -> int:
         """Drain: refuse new work, let admitted jobs finish within drain_timeout_s, answer
         the rest ``unavailable`` wherever they wait, and stop every thread that works."""
         self.draining = True
+        if self.frigate is not None:
+            self.frigate.draining = True
+        if self.announcer is not None:
+            self.announcer.close()  # goodbye packets first: browsers stop sending us work
         log.info(
             "draining %d in-flight requests (up to %.0f s)",
             self.pipeline.inflight,
@@ -170,10 +203,16 @@ class Server:
         self.pipeline.stop()
         self.loader.stop(timeout=1.0)
         self.pipeline.fail_all(stopped)  # anything admitted while the threads stopped
+        if self.frigate is not None:
+            self.frigate.stop()
         log.info("stopped")
         return code
 
     def close(self) -> None:
+        if self.frigate is not None:
+            self.frigate.stop()
+        if self.announcer is not None:
+            self.announcer.close()  # no-op after shutdown's; withdraws if the loop raised
         self.metrics.close()
         self.frontend.close()
         if self.curve is not None:
@@ -211,6 +250,15 @@ class Server:
         """The model table as the metrics show it (read at scrape time, any thread)."""
         for host in self.loader.table.hosts.values():
             yield ModelState(host.name, host.ready, host.info, host.pending)
+
+    def _frigate_bound(self) -> List[str]:
+        return self.frigate.bound if self.frigate is not None else []
+
+    def _backend(self) -> str:
+        """The backend a model sent by Frigate must suit."""
+        if self.settings.backend != "auto":
+            return self.settings.backend
+        return "rknnlite" if npu_present(Path(self.settings.sysroot)) else "onnx"
 
     # the loader's thread ------------------------------------------------------------------
     def _start_runner(self, host: ModelHost) -> None:

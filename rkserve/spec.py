@@ -56,6 +56,7 @@ class ModelSpec:
     convert: Dict[str, Any] = field(default_factory=dict)
     task_config: Any = None  # the task's own sections (its module's Config dataclass)
     instances: int = 0  # runtime objects serving the model at once; 0: one per NPU core
+    aliases: Tuple[str, ...] = ()  # other names a front end may ask for it by (Frigate's file name)
 
     @property
     def rknn_path(self) -> Path:
@@ -164,6 +165,7 @@ def common_fields(top: SpecReader, folder: Path) -> Dict[str, Any]:
         onnx=_onnx_input(top.section("onnx")),
         convert=dict(top.data.get("convert") or {}),
         instances=top.integer("instances", 0, maximum=MAX_INSTANCES),
+        aliases=_aliases(top),
         labels=_labels(top, folder),
         labels_file=top.text("labels"),
     )
@@ -190,6 +192,15 @@ def _labels(top: SpecReader, folder: Path) -> Tuple[str, ...]:
     if not labels:
         top.fail("labels", f"{folder / name} holds no labels (one per line)")
     return labels
+
+
+def _aliases(top: SpecReader) -> Tuple[str, ...]:
+    value = top.data.get("aliases", [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        top.fail("aliases", f"expected a list of names, got {value!r}")
+    return tuple(v.strip() for v in value)
 
 
 def check_files(top: SpecReader, spec: ModelSpec) -> None:

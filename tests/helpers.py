@@ -51,15 +51,17 @@ def write_model(
     return folder
 
 
-def convert_cli(*args: str, env: Dict[str, str]) -> subprocess.CompletedProcess:
+def convert_cli(
+    *args: str, env: Dict[str, str], cwd: Optional[Path] = None
+) -> subprocess.CompletedProcess:
     """``python -m rkserve convert ARGS`` from the daemon's environment (it re-executes itself
-    in ``.venv-convert``), output captured as text."""
+    in ``.venv-convert``), run in ``cwd`` (default: the repository), output captured as text."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(
         [sys.executable, "-m", "rkserve", "convert", *args],
         capture_output=True,
         text=True,
         env=full_env,
-        cwd=ROOT,
+        cwd=str(cwd or ROOT),
         timeout=600,
     )

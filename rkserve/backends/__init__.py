@@ -17,7 +17,7 @@ import importlib.util
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class TensorSpec:
     name: str
     shape: Tuple[int, ...]
     dtype: str
+    # an integer tensor's (scale, zero_point): its values mean (q - zero_point) * scale
+    quantization: Optional[Tuple[float, int]] = None
 
 
 @dataclass(frozen=True)

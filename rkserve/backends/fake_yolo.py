@@ -39,7 +39,7 @@ def yolo_outputs(
     score_sum: bool = False,
     rng: Optional[np.random.Generator] = None,
 ) -> List[np.ndarray]:
-    """Outputs of a ``format`` model (``yolov5`` | ``yolov8``) seeing ``boxes`` ``[N, 4]``
+    """Outputs of a ``format`` model (``yolov5`` | ``yolov8`` | ``yolo``) seeing ``boxes`` ``[N, 4]``
     (``x1, y1, x2, y2`` input pixels) of class ``labels[i]`` with score ``scores[i]``.
 
     Each box goes to the stride that can represent it best (yolov8: the smallest whose 16
@@ -47,6 +47,8 @@ def yolo_outputs(
     yolov8 export's third tensor per stride (9 outputs)."""
     rng = rng or np.random.default_rng(0)
     grids = grid_shapes(input_size, strides)
+    if format == "yolo":
+        return _single(boxes, labels, scores, classes, grids, strides, spread, jitter, rng)
     if format == "yolov8":
         return _yolov8(
             boxes, labels, scores, classes, grids, strides, spread, jitter, score_sum, rng
@@ -112,6 +114,32 @@ def _yolov8(
         if score_sum:
             outputs.append(np.minimum(class_scores.sum(axis=0), 1.0)[None, None])
     return outputs
+
+
+def _single(
+    boxes: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    scores: Sequence[float],
+    classes: int,
+    grids: List[Tuple[int, int]],
+    strides: Sequence[int],
+    spread: int,
+    jitter: float,
+    rng: np.random.Generator,
+) -> List[np.ndarray]:
+    """The single output ``[1, 4+C, N]``: each box on the finest stride's cells around its
+    centre, as ``cx, cy, w, h``."""
+    starts = np.cumsum([0] + [h * w for h, w in grids])
+    pred = np.zeros((4 + classes, int(starts[-1])), np.float32)
+    pred[4:] = rng.uniform(0, BACKGROUND, (classes, pred.shape[1]))
+    for box, label, score in zip(boxes, labels, scores):
+        x1, y1, x2, y2 = box
+        for row, col, far in _cells(((x1 + x2) / 2, (y1 + y2) / 2), strides[0], grids[0], spread):
+            mx1, my1, mx2, my2 = _moved(box, jitter if far else 0.0, rng)
+            cell = int(starts[0]) + row * grids[0][1] + col
+            pred[:4, cell] = [(mx1 + mx2) / 2, (my1 + my2) / 2, mx2 - mx1, my2 - my1]
+            pred[4 + label, cell] = _falloff(score, far, rng)
+    return [pred[None]]
 
 
 def _two_hot(sides: np.ndarray) -> np.ndarray:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import BackendError
 from ..spec import ModelSpec
 from . import TensorSpec
+from .onnxquant import output_quantization
 
 
 class OnnxBackend:
@@ -32,7 +33,8 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise BackendError(f"onnxruntime cannot load {spec.onnx_path}: {exc}") from None
         self.inputs = [_spec(i) for i in self._session.get_inputs()]
-        self.outputs = [_spec(o) for o in self._session.get_outputs()]
+        quantized = output_quantization(spec.onnx_path)  # onnxruntime does not say
+        self.outputs = [_spec(o, quantized.get(o.name)) for o in self._session.get_outputs()]
 
     def run(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         feed = {spec.name: tensor for spec, tensor in zip(self.inputs, inputs)}
@@ -45,10 +47,10 @@ class OnnxBackend:
         self._session = None
 
 
-def _spec(node: Any) -> TensorSpec:
+def _spec(node: Any, quantization: Optional[Tuple[float, int]] = None) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else 1 for d in node.shape)
     dtype = str(node.type)[len("tensor(") : -1]  # "tensor(float)" -> "float"
-    return TensorSpec(node.name, shape, _DTYPES.get(dtype, dtype))
+    return TensorSpec(node.name, shape, _DTYPES.get(dtype, dtype), quantization)
 
 
 _DTYPES = {"float": "float32", "double": "float64", "float16": "float16"}

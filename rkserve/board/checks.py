@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
+RUNTIME_CHECKS = ("librknnrt", "rknn-toolkit-lite2")  # without these no model can load
 Version = Tuple[int, int, int]
 
 RECOMMENDED_DRIVER: Version = (0, 9, 2)  # Rockchip's recommendation
@@ -116,6 +117,13 @@ def probe_board(
         npu_nodes=tuple(probes.npu_nodes(root)),
         container=probes.container(root),
     )
+
+
+def missing_runtime(board: Board) -> Optional[str]:
+    """Why the NPU backend cannot run any model here (no librknnrt, no rknn-toolkit-lite2),
+    with each fix; None when both are there."""
+    failed = [c for c in board_checks(board) if c.name in RUNTIME_CHECKS and c.status == FAIL]
+    return "; ".join(f"{c.detail} (fix: {c.fix})" for c in failed) or None
 
 
 def refusal(checks: Sequence[Check]) -> Optional[str]:

@@ -14,9 +14,9 @@ from typing import List, Optional
 
 from ..errors import RkserveError
 from ..version import __version__
-from . import bench, convert, doctor, infer, inspect, keys, serve, status
+from . import bench, convert, discover, doctor, frigate, infer, inspect, keys, serve, status
 
-COMMANDS = (serve, infer, status, inspect, doctor, convert, bench, keys)
+COMMANDS = (serve, infer, status, discover, inspect, doctor, convert, bench, keys, frigate)
 
 
 def build_parser() -> argparse.ArgumentParser:

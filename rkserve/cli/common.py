@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, List
+from typing import Any, Dict, List
 
 from ..client import Client
 from ..errors import ConfigError
@@ -34,7 +34,9 @@ def client_options(p: argparse.ArgumentParser) -> None:
         "-e",
         action="append",
         metavar="ADDR",
-        help=f"daemon address; repeat for several boards (default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
+        help=f"daemon address; repeat for several boards (models and health ask each one, infer "
+        f"spreads its images over them), or dnssd: for every board announced on the LAN "
+        f"(default {CLIENT_ENDPOINT}, env RKSERVE_CLIENT_ENDPOINT)",
     )
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)"
@@ -50,21 +52,27 @@ def client_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def open_client(args: argparse.Namespace) -> Any:
-
+def client_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The Client keyword arguments the endpoint options give (all but the endpoints)."""
     curve = None
     if args.curve_client_key or args.curve_server_key:
         if not (args.curve_client_key and args.curve_server_key):
             raise ConfigError("--curve-client-key and --curve-server-key go together")
-
         curve = curve_keys(args.curve_client_key, args.curve_server_key)
     # no connection within a few seconds means no daemon there: say so, do not wait it out
-    return Client(
-        args.endpoint or [CLIENT_ENDPOINT],
-        timeout=args.timeout,
-        curve=curve,
-        connect_timeout=min(args.timeout, CONNECT_TIMEOUT_S),
-    )
+    return {
+        "timeout": args.timeout,
+        "curve": curve,
+        "connect_timeout": min(args.timeout, CONNECT_TIMEOUT_S),
+    }
+
+
+def endpoints(args: argparse.Namespace) -> List[str]:
+    return list(args.endpoint or [CLIENT_ENDPOINT])
+
+
+def open_client(args: argparse.Namespace) -> Any:
+    return Client(endpoints(args), **client_settings(args))
 
 
 def table(rows: List[Any]) -> str:

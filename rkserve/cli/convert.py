@@ -112,13 +112,16 @@ def run(args: argparse.Namespace) -> int:
     if not toolkit_available():
         return reexec(args)
 
-    spec = load_spec(Path(args.model), need_model=False)
+    # every path is made absolute here, before anything changes directory (the toolkit
+    # session runs in a temporary folder); a relative --source may name a file in the
+    # model folder (recipe.resolve_source)
+    spec = load_spec(Path(args.model).resolve(), need_model=False)
     thresholds = parse_thresholds(args.threshold or [])
-    validation = Path(args.validation) if args.validation else None
+    validation = _absolute(args.validation)
     source = Path(args.source) if args.source else None
     recipe = load_recipe(spec, args.target, validation, thresholds, source)
-    output = Path(args.output) if args.output else spec.rknn_path
-    report = Path(args.report) if args.report else None
+    output = _absolute(args.output) or spec.rknn_path
+    report = _absolute(args.report)
     progress = Progress()
     outcome = convert_model(spec, recipe, output, report, args.analysis, progress)
     figures = ", ".join(f"{k} {v:.4f}" for k, v in outcome.report["metrics"].items())
@@ -132,3 +135,8 @@ def run(args: argparse.Namespace) -> int:
         return REFUSED
     progress.say(f"accepted: {output} ({figures}); report: {outcome.markdown}")
     return 0
+
+
+def _absolute(given: Optional[str]) -> Optional[Path]:
+    """A path from the command line, relative to the current directory, made absolute."""
+    return Path(given).resolve() if given else None

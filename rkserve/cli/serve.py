@@ -20,10 +20,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML settings file (see docs/CONFIG.md)")
     for name, f in FIELDS.items():
         kind = type(f.default)
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-")] + ["--frigate"] * (name == "frigate_endpoint")
         if kind is bool:
             p.add_argument(
-                flag,
+                *flags,
                 dest=name,
                 action="store_const",
                 const=True,
@@ -32,7 +32,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             )
         else:
             p.add_argument(
-                flag,
+                *flags,
                 dest=name,
                 type=kind,
                 default=None,

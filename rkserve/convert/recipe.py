@@ -66,8 +66,9 @@ _FIELDS = (
 
 @dataclass(frozen=True)
 class Recipe:
-    """A validated ``convert:`` section. Paths are absolute (``source`` is in the model folder
-    or as given on the command line); mean/std in the model's colour order."""
+    """A validated ``convert:`` section; mean/std in the model's colour order. Paths are
+    absolute: the toolkit session runs in a temporary folder, where a relative path would
+    name something else."""
 
     source: Path  # the float model: .onnx, or TorchScript .pt
     target_platforms: Tuple[str, ...]
@@ -81,6 +82,11 @@ class Recipe:
     hybrid_fp16_layers: Tuple[str, ...]
     validation: Path
     gate: Dict[str, float] = field(default_factory=dict)  # only the thresholds in force
+
+    def __post_init__(self) -> None:
+        for path in (self.source, self.dataset, self.validation):
+            if path is not None and not Path(path).is_absolute():
+                raise ValueError(f"Recipe paths must be absolute, got {path}")
 
     def to_dict(self, folder: Optional[Path] = None) -> Dict[str, Any]:
         """JSON-ready; paths inside ``folder`` (the model folder) are given relative to it."""
@@ -193,15 +199,34 @@ def _check_onnx_input(spec: ModelSpec) -> None:
         )
 
 
+def resolve_source(given: Path, folder: Path) -> Path:
+    """``--source`` as an absolute path: as given when absolute; a relative one names a file
+    in the current directory or in the model folder (``--source model.pt``). Both existing
+    and being different files is an error, not a guess; neither existing gives the model
+    folder's path (the error then names it)."""
+    given = Path(given)
+    if given.is_absolute():
+        return given.resolve()
+    here, there = given.resolve(), (Path(folder) / given).resolve()
+    if here.is_file() and there.is_file() and here != there:
+        raise ConfigError(
+            f"--source {given}: ambiguous: both {here} (from the current directory) and "
+            f"{there} (in the model folder) exist; give ./{given} or the model folder's path"
+        )
+    return here if here.is_file() and not there.is_file() else there
+
+
 def _source(section: _Section, override: Optional[Path]) -> Path:
     """``convert.source`` (default ``onnx.file``) in the model folder, or ``--source``."""
     if override is not None:
-        path, where = Path(override), f"--source {override}"
+        path = resolve_source(override, section.spec.folder)
+        where = f"--source {override}"
     else:
         value = section.data.get("source", section.spec.onnx.file)
         if not isinstance(value, str) or not value:
             raise section.fail("source", f"expected a file name in the model folder, got {value!r}")
-        path, where = section.spec.folder / value, f"{section.spec.spec_path}: convert.source"
+        path = (section.spec.folder / value).resolve()
+        where = f"{section.spec.spec_path}: convert.source"
     try:
         source_kind(path)
     except ConfigError as exc:

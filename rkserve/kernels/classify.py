@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+# how far scores may stray from one softmax's before the warm-up warns (a quantized output
+# adds half a step per score: not_probabilities)
+PROBABILITY_SLACK = 0.01
+SUM_SLACK = 0.1
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -14,12 +19,35 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
-def class_scores(output: np.ndarray, kind: str) -> np.ndarray:
-    """A ``[1, N]`` (or ``[N]``, ``[1, N, 1, 1]``) output → 1-D probabilities ``[N]``."""
-    scores = output.reshape(-1).astype(np.float32, copy=False)
+def dequantize(values: np.ndarray, quantization: Optional[Tuple[float, int]]) -> np.ndarray:
+    """Integer outputs → float32 ``(q - zero_point) * scale``; float ones as they are."""
+    if quantization is None:
+        return values.astype(np.float32, copy=False)
+    scale, zero_point = quantization
+    return (values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def class_scores(
+    output: np.ndarray, kind: str, quantization: Optional[Tuple[float, int]] = None
+) -> np.ndarray:
+    """A ``[1, N]`` (or ``[N]``, ``[1, N, 1, 1]``) output → 1-D probabilities ``[N]``; an
+    integer output is dequantized with its ``(scale, zero_point)`` first."""
+    scores = dequantize(output.reshape(-1), quantization)
     if kind == "logits":
         return softmax(scores)
     return scores
+
+
+def not_probabilities(scores: np.ndarray, step: float = 0.0) -> Optional[str]:
+    """Why 1-D ``scores`` do not look like one softmax's probabilities, or None: values
+    outside 0..1, or a sum far from 1 (figures in the message). ``step`` is a quantized
+    output's scale: each score may be off by half of it, so their sum by N times that."""
+    low, high, total = float(scores.min()), float(scores.max()), float(scores.sum())
+    if low < -PROBABILITY_SLACK or high > 1 + PROBABILITY_SLACK:
+        return f"they range from {low:.4g} to {high:.4g} (not within 0..1) and sum to {total:.4g}"
+    if abs(total - 1.0) > SUM_SLACK + scores.size * step / 2:
+        return f"they sum to {total:.4g}, not 1 (range {low:.4g} to {high:.4g})"
+    return None
 
 
 def top_k(
@@ -29,11 +57,13 @@ def top_k(
     rank by the lower output index, so every ``k`` gives a prefix of the same order.
 
     ``index`` is the label index (output index minus ``label_offset``, so a 1001-way model
-    with a background class and a 1000-line label file reports ImageNet indices).
+    with a background class and a 1000-line label file reports ImageNet indices); the
+    outputs before ``label_offset`` (the background) are never returned.
     """
-    k = max(1, min(k, probabilities.size))
-    best = ranked(probabilities, k)
-    return [_entry(int(i) - label_offset, float(probabilities[i]), labels) for i in best]
+    labelled = probabilities[label_offset:]  # the outputs before label_offset have no label
+    k = max(1, min(k, labelled.size))
+    best = ranked(labelled, k)
+    return [_entry(int(i), float(labelled[i]), labels) for i in best]
 
 
 def ranked(scores: np.ndarray, k: int) -> np.ndarray:

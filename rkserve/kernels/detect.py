@@ -86,12 +86,13 @@ def postprocess(
     classes: Optional[Sequence[int]] = None,
     strides: Sequence[int] = STRIDES,
     anchors: Optional[Anchors] = None,
+    agnostic: bool = False,
 ) -> Detections:
     """Decode, keep scores ``>= conf`` (of ``classes`` only, if given), class-wise NMS at
-    ``iou``, the best ``max_det``, boxes in source pixels. Arguments as :func:`decode` and
-    :func:`to_source`."""
+    ``iou`` (``agnostic``: any box suppresses any other), the best ``max_det``, boxes in
+    source pixels. Arguments as :func:`decode` and :func:`to_source`."""
     found = decode(outputs, format, conf, strides, anchors, classes)
-    keep = nms(found.boxes, found.scores, found.classes, iou, max_det)
+    keep = nms(found.boxes, found.scores, None if agnostic else found.classes, iou, max_det)
     return Detections(
         to_source(found.boxes[keep], placement, input_size, source_size),
         found.scores[keep],

@@ -1,7 +1,7 @@
 """YOLO output formats of Rockchip's model zoo: what the raw outputs look like, and decoding
 them into candidate boxes.
 
-Two formats, named as in ``model.yaml`` (``output.format``):
+Three formats, named as in ``model.yaml`` (``output.format``):
 
 ``yolov5``
     3 outputs ``[1, A*(5+C), H, W]`` at strides 8/16/32, sigmoid inside the model. Per cell
@@ -13,6 +13,10 @@ Two formats, named as in ``model.yaml`` (``output.format``):
     ``[1, 4*16, H, W]`` (per side a distribution over 16 bins; its softmax expectation is the
     distance from the cell centre in cells) and class scores ``[1, C, H, W]`` (sigmoid
     inside), optionally followed by a score sum ``[1, 1, H, W]``: 6 or 9 outputs.
+``yolo``
+    The single output of YOLOv8/v9/YOLO11's default ONNX export (Frigate's ``yolo-generic``):
+    ``[1, 4+C, N]`` or ``[1, N, 4+C]``, centre/size boxes in input pixels and class scores,
+    no objectness (:mod:`rkserve.kernels.yolo_single`).
 
 Candidates come out in the order of the model zoo's flattening (stride, then anchor, row,
 column), which is also the order ties are broken in by :func:`rkserve.kernels.nms.nms`.
@@ -26,7 +30,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-FORMATS = ("yolov5", "yolov8")
+from .yolo_single import candidates_for, decode_single, single_shape
+
+FORMATS = ("yolov5", "yolov8", "yolo")
 STRIDES = (8, 16, 32)
 DFL_BINS = 16
 # The model zoo's anchors_yolov5.txt, in input pixels: per stride, (width, height) per anchor.
@@ -75,9 +81,18 @@ def decode(
         found = _yolov5(outputs, threshold, strides, YOLOV5_ANCHORS if anchors is None else anchors)
     elif format == "yolov8":
         found = _yolov8(outputs, threshold, strides)
+    elif format == "yolo":
+        found = _single(outputs, threshold)
     else:
         raise ValueError(f"unknown detection format {format!r}; known: {', '.join(FORMATS)}")
     return found if classes is None else _only(found, classes)
+
+
+def _single(outputs: Sequence[np.ndarray], threshold: np.float32) -> Candidates:
+    if len(outputs) != 1 or single_shape(outputs[0].shape) is None:
+        shapes = [list(o.shape) for o in outputs]
+        raise ValueError(f"yolo format: expected one [1, 4+classes, N] output, got {shapes}")
+    return Candidates(*decode_single(outputs[0], threshold))
 
 
 def _only(found: Candidates, classes: Sequence[int]) -> Candidates:
@@ -195,9 +210,14 @@ class Layout:
     strides: Tuple[int, ...]
     anchors: int = 0  # yolov5: anchors per cell
     score_sum: bool = False  # yolov8: the third tensor per stride (9 outputs)
+    candidates: int = 0  # yolo: boxes in the single output
 
     def describe(self) -> str:
         strides = "/".join(str(s) for s in self.strides) or "?"
+        if self.format == "yolo":
+            return (
+                f"yolo single-output detector: {self.classes} classes, {self.candidates} candidates"
+            )
         if self.format == "yolov5":
             extra = f"{self.anchors} anchors per cell"
         else:
@@ -213,6 +233,9 @@ def read_layout(shapes: Sequence[Shape], input_size: Optional[Tuple[int, int]]) 
 
     ``input_size`` ``(height, width)`` gives the strides (``input / grid``); without it they
     are the model zoo's 8/16/32 when the grids halve from one output to the next."""
+    single = single_shape(shapes[0]) if len(shapes) == 1 else None
+    if single is not None and anchor_free(single[1], input_size):
+        return Layout("yolo", single[0], (), candidates=single[1])
     grids = [tuple(s[2:]) for s in shapes if len(s) == 4]
     if len(grids) != len(shapes) or not shapes:
         return None
@@ -235,6 +258,16 @@ def read_layout(shapes: Sequence[Shape], input_size: Optional[Tuple[int, int]]) 
             if len(classes) == 1 and strides:
                 return Layout("yolov8", classes.pop(), strides, score_sum=per_scale == 3)
     return None
+
+
+def anchor_free(candidates: int, input_size: Optional[Tuple[int, int]]) -> bool:
+    """Whether ``candidates`` is the cell count of strides 8/16/32 (or 8..64) for the input
+    ``(height, width)``, or, without it, for some square input (a class map ``[1, H, W]``
+    must not pass for a detector)."""
+    if input_size is not None:
+        return candidates in (candidates_for(input_size, s) for s in ((8, 16, 32), (8, 16, 32, 64)))
+    cells = candidates * 16 / 21  # (side / 8) ** 2 of a square input at strides 8/16/32
+    return cells == int(cells) and round(cells**0.5) ** 2 == cells
 
 
 def _strides(
@@ -264,22 +297,12 @@ def explain(shapes: Sequence[Shape], input_size: Optional[Tuple[int, int]] = Non
     count = f"{len(shapes)} output{'s' if len(shapes) != 1 else ''}"
     layout = read_layout(shapes, input_size)
     if layout is not None:
-        export = (
-            "a YOLOv5/YOLOv7 anchor export"
-            if layout.format == "yolov5"
-            else ("a YOLOv8 rknnopt export (also YOLO11)")
-        )
+        export = {
+            "yolov5": "a YOLOv5/YOLOv7 anchor export",
+            "yolov8": "a YOLOv8 rknnopt export (also YOLO11)",
+            "yolo": "a YOLOv8/v9/YOLO11 default export (one [1, 4+classes, N] output)",
+        }[layout.format]
         return f"{count}: looks like {export}: task detection, {layout.describe()}"
-    if (
-        len(shapes) == 1
-        and len(shapes[0]) == 3
-        and shapes[0][1] > 4
-        and shapes[0][2] > shapes[0][1]
-    ):
-        return (
-            f"{count}: looks like an Ultralytics default export ([1, 4+classes, boxes], decoded "
-            "in the model): rkserve reads the model zoo's exports (output.format yolov5 or yolov8)"
-        )
     if len(shapes) == 1 and shapes[0] and int(np.prod(shapes[0])) == max(shapes[0]):
         return f"{count}: looks like a classifier ({max(shapes[0])} scores)"
     if len(shapes) == 1 and len(shapes[0]) in (3, 4):
@@ -296,8 +319,10 @@ def output_shapes(
 ) -> List[Tuple[int, ...]]:
     """The outputs of a ``format`` export (yolov8: without the score sums) for an input of
     ``input_size`` (height, width): yolov5 ``[1, A*(5+C), H, W]`` per stride, yolov8
-    ``[1, 64, H, W]`` and ``[1, C, H, W]`` per stride."""
+    ``[1, 64, H, W]`` and ``[1, C, H, W]`` per stride, yolo one ``[1, 4+C, N]``."""
     height, width = input_size
+    if format == "yolo":
+        return [(1, 4 + classes, candidates_for(input_size, strides))]
     shapes: List[Tuple[int, ...]] = []
     for i, stride in enumerate(strides):
         grid = (height // stride, width // stride)

@@ -11,8 +11,9 @@ engine calls them in this order; nothing else in rkserve knows what a task does:
     outputs = backend.run(prepared.tensors)      # NPU runner (the engine does this)
     result = task.finish(outputs, prepared, spec)                      # CPU pool
 
-``warmup_input`` gives the load-time warm-up its input, ``describe`` adds to the model's
-entry in the ``models`` reply, and ``fake`` says what the fake backend answers for the task.
+``warmup_input`` gives the load-time warm-up its input, ``review_warmup`` looks at what the
+model made of it (warnings for the log), ``describe`` adds to the model's entry in the
+``models`` reply, and ``fake`` says what the fake backend answers for the task.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ class Task(Protocol):
 
     def warmup_input(self, spec: ModelSpec, backend: Backend) -> Any:
         """An input ``prepare`` accepts, run once at load so a broken model fails then."""
+
+    def review_warmup(
+        self, outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend
+    ) -> List[str]:
+        """Warnings about the warm-up's outputs (e.g. "probabilities" that are not), logged
+        at load; the model serves all the same."""
 
     def describe(self, spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
         """What a client sends and gets back, added to the model's entry in ``models``."""

@@ -8,7 +8,7 @@ model.yaml: ``input`` (:mod:`.vision`), ``output.kind`` (``probabilities`` | ``l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from . import vision
 from .base import Prepared, reject_unknown
 
 if TYPE_CHECKING:
-    from ..backends import Backend, FakeModel
+    from ..backends import Backend, FakeModel, TensorSpec
     from ..spec import ModelSpec, SpecReader
 
 NAME = "classification"
@@ -71,6 +71,24 @@ def check(spec: ModelSpec, backend: Backend) -> None:
             f"{spec.spec_path}: labels: {len(spec.labels)} labels (+ label_offset "
             f"{offset}) but the model outputs {scores} scores"
         )
+    if scores is not None and scores <= offset:
+        raise ConfigError(
+            f"{spec.spec_path}: output.label_offset: {offset} but the model "
+            f"outputs {scores} scores: no class would be left"
+        )
+    _check_quantization(spec, backend.outputs[0], backend.name)
+
+
+def _check_quantization(spec: ModelSpec, output: TensorSpec, backend: str) -> None:
+    """Integer scores mean nothing without their scale and zero point: refuse, saying why."""
+    if output.dtype.startswith(("float", "bfloat")) or output.quantization is not None:
+        return
+    raise ConfigError(
+        f"{spec.spec_path}: the {backend} model's output {output.name!r} is {output.dtype}, "
+        "with no scale and zero point rkserve can read (a QuantizeLinear with constant "
+        "ones), so its values are not scores: export the model with a float output, or "
+        "end it in QuantizeLinear"
+    )
 
 
 def score_count(outputs: Sequence[Any]) -> Optional[int]:
@@ -94,14 +112,37 @@ def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
 def prepare(
     data: Any, spec: ModelSpec, backend: Backend, params: Params, max_pixels: int
 ) -> Prepared:
-    return vision.prepare_image(data, spec, backend.raw_input, params, max_pixels, keep=False)
+    prepared = vision.prepare_image(data, spec, backend.raw_input, params, max_pixels, keep=False)
+    prepared.context = _quantization(backend)  # finish dequantizes integer scores with it
+    return prepared
+
+
+def _quantization(backend: Backend) -> Optional[Tuple[float, int]]:
+    return backend.outputs[0].quantization if backend.outputs else None
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:
     config: Config = spec.task_config
-    scores = classify.class_scores(outputs[0], config.kind)
+    scores = classify.class_scores(outputs[0], config.kind, prepared.context)
     top = classify.top_k(scores, prepared.params.top_k, spec.labels, config.label_offset)
     return {"classes": top}
+
+
+def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:
+    """Scores model.yaml calls probabilities that do not look like them (logits served as
+    probabilities would show as scores like 16.9), with the figures."""
+    if spec.task_config.kind != "probabilities":
+        return []
+    quantization = _quantization(backend)
+    scores = classify.class_scores(outputs[0], "probabilities", quantization)
+    why = classify.not_probabilities(scores, quantization[0] if quantization else 0.0)
+    if why is None:
+        return []
+    return [
+        f"output.kind is probabilities, but the warm-up's {scores.size} scores do not look "
+        f"like them: {why}; if the model outputs logits, set output.kind: logits in "
+        f"{spec.spec_path}"
+    ]
 
 
 def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:

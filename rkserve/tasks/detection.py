@@ -1,9 +1,10 @@
 """Task ``detection``: an image in, boxes with classes and scores in source pixels out.
 
 model.yaml: ``input`` (:mod:`.vision`; detection letterboxes with ``pad`` 0 by default, as the
-model zoo), ``labels``, ``output``: ``format`` (``yolov5`` | ``yolov8``, see :mod:`.yolo`),
-``classes`` (the class count, if no labels), ``strides``, ``anchors`` (yolov5), and the
-defaults of the params ``conf``, ``iou``, ``max_det``. Params: ``conf``, ``iou``,
+model zoo), ``labels``, ``output``: ``format`` (``yolov5`` | ``yolov8`` | ``yolo``, see
+:mod:`.yolo`), ``classes`` (the class count, if no labels), ``strides``, ``anchors`` (yolov5),
+``nms`` (``classwise`` | ``agnostic``), and the defaults of the params ``conf``, ``iou``,
+``max_det``. Params: ``conf``, ``iou``,
 ``max_det``, ``classes`` (an allow-list of class indices), ``overlay``. Result:
 ``{"detections": [{"index", "label", "score", "box": [x1, y1, x2, y2]}], "width",
 "height"}``, best first, plus ``overlay`` (a JPEG with the boxes drawn) when asked.
@@ -20,6 +21,7 @@ from ..backends.fake_yolo import yolo_outputs
 from ..errors import BadRequest, ConfigError
 from ..kernels import detect, segment
 from ..kernels.yolo import FORMATS, STRIDES, YOLOV5_ANCHORS, explain, output_shapes
+from ..kernels.yolo_single import single_shape
 from ..protocol import show
 from ..spec import is_number
 from . import vision
@@ -33,19 +35,21 @@ NAME = "detection"
 PARAMS = ("conf", "iou", "max_det", "classes", "overlay")
 MAX_DET = 10_000  # the most boxes a reply may carry
 PAD = 0  # the model zoo letterboxes with black: RGA initialises its buffers with 0
+NMS_MODES = ("classwise", "agnostic")  # a box suppresses boxes of its own class, or of any
 
 
 @dataclass(frozen=True)
 class Config:
     """model.yaml's ``output`` section of a detector."""
 
-    format: str  # yolov5 | yolov8
+    format: str  # yolov5 | yolov8 | yolo
     classes: int  # 0: as many as labels
     strides: Tuple[int, ...] = STRIDES
     anchors: Optional[Tuple[Tuple[Tuple[float, float], ...], ...]] = None  # yolov5: per stride
     conf: float = 0.25
     iou: float = 0.45
     max_det: int = 100
+    nms: str = "classwise"  # classwise | agnostic
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ def read_spec(top: SpecReader) -> Dict[str, Any]:
         conf=_fraction(section, "conf", 0.25),
         iou=_fraction(section, "iou", 0.45),
         max_det=_max_det(section),
+        nms=section.choice("nms", NMS_MODES, "classwise"),
     )
     fields = vision.read_input(top.section("input"), resize="letterbox", pad=PAD)
     return {**fields, "task_config": config}
@@ -150,7 +155,7 @@ def check(spec: ModelSpec, backend: Backend) -> None:
             f"{len(spec.labels)} labels"
         )
     shapes = [tuple(int(d) for d in t.shape) for t in backend.outputs]
-    if shapes and not _fits(shapes, expected_shapes(spec)):
+    if shapes and not _fits(shapes, expected_shapes(spec), output.format):
         expected = expected_shapes(spec)
         extra = " (or 9 with a [1, 1, H, W] score sum after each pair)" * (
             output.format == "yolov8"
@@ -171,9 +176,12 @@ def expected_shapes(spec: ModelSpec) -> List[Tuple[int, ...]]:
     )
 
 
-def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]]) -> bool:
+def _fits(shapes: Sequence[Tuple[int, ...]], expected: Sequence[Tuple[int, ...]], fmt: str) -> bool:
     if list(shapes) == list(expected):
         return True
+    if fmt == "yolo":  # either orientation, any candidate count (other strides, P2 heads)
+        single = single_shape(shapes[0]) if len(shapes) == 1 else None
+        return single is not None and single[0] + 4 == expected[0][1]
     if len(shapes) != len(expected) * 3 // 2 or len(expected) % 2:  # yolov8 with score sums
         return False
     pairs = [s for i, s in enumerate(shapes) if i % 3 != 2]
@@ -243,6 +251,7 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
         params.classes,
         output.strides,
         output.anchors,
+        agnostic=output.nms == "agnostic",
     )
     height, width = context.size
     result: Dict[str, Any] = {
@@ -259,6 +268,10 @@ def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -
 
 def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
     return vision.warmup_image(spec)
+
+
+def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:
+    return []  # nothing to check beyond what check() did at load
 
 
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:

@@ -159,6 +159,10 @@ def warmup_input(spec: ModelSpec, backend: Backend) -> np.ndarray:
     return vision.warmup_image(spec)
 
 
+def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:
+    return []  # nothing to check beyond what check() did at load
+
+
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
     return vision.describe(spec)
 

@@ -305,6 +305,10 @@ def warmup_input(spec: ModelSpec, backend: Backend) -> Inputs:
     return Inputs([NamedTensor(w.name, np.zeros(w.shape, w.dtype)) for w in wires(spec, backend)])
 
 
+def review_warmup(outputs: Sequence[np.ndarray], spec: ModelSpec, backend: Backend) -> List[str]:
+    return []  # nothing to check beyond what check() did at load
+
+
 def describe(spec: ModelSpec, backend: Backend) -> Dict[str, Any]:
     """What a client sends and gets back, for ``models``."""
     return {

@@ -53,3 +53,25 @@ def test_config_doc_is_generated_from_the_settings():
         "regenerate docs/CONFIG.md from describe_settings()"
     )
     assert len(re.findall(r"^\| `", describe_settings(), re.M)) >= 15
+
+
+def test_the_frigate_section_holds_the_frigate_settings(tmp_path):
+    path = tmp_path / "rkserve.yaml"
+    path.write_text(
+        "frigate:\n  endpoint: ipc:///run/rkserve/frigate.sock, tcp://*:5556\n"
+        "  uploads: true\n  input_dtype: float_denorm\n"
+    )
+    settings = load_settings(path, environ={"RKSERVE_FRIGATE_DEADLINE_MS": "150"})
+    assert settings.frigate_endpoints == ["ipc:///run/rkserve/frigate.sock", "tcp://*:5556"]
+    assert settings.frigate_uploads and settings.frigate_input_dtype == "float_denorm"
+    assert settings.frigate_deadline_ms == 150 and settings.frigate_pixel_format == "rgb"
+    assert load_settings(environ={}).frigate_endpoints == []
+    for text, words in [
+        ("frigate: [a]\n", "frigate: expected a mapping"),
+        ("frigate: {endpoints: x}\n", "unknown settings \\['frigate_endpoints'\\]"),
+        ("frigate: {input_dtype: int}\n", "frigate_input_dtype must be one of float, float_denorm"),
+        ("frigate: {pixel_format: yuv}\n", "frigate_pixel_format must be one of rgb, bgr"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=words):
+            load_settings(path, environ={})

@@ -17,6 +17,7 @@ from typing import Any, Dict
 
 import numpy as np
 import pytest
+import yaml
 
 from rkserve.cli import build_parser
 from rkserve.cli.convert import command_line
@@ -493,14 +494,74 @@ def test_demo_models_convert_with_their_recipe(tmp_path, converter, name):
     assert gate and all(report["metrics"][k[len("min_") :]] >= v for k, v in gate.items())
 
 
+def _demo_copy(base: Path) -> Path:
+    """A copy of models/shapes at ``base/models/shapes``, without its built files."""
+    folder = base / "models" / "shapes"
+    skip = shutil.ignore_patterns("model.rknn", "conversion_report*")
+    shutil.copytree(ROOT / "models" / "shapes", folder, ignore=skip)
+    return folder
+
+
 @pytest.mark.process
 @pytest.mark.convert
-def test_a_model_folder_given_relative_to_the_working_directory_converts(tmp_path, converter):
-    # the toolkit session runs in a temporary folder: paths from the command line must not
-    # be read relative to it
-    folder = tmp_path / "shapes"
-    skip = shutil.ignore_patterns("model.rknn", "model.pt", "conversion_report*")
-    shutil.copytree(ROOT / "models" / "shapes", folder, ignore=skip)
-    done = convert_cli(os.path.relpath(folder, ROOT), env={})
+@pytest.mark.parametrize(
+    "where, args",
+    [
+        ("", ["models/shapes"]),
+        ("", ["models/shapes", "--source", "model.pt"]),  # in the model folder
+        ("", ["models/shapes", "--source", "models/shapes/model.pt"]),  # from the cwd
+        ("models/shapes", ["."]),
+        ("models/shapes", [".", "--source", "model.pt"]),
+        ("models", ["shapes", "--output", "out/shapes.rknn", "--report", "r.json"]),
+    ],
+)
+def test_relative_paths_are_read_from_the_working_directory(tmp_path, converter, where, args):
+    # the toolkit session runs in a temporary folder: every path from the command line (and
+    # the recipe's) must be resolved before it starts, as a user types them
+    folder = _demo_copy(tmp_path)
+    done = convert_cli(*args, env={}, cwd=tmp_path / where)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (folder / "model.rknn").is_file()
+    if "--output" in args:
+        assert (tmp_path / "models" / "out" / "shapes.rknn").is_file()
+        report = json.loads((tmp_path / "models" / "r.json").read_text())
+        assert report["model"] == "shapes"
+    else:
+        assert (folder / "model.rknn").is_file()
+    source = args[args.index("--source") + 1] if "--source" in args else "model.onnx"
+    report_text = (folder.parent / "out" if "--output" in args else folder).joinpath(
+        "conversion_report.md"
+    )
+    assert Path(source).name in report_text.read_text()
+
+
+@pytest.mark.process
+@pytest.mark.convert
+def test_the_recipe_source_is_read_in_the_model_folder_from_a_relative_folder(tmp_path, converter):
+    folder = _demo_copy(tmp_path)
+    spec = yaml.safe_load((folder / "model.yaml").read_text())
+    spec["convert"]["source"] = "model.pt"
+    (folder / "model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    done = convert_cli("models/shapes", env={}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model.pt (TorchScript)" in (folder / "conversion_report.md").read_text()
+
+
+def test_a_relative_source_found_in_both_places_is_an_error(tmp_path, monkeypatch):
+    folder = _demo_copy(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"another file")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="ambiguous: both .* and .* exist"):
+        load_recipe(load_spec(folder.resolve(), need_model=False), source=Path("model.onnx"))
+    # the same file reached both ways is not ambiguous
+    monkeypatch.chdir(folder)
+    recipe = load_recipe(load_spec(folder.resolve(), need_model=False), source=Path("model.pt"))
+    assert recipe.source == folder.resolve() / "model.pt"
+
+
+def test_a_recipe_holds_absolute_paths_only(tmp_path, monkeypatch):
+    folder = _demo_copy(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(load_spec(Path("models/shapes"), need_model=False))
+    assert recipe.source.is_absolute() and recipe.validation.is_absolute()
+    assert recipe.dataset is not None and recipe.dataset.is_absolute()
+    assert recipe.source == folder.resolve() / "model.onnx"

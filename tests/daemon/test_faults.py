@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 import zmq
 
+from rkserve.board.probes import toolkit_lite2_version
 from rkserve.errors import BackendError, ModelUnavailable
+from tests.boards import make_board
 from tests.helpers import DATA, shared
 from tools.harness import Daemon, fake_models, free_port
 
@@ -235,3 +237,25 @@ def test_a_taken_zeromq_port_stops_the_daemon_with_one_line(tmp_path, models):
     lines = d.log().strip().splitlines()
     assert code == 1 and len(lines) == 1, lines
     assert f"cannot bind tcp://127.0.0.1:{port}" in lines[0] and "Traceback" not in lines[0]
+
+
+@pytest.mark.skipif(
+    toolkit_lite2_version() is not None, reason="rknn-toolkit-lite2 is installed here"
+)
+@pytest.mark.parametrize("librknnrt", [None, "2.3.0"])
+def test_backend_rknnlite_without_its_runtime_stops_at_start_up(tmp_path, models, librknnrt):
+    """deploy/rkserve.yaml's `backend: rknnlite` promises an error at start-up when the NPU
+    runtime is missing; the daemon used to start and refuse every model instead."""
+    board = make_board(tmp_path, librknnrt=librknnrt)
+    d = Daemon(tmp_path, models, "--backend", "rknnlite", "--sysroot", str(board))
+    d.start(wait_ready=False)
+    assert d.proc is not None
+    code = d.proc.wait(30)
+    d.stop()
+    lines = d.log().strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("rkserve serve: error: backend rknnlite: "), lines[0]
+    lite2_missing = toolkit_lite2_version() is None  # on this PC: not installed
+    assert ("rknn-toolkit-lite2 is not installed" in lines[0]) == lite2_missing
+    assert ("librknnrt.so not found" in lines[0]) == (librknnrt is None)
+    assert "fix: " in lines[0]

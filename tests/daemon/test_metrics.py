@@ -450,7 +450,6 @@ def test_metrics_port_0_turns_the_exporter_off(tmp_path: Path) -> None:
     on = Daemon(tmp_path / "on", models, "--backend", "fake")
     off = Daemon(tmp_path / "off", models, "--backend", "fake", "--metrics-port", "0")
     for d in (on, off):
-        Path(d.endpoint[len("ipc://") :]).parent.mkdir(parents=True)
         d.start()
     try:
         assert off.proc is not None and on.proc is not None

@@ -166,7 +166,7 @@ def test_misdeclared_segmenter_refused_with_its_reason_everywhere(onnx_daemon):
     assert health["models"]["deeplab20"]["state"] == "refused" and not health["ready"]
     assert reason in health["models"]["deeplab20"]["error"]
     done = run_rkserve("models", "-e", onnx_daemon.endpoint)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # a model is not ready
     row = next(line for line in done.stdout.splitlines() if line.startswith("deeplab20 "))
     assert row.split()[-1] == "refused"
     assert f"deeplab20: {onnx_daemon.args[5]}/deeplab20/model.yaml: {reason}" in done.stdout

@@ -30,7 +30,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
     tmp = tmp_path_factory.mktemp("deploy")
     board = make_board(tmp, soc="rk3568", **AFTER_UPDATE, load="NPU load:  37%\n", freq=600_000_000)
     synthetic_model(tmp / "models" / "shapes", toolkit="2.3.0", target="rk3566")
-    d = board_daemon(tmp, board, tmp / "models", soc="rk3568").start()
+    frigate = ("--frigate", f"ipc://{tmp}/frigate.sock")  # its metrics too
+    d = board_daemon(tmp, board, tmp / "models", *frigate, soc="rk3568").start()
     try:
         with d.client() as client:
             client.classify("shapes", jpeg(0))

@@ -365,7 +365,7 @@ def test_layouts_are_read_from_output_shapes() -> None:
     assert explain(_v8_shapes(80, True), INPUT).startswith(
         "9 outputs: looks like a YOLOv8 rknnopt export"
     )
-    assert "Ultralytics default export" in explain([[1, 84, 8400]])
+    assert "YOLOv8/v9/YOLO11 default export" in explain([[1, 84, 8400]])
     # a scalar or zero-sized output (a corrupt or odd file) is explained, never a crash
     assert explain([[]]) == "1 output: no task rkserve serves reads this layout"
     assert explain([[1, 0, 4, 4]], INPUT).startswith("1 output [1, 0, 4, 4]")

@@ -89,7 +89,7 @@ def test_spec_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("output", "field", "why"),
     [
-        ({"format": None}, "output.format", "expected one of yolov5, yolov8, got None"),
+        ({"format": None}, "output.format", "expected one of yolov5, yolov8, yolo, got None"),
         ({"format": "yolov9"}, "output.format", "got 'yolov9'"),
         ({"strides": [16, 8, 32]}, "output.strides", "increasing positive integers"),
         ({"anchors": [1, 2]}, "output.anchors", "only the yolov5 format has anchors"),
