@@ -38,7 +38,9 @@ __all__ = [
 ]
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
-RUNTIME_CHECKS = ("librknnrt", "rknn-toolkit-lite2")  # without these no model can load
+# A FAIL of any of these and no model can run on the NPU: no SoC the wheel accepts, the rocket
+# driver, no librknnrt, no rknn-toolkit-lite2, no usable device node
+RUNTIME_CHECKS = ("soc", "driver", "librknnrt", "rknn-toolkit-lite2", "device")
 Version = Tuple[int, int, int]
 
 RECOMMENDED_DRIVER: Version = (0, 9, 2)  # Rockchip's recommendation
@@ -120,8 +122,9 @@ def probe_board(
 
 
 def missing_runtime(board: Board) -> Optional[str]:
-    """Why the NPU backend cannot run any model here (no librknnrt, no rknn-toolkit-lite2),
-    with each fix; None when both are there."""
+    """Why the NPU backend cannot run any model here (a FAIL of :data:`RUNTIME_CHECKS`: no
+    librknnrt, no rknn-toolkit-lite2, no NPU node the wheel accepts, the rocket driver, no
+    SoC), with each fix; None when none fails."""
     failed = [c for c in board_checks(board) if c.name in RUNTIME_CHECKS and c.status == FAIL]
     return "; ".join(f"{c.detail} (fix: {c.fix})" for c in failed) or None
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 import pytest
 
 from rkserve.board.checks import FAIL
+from tests.board.test_wild_boards import serve
 from tests.boards import AFTER_UPDATE, make_board, write_lite2
 from tests.containers import (
     COMPATIBLE,
@@ -26,8 +27,6 @@ from tests.containers import (
     docker_run_mappings,
     without,
 )
-from tests.helpers import MODELS
-from tools.harness import Daemon
 
 pytestmark = pytest.mark.process  # doctor and the daemon run in subprocesses
 REPO = Path(__file__).resolve().parents[2]
@@ -103,20 +102,17 @@ def test_npu_on_renderD128_mapped_to_the_name_lite2_wants(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("forgotten, check", [(NPU_NODE, "device"), (COMPATIBLE, "soc")])
-def test_the_daemon_refuses_as_doctor_says(tmp_path: Path, forgotten: str, check: str) -> None:
+def test_the_daemon_stops_as_doctor_says(tmp_path: Path, forgotten: str, check: str) -> None:
     board = make_board(tmp_path, **AFTER_UPDATE)
     root = container_root(board, without(compose_mappings(), forgotten), tmp_path / "c")
     (expected,) = failures(doctor(root, tmp_path))
     assert expected["name"] == check
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "shapes").symlink_to(MODELS / "shapes")
-    flags = ["--backend", "rknnlite", "--sysroot", str(root), "--workers", "1"]
-    daemon = Daemon(tmp_path, models, *flags).start(wait_ready=False)
-    try:
-        daemon.wait(lambda h: h["status"] == "serving", timeout=60)
-        with daemon.client() as client:
-            (model,) = client.models()
-    finally:
-        assert daemon.stop() == 0, daemon.log()
-    assert (model["state"], model["error"]) == ("refused", expected["detail"])
+    got = serve(tmp_path, root)
+    assert got["exit"] == 1, got
+    assert f"{expected['detail']} (fix: {expected['fix']})" in got["line"]
+
+
+def test_the_daemon_serves_in_the_compose_container(tmp_path: Path) -> None:
+    board = make_board(tmp_path, **AFTER_UPDATE)
+    root = container_root(board, compose_mappings(), tmp_path / "c")
+    assert serve(tmp_path, root).get("state") == "ready"

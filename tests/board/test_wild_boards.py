@@ -20,7 +20,7 @@ from rkserve.board import probes
 from rkserve.board.checks import FAIL, OK, WARN, Check, board_checks, model_checks, probe_board
 from tests.boards import AFTER_UPDATE, make_board, rknn_info, write_lite2
 from tests.helpers import MODELS
-from tools.harness import Daemon
+from tools.harness import DOUBLES, Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 LITE2_REFUSES = "rknn-toolkit-lite2 (2.3.0-2.5.0) refuses to start without that file"
@@ -261,31 +261,46 @@ def test_doctor_verdict(tmp_path: Path, name: str) -> None:
     assert failed[:1] == ([failing] if failing else []), failed
 
 
-@pytest.mark.process
-@pytest.mark.parametrize("name", ["renderD129", "renderD128", "rocket", "container-no-device"])
-def test_daemon_serves_or_refuses_as_doctor_says(tmp_path: Path, name: str) -> None:
-    root = fixture(tmp_path, name)
-    first_fail = next(
-        (
-            c.detail
-            for c in board_checks(probe_board(root))
-            if c.status == FAIL and c.name in ("soc", "driver", "device")
-        ),
-        None,
-    )
-    flags = ["--backend", "rknnlite", "--sysroot", str(root), "--workers", "1"]
+def serve(tmp_path: Path, root: Path, **env: str) -> Dict[str, Any]:
+    """``rkserve serve --backend rknnlite`` on the board ``root`` (the lite2 double, lite2
+    "installed"): ``{"exit": 1, "line": ...}`` when it stops at start-up, else the demo
+    classifier's ``models`` entry."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "shapes").symlink_to(MODELS / "shapes")
-    env = {"RKNNLITE_DOUBLE_SOC": probes.soc(root) or ""}
-    daemon = Daemon(tmp_path, models, *flags, env=env).start(wait_ready=False)
+    site = write_lite2(tmp_path / "site", "2.3.0")
+    path = os.pathsep.join([str(REPO), str(DOUBLES), str(site)])
+    flags = ["--backend", "rknnlite", "--sysroot", str(root), "--workers", "1"]
+    daemon = Daemon(tmp_path, models, *flags, env={"PYTHONPATH": path, **env})
+    daemon.start(wait_ready=False)
+    assert daemon.proc is not None
     try:
-        health = daemon.wait(lambda h: h["status"] == "serving", timeout=60)
+        daemon.wait(lambda h: h["status"] == "serving", timeout=60)
+    except AssertionError:
+        code = daemon.proc.wait(10)
+        daemon.stop()
+        return {"exit": code, "line": daemon.log().strip()}
+    try:
         with daemon.client() as client:
             (model,) = client.models()
     finally:
         assert daemon.stop() == 0, daemon.log()
-    if first_fail is None:
-        assert model["state"] == "ready", (model, health)
-    else:
-        assert (model["state"], model["error"]) == ("refused", first_fail)
+    return dict(model)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("name", ["renderD129", "renderD128", "rocket", "container-no-device"])
+def test_daemon_serves_or_stops_as_doctor_says(tmp_path: Path, name: str) -> None:
+    """``backend: rknnlite`` where doctor FAILs the board: one line at start-up, exit 1,
+    with doctor's reason and fix; where it passes, the model is served."""
+    root = fixture(tmp_path, name)
+    board = replace(probe_board(root), toolkit_lite2="2.3.0")
+    failed = [c for c in board_checks(board) if c.status == FAIL]
+    got = serve(tmp_path, root, RKNNLITE_DOUBLE_SOC=probes.soc(root) or "")
+    if not failed:
+        assert got.get("state") == "ready", got
+        return
+    assert got["exit"] == 1 and len(got["line"].splitlines()) == 1, got
+    assert got["line"].startswith("rkserve serve: error: backend rknnlite: "), got
+    for check in failed:
+        assert f"{check.detail} (fix: {check.fix})" in got["line"]

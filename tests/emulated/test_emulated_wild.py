@@ -211,15 +211,22 @@ def test_rk3588f_runs_rk3588_models_on_three_cores(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- containers
 
 
-def served(target: Board, folder: Path, models: Path, sysroot: str = "/") -> Dict[str, Any]:
-    """The daemon on ``target`` with the demo classifier; its ``models`` entry."""
+def served(target: Board, folder: Path, models: Path) -> Dict[str, Any]:
+    """The daemon on ``target`` with the demo classifier: its ``models`` entry, or
+    ``{"exit": 1, "line": ...}`` when it stops at start-up."""
     records = folder / "records"
     record_twin(records, MODELS / "shapes", {}, [], {})  # the loader's warm-up
-    flags = ["--backend", "rknnlite", "--workers", "1", "--sysroot", sysroot]
+    flags = ["--backend", "rknnlite", "--workers", "1"]
     daemon = on_board(Daemon(folder, models, *flags), target, LITE2, RKNN_STANDIN_DIR=str(records))
     daemon.start(wait_ready=False)
+    assert daemon.proc is not None
     try:
         daemon.wait(lambda h: h["status"] == "serving", timeout=240)
+    except AssertionError:
+        code = daemon.proc.wait(30)
+        daemon.stop()
+        return {"exit": code, "line": daemon.log().strip().splitlines()[-1]}
+    try:
         with daemon.client(timeout=60) as client:
             (model,) = client.models()
     finally:
@@ -239,7 +246,8 @@ def test_a_container_started_from_compose(
     tmp_path: Path, shapes_only: Path, forgotten: Optional[str]
 ) -> None:
     """compose.yaml on the emulated RK3568: doctor passes and the daemon serves; without the
-    device or the device tree, doctor fails and the daemon refuses for doctor's reason."""
+    device or the device tree, doctor fails and the daemon stops at start-up with doctor's
+    reason and fix."""
     rk3568 = board("rk3568")
     pairs = compose_mappings() if forgotten is None else without(compose_mappings(), forgotten)
     root = container_root(rk3568.root, pairs, tmp_path / "container", EMULATED / "userland")
@@ -252,7 +260,7 @@ def test_a_container_started_from_compose(
         assert model["state"] == "ready", model
     else:
         failure = first_failure(report)
-        assert failure is not None and failure["name"] == (
-            "device" if forgotten == NPU_NODE else "soc"
-        )
-        assert (model["state"], model["error"]) == ("refused", failure["detail"])
+        assert failure is not None
+        assert failure["name"] == ("device" if forgotten == NPU_NODE else "soc")
+        assert model["exit"] == 1, model
+        assert f"{failure['detail']} (fix: {failure['fix']})" in model["line"]
