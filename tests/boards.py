@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
+from rkserve.board.probes import npu_family
 from rkserve.board.rknnfile import RknnInfo
 from tests.helpers import shared
 
@@ -29,6 +30,16 @@ LIBRKNNRT = "usr/lib/librknnrt.so"
 LIBRKNNRT_BUILD = "c949ad889d@2024-11-07T11:35:33"
 RKNN_SERVER_BUILD = "e80ac5c build@2024-11-07T12:52:53"
 DEVFREQ_NODES = {"rk3566": "fde40000.npu", "rk3568": "fde40000.npu", "rk3588": "fdab0000.npu"}
+# sysfs of the NPU and GPU: the platform device, its device-tree node's name and compatible,
+# and the driver bound to it. "RKNPU" is the vendor driver's platform driver name
+# (rknpu_drv.c); rocket binds each core's "rockchip,rk3588-rknn-core" node.
+NPU_DEVICES = {"rk356x": "fde40000.npu", "rk3588": "fdab0000.npu"}
+NPU_COMPATIBLE = {"rk356x": "rockchip,rk3568-rknpu", "rk3588": "rockchip,rk3588-rknpu"}
+ROCKET_COMPATIBLE = "rockchip,rk3588-rknn-core"
+GPU_DEVICES = {"rk356x": ("fde60000.gpu", "panfrost"), "rk3588": ("fb000000.gpu", "panthor")}
+# major:minor in sysfs's "dev" files: DRM render nodes are 226:128 up, accel 261:N, misc 10:N
+DEVICE_NUMBERS = {"renderD128": "226:128", "renderD129": "226:129", "accel0": "261:0"}
+CONTAINER_FILES = {"docker": ".dockerenv", "kubernetes": "var/run/secrets/kubernetes.io/token"}
 
 # The seed board of the field notes, before and after its runtime update.
 BEFORE_UPDATE: Dict[str, Any] = {"driver": "0.8.2", "librknnrt": "1.5.0", "rknn_server": "2.3.0"}
@@ -70,13 +81,23 @@ def make_board(
     freq: Optional[int] = None,
     device: Optional[str] = "dev/dri/renderD129",
     device_mode: int = 0o660,
+    sysfs: Optional[str] = "same",
+    npu_driver: str = "RKNPU",
+    compatible: Optional[str] = None,
+    container: Optional[str] = None,
 ) -> Path:
-    """A board's filesystem under ``tmp_path / "board"``; ``None`` leaves a part out."""
+    """A board's filesystem under ``tmp_path / "board"``; ``None`` leaves a part out.
+
+    ``sysfs`` is the node sysfs names for the NPU (``"same"``: ``device``; ``None``: no
+    sysfs at all), with ``npu_driver`` bound to it (``"rocket"``: the mainline driver);
+    ``compatible`` replaces the board entry of ``/proc/device-tree/compatible``;
+    ``container`` (``docker``, ``kubernetes``) writes that engine's marker file.
+    """
     root = tmp_path / "board"
     root.mkdir(parents=True, exist_ok=True)
     if soc is not None:
-        compatible = f"rockchip,{soc}-evb1-ddr4-v10\0rockchip,{soc}\0"
-        _write(root, "proc/device-tree/compatible", compatible.encode())
+        board = compatible or f"rockchip,{soc}-evb1-ddr4-v10"
+        _write(root, "proc/device-tree/compatible", f"{board}\0rockchip,{soc}\0".encode())
     if driver is not None:
         _write(root, driver_path, f"RKNPU driver: v{driver}\n".encode())
     if librknnrt is not None:
@@ -87,11 +108,59 @@ def make_board(
     if load is not None:
         _write(root, "sys/kernel/debug/rknpu/load", load.encode())
     if freq is not None:
-        node = DEVFREQ_NODES.get(soc or "", "fde40000.npu")
+        node = NPU_DEVICES.get(npu_family(soc or "rk3568"), "fde40000.npu")
         _write(root, f"sys/class/devfreq/{node}/cur_freq", f"{freq}\n".encode())
     if device is not None:
         _write(root, device, b"", device_mode)
+    node = device if sysfs == "same" else sysfs
+    if node is not None:
+        write_sysfs(root, node, npu_family(soc or "rk3568"), npu_driver)
+    if container is not None:
+        _write(root, CONTAINER_FILES[container], b"")
     return root
+
+
+def write_sysfs(root: Path, node: str, family: str, driver: str = "RKNPU") -> None:
+    """sysfs of a board whose NPU is ``node`` (``dev/dri/renderD129``, ``dev/dri/renderD128``,
+    ``dev/rknpu``, ``dev/accel/accel0``) bound to ``driver``; a GPU takes renderD128 when the
+    NPU does not. Links are relative, as in sysfs, so they resolve under any root."""
+    family = family if family in NPU_DEVICES else "rk356x"
+    compatible = ROCKET_COMPATIBLE if driver == "rocket" else NPU_COMPATIBLE[family]
+    _platform_device(root, NPU_DEVICES[family], "npu", compatible, driver)
+    _class_link(root, NPU_DEVICES[family], node)
+    if node != "dev/dri/renderD128":
+        gpu, gpu_driver = GPU_DEVICES[family]
+        _platform_device(root, gpu, "gpu", f"arm,mali-{gpu_driver}", gpu_driver)
+        _class_link(root, gpu, "dev/dri/renderD128")
+
+
+def _platform_device(root: Path, name: str, of_name: str, compatible: str, driver: str) -> None:
+    device = root / "sys/devices/platform" / name
+    _write(device, "of_node/name", of_name.encode() + b"\0")
+    _write(device, "of_node/compatible", compatible.encode() + b"\0")
+    _write(root / "sys/bus/platform/drivers" / driver, "uevent", b"", 0o200)  # as sysfs has it
+    _link(device / "driver", f"../../../bus/platform/drivers/{driver}")
+
+
+def _class_link(root: Path, platform_device: str, node: str) -> None:
+    """``/sys/class/<class>/<node>`` → the node under its platform device, whose ``device``
+    links back to that device."""
+    folder, name = node.rsplit("/", 1)
+    kind = {"dev/dri": "drm", "dev": "misc", "dev/accel": "accel"}[folder]
+    under = root / "sys/devices/platform" / platform_device / kind / name
+    under.mkdir(parents=True, exist_ok=True)
+    (under / "dev").write_text(DEVICE_NUMBERS.get(name, "10:121") + "\n")
+    _link(under / "device", "../../../" + platform_device)
+    _link(
+        root / "sys/class" / kind / name, f"../../devices/platform/{platform_device}/{kind}/{name}"
+    )
+
+
+def _link(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(target)
 
 
 def write_lite2(site: Path, version: str) -> Path:

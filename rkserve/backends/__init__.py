@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..board.probes import DEVICE_PATHS
+from ..board.devices import npu_device
 from ..errors import ConfigError, ModelUnavailable
 from ..spec import ModelSpec
 
@@ -83,10 +83,12 @@ def open_backend(kind: str, spec: ModelSpec, **options: Any) -> Backend:
 
 
 def npu_present(root: Path = Path("/")) -> bool:
-    """An aarch64 machine with rknn-toolkit-lite2 importable and an NPU device node."""
+    """An aarch64 machine with rknn-toolkit-lite2 importable and a device node of the vendor
+    NPU driver (wherever sysfs puts it: a board whose NPU is renderD128 picks rknnlite, and
+    the board checks then say why the wheel would refuse it)."""
     if platform.machine() != "aarch64" or importlib.util.find_spec("rknnlite") is None:
         return False
-    return any((root / device).exists() for device in DEVICE_PATHS)
+    return npu_device(root).exists
 
 
 def choose_backend(spec: ModelSpec, root: Path = Path("/")) -> str:
@@ -100,7 +102,8 @@ def choose_backend(spec: ModelSpec, root: Path = Path("/")) -> str:
     reasons = []
     if not on_npu:
         reasons.append(
-            "no NPU runtime here (needs aarch64, rknn-toolkit-lite2 and /dev/dri/renderD129)"
+            "no NPU runtime here (needs aarch64, rknn-toolkit-lite2 and the rknpu driver's "
+            "device node; `rkserve doctor` says which is missing)"
         )
     elif not spec.rknn_path.is_file():
         reasons.append(f"{spec.rknn_path} is missing")

@@ -22,8 +22,10 @@ INIT_HINT = (
     "check the runtime log above: 'Invalid RKNN model version' means librknnrt is older than "
     "the toolkit that built the model; 'does not match the RKNPU hardware version' means a "
     "model for another SoC; 'failed to open rknpu module' means no access to /dev/dri/renderD129 "
-    "(groups video, render); 'The core_mask is only supported by' means a core_mask on a "
-    "single-core NPU; 'rkserve doctor' checks all of these"
+    "(groups video, render); 'missing in the container' means no /dev/dri/renderD129 or no "
+    "/proc/device-tree/compatible (the wheel checks both, in a container or not); 'The "
+    "core_mask is only supported by' means a core_mask on a single-core NPU; 'rkserve doctor' "
+    "checks all of these"
 )
 
 

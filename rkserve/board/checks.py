@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import probes
-from .probes import DEFAULT_LIBRKNNRT_PATHS, DeviceAccess, npu_family
+from .devices import LITE2_NODE, DeviceAccess, NpuNode
+from .probes import DEFAULT_LIBRKNNRT_PATHS, npu_family
 from .rknnfile import RknnInfo, parse_version
 
 __all__ = [
@@ -37,13 +38,18 @@ __all__ = [
 ]
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
-RUNTIME_CHECKS = ("librknnrt", "rknn-toolkit-lite2")  # without these no model can load
+# A FAIL of any of these and no model can run on the NPU: no SoC the wheel accepts, the rocket
+# driver, no librknnrt, no rknn-toolkit-lite2, no usable device node
+RUNTIME_CHECKS = ("soc", "driver", "librknnrt", "rknn-toolkit-lite2", "device")
 Version = Tuple[int, int, int]
 
 RECOMMENDED_DRIVER: Version = (0, 9, 2)  # Rockchip's recommendation
 WARNED_DRIVER: Version = (0, 8, 8)  # runtimes 1.5-1.6 print a warning below this
 FORMAT6_TOOLKIT: Version = (1, 5, 2)  # first toolkit writing RKNN format version 6
 SDK_RUNTIME = "rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so"
+COMPATIBLE_VOLUME = "-v /proc/device-tree/compatible:/proc/device-tree/compatible:ro"
+LITE2_NODE_SHOWN = "/" + LITE2_NODE
+DEBUGFS_VOLUME = "-v /sys/kernel/debug/rknpu:/sys/kernel/debug/rknpu:ro"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,15 @@ class Board:
     toolkit_lite2: Optional[str]
     device: DeviceAccess
     librknnrt_searched: Tuple[str, ...] = DEFAULT_LIBRKNNRT_PATHS  # relative to the root
+    npu_nodes: Tuple[NpuNode, ...] = ()  # every node sysfs shows for the NPU
+    container: Optional[str] = None  # "docker", "podman", "kubernetes"; None on the host
+
+    @property
+    def rocket(self) -> Optional[NpuNode]:
+        """The NPU's node when only the mainline rocket driver runs it (no rknpu node)."""
+        if self.device.path is not None:
+            return None
+        return next((n for n in self.npu_nodes if n.driver == "rocket"), None)
 
     def runtime_info(self) -> Dict[str, str]:
         """Labels for ``rkserve_runtime_info``: every value a string, "unknown" if absent."""
@@ -101,12 +116,15 @@ def probe_board(
         toolkit_lite2=probes.toolkit_lite2_version(),
         device=probes.npu_device(root),
         librknnrt_searched=tuple(str(path) for path in librknnrt_paths),
+        npu_nodes=tuple(probes.npu_nodes(root)),
+        container=probes.container(root),
     )
 
 
 def missing_runtime(board: Board) -> Optional[str]:
-    """Why the NPU backend cannot run any model here (no librknnrt, no rknn-toolkit-lite2),
-    with each fix; None when both are there."""
+    """Why the NPU backend cannot run any model here (a FAIL of :data:`RUNTIME_CHECKS`: no
+    librknnrt, no rknn-toolkit-lite2, no NPU node the wheel accepts, the rocket driver, no
+    SoC), with each fix; None when none fails."""
     failed = [c for c in board_checks(board) if c.name in RUNTIME_CHECKS and c.status == FAIL]
     return "; ".join(f"{c.detail} (fix: {c.fix})" for c in failed) or None
 
@@ -144,13 +162,22 @@ def board_checks(board: Board, strict: bool = False) -> List[Check]:
         _check_librknnrt(board),
         _check_rknn_server(board),
         _check_toolkit_lite2(board),
-        _check_device(board.device),
+        _check_device(board),
     ]
     return _strict(checks, strict)
 
 
 def _check_soc(board: Board) -> Check:
     supported = ", ".join(sorted(probes.SUPPORTED_SOCS))
+    if board.soc is None and board.container:
+        return Check(
+            "soc",
+            FAIL,
+            f"/proc/device-tree/compatible is not visible in this {board.container} "
+            "container (Docker masks /sys/firmware, where it lives): the SoC is unknown, and "
+            "rknn-toolkit-lite2 refuses to start without the file",
+            f"pass it in: {COMPATIBLE_VOLUME} (docs/CONTAINERS.md)",
+        )
     if board.soc is None:
         return Check(
             "soc",
@@ -162,13 +189,39 @@ def _check_soc(board: Board) -> Check:
         return Check(
             "soc",
             FAIL,
-            f"{board.soc} has no NPU that rknn-toolkit-lite2 supports ({supported})",
+            f"{board.soc} is a Rockchip SoC without an NPU rknn-toolkit-lite2 supports "
+            f"({supported}, and their variants such as rk3588s)",
             "use a supported board, or the onnx backend on this one",
         )
-    return Check("soc", OK, f"{board.soc} (NPU family {board.family})")
+    variant = (
+        "" if board.soc in probes.SUPPORTED_SOCS else f", a variant of {probes.chip(board.soc)}"
+    )
+    return Check("soc", OK, f"{board.soc} (NPU family {board.family}{variant})")
 
 
 def _check_driver(board: Board) -> Check:
+    rocket = board.rocket
+    if rocket is not None:
+        return Check(
+            "driver",
+            FAIL,
+            f"the NPU is run by the mainline rocket driver ({rocket.path}, {rocket.evidence}), "
+            "not Rockchip's rknpu: librknnrt, and so rknn-toolkit-lite2, cannot use it",
+            "to serve .rknn models boot a vendor (BSP) kernel with the rknpu driver, or "
+            "blacklist rocket where the kernel also has rknpu; rocket runs .tflite models "
+            "through Mesa's Teflon delegate instead, which rkserve does not serve; meanwhile "
+            "the onnx backend serves the models on the CPU",
+        )
+    if board.driver is None and board.container:
+        tried = ", ".join(probes.shown(p) for p in probes.DRIVER_VERSION_PATHS)
+        return Check(
+            "driver",
+            WARN,
+            f"RKNPU driver version unknown: not readable from {tried} in this "
+            f"{board.container} container (debugfs is not mounted in containers)",
+            f"pass it in: {DEBUGFS_VOLUME} (the host must have debugfs mounted), or run "
+            "`sudo rkserve doctor` on the host",
+        )
     if board.driver is None:
         tried = ", ".join(probes.shown(p) for p in probes.DRIVER_VERSION_PATHS)
         return Check(
@@ -257,18 +310,105 @@ def _check_toolkit_lite2(board: Board) -> Check:
     return Check("rknn-toolkit-lite2", OK, f"rknn-toolkit-lite2 {board.toolkit_lite2}")
 
 
-def _check_device(device: DeviceAccess) -> Check:
-    if not device.exists:
-        nodes = " or ".join(probes.shown(p) for p in probes.DEVICE_PATHS)
+def _check_device(board: Board) -> Check:
+    device = board.device
+    if device.path is None:
+        return _no_device(board)
+    if not device.present:
+        return _missing_node(board)
+    where = f"{device.path} ({device.owner}:{device.group} {device.mode})"
+    if not device.accessible:
+        return _denied(device, where)
+    if not device.lite2_node:
+        return _lite2_refuses(board)
+    named = f", named by {device.evidence}" if device.evidence else ""
+    return Check("device", OK, f"{where} readable and writable by {device.user}{named}")
+
+
+def _no_device(board: Board) -> Check:
+    nodes = " or ".join(probes.shown(p) for p in probes.DEVICE_PATHS)
+    if board.rocket is not None:
         return Check(
             "device",
             FAIL,
-            f"no NPU device node ({nodes}): the rknpu kernel driver is not loaded",
-            "check `sudo dmesg | grep -i rknpu`; use the vendor kernel with the RKNPU driver",
+            f"no rknpu device node: the NPU is {board.rocket.path}, the rocket driver's",
+            "see the driver check",
         )
-    where = f"{device.path} ({device.owner}:{device.group} {device.mode})"
-    if device.accessible:
-        return Check("device", OK, f"{where} readable and writable by {device.user}")
+    if board.container:
+        return Check(
+            "device",
+            FAIL,
+            f"no NPU device node in this {board.container} container ({nodes}; /sys names "
+            "none either): librknnrt cannot open the NPU (inside pods it has reported "
+            "hw_version=-1)",
+            f"pass the NPU in: `--device {LITE2_NODE_SHOWN}` (or the node `ls -l "
+            "/sys/class/drm/renderD*/device/of_node` names npu on the host); Kubernetes: a "
+            "device plugin or a hostPath volume of it (docs/CONTAINERS.md)",
+        )
+    return Check(
+        "device",
+        FAIL,
+        f"no NPU device node ({nodes}, nor one in /sys/class/drm, /sys/class/misc): the "
+        "rknpu kernel driver is not loaded",
+        "check `sudo dmesg | grep -i rknpu`; use the vendor kernel with the RKNPU driver",
+    )
+
+
+def _missing_node(board: Board) -> Check:
+    device = board.device
+    if board.container:
+        same = device.path == LITE2_NODE_SHOWN or device.lite2_node
+        target = device.path if same else f"{device.path}:{LITE2_NODE_SHOWN}"
+        return Check(
+            "device",
+            FAIL,
+            f"the NPU is {device.path} ({device.evidence} names it) but this "
+            f"{board.container} container has no {device.path}: librknnrt cannot open the NPU "
+            "(inside pods it has reported hw_version=-1)",
+            f"pass it in: `--device {target}` (docs/CONTAINERS.md)",
+        )
+    return Check(
+        "device",
+        FAIL,
+        f"the NPU is {device.path} ({device.evidence} names it) but there is no {device.path}",
+        "udev did not create the node: check `sudo dmesg | grep -i rknpu` and `udevadm trigger`",
+    )
+
+
+def _lite2_refuses(board: Board) -> Check:
+    device = board.device
+    name = Path(device.path or "").name
+    if board.container:
+        fix = f"map it to that name: `--device {device.path}:{LITE2_NODE_SHOWN}`"
+    elif device.path == "/dev/rknpu":
+        fix = (
+            "/dev/rknpu is the old vendor driver's misc device: install a kernel/BSP image whose "
+            "rknpu driver is a DRM one (>= 0.8: /dev/dri/renderD*); a symlink "
+            f"`sudo ln -s /dev/rknpu {LITE2_NODE_SHOWN}` gets past the wheel's check, but "
+            "whether librknnrt 2.x then drives the misc device is unverified"
+        )
+    else:
+        fix = (
+            f'a udev rule: SUBSYSTEM=="{_subsystem(device.path)}", KERNEL=="{name}", '
+            f'SYMLINK+="dri/renderD129" in /etc/udev/rules.d/99-rknpu.rules, then `sudo '
+            f"udevadm trigger` (or now: `sudo ln -s {device.path} {LITE2_NODE_SHOWN}`)"
+        )
+    return Check(
+        "device",
+        FAIL,
+        f"the NPU is {device.path} (named by {device.evidence or 'its usual path'}), and there "
+        f"is no {LITE2_NODE_SHOWN}: rknn-toolkit-lite2 (2.3.0-2.5.0) refuses to start "
+        "without that file, before it loads librknnrt (`It is detected that some necessary "
+        "files are missing in the container`, init_runtime returns -1)",
+        fix,
+    )
+
+
+def _subsystem(path: Optional[str]) -> str:
+    return "drm" if (path or "").startswith("/dev/dri/") else "misc"
+
+
+def _denied(device: DeviceAccess, where: str) -> Check:
     member = "" if device.in_group else f", who is not in group {device.group}"
     name = Path(device.path or "").name
     return Check(

@@ -14,28 +14,30 @@ scrape. The strings they parse are listed in ``docs/DOCTOR.md``::
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .devices import FALLBACK_PATHS, DeviceAccess, NpuNode, npu_device, npu_nodes
+
 __all__ = [
+    "CONTAINER_MARKS",
     "DEFAULT_LIBRKNNRT_PATHS",
     "DEVICE_PATHS",
     "DRIVER_VERSION_PATHS",
     "RKNN_SERVER_PATH",
     "SUPPORTED_SOCS",
     "DeviceAccess",
+    "NpuNode",
+    "container",
     "driver_version",
     "librknnrt_version",
     "npu_device",
     "npu_family",
     "npu_frequency_hz",
     "npu_load",
+    "npu_nodes",
     "rknn_server_version",
     "scan_version",
     "shown",
@@ -60,21 +62,30 @@ DEFAULT_LIBRKNNRT_PATHS = (
     "usr/lib/aarch64-linux-gnu/librknnrt.so",
 )
 RKNN_SERVER_PATH = "usr/bin/rknn_server"
-DEVICE_PATHS = ("dev/dri/renderD129", "dev/rknpu")
+DEVICE_PATHS = FALLBACK_PATHS
 DEBUGFS_LOAD = "sys/kernel/debug/rknpu/load"
 DEBUGFS_FREQ = "sys/kernel/debug/rknpu/freq"
 DEVFREQ_GLOB = "sys/class/devfreq/*.npu/cur_freq"
 
-# NPU generation per SoC: models are compiled for a family, not a chip.
+# NPU generation per SoC: models are compiled for a family, not a chip. A letter after the
+# number is a variant of the same chip (rk3588s, and the Rock 5C's rk3588f, are RK3588s).
 _FAMILIES = {
     "rk3566": "rk356x",
     "rk3568": "rk356x",
     "rk3588": "rk3588",
-    "rk3588s": "rk3588",
     "rk3576": "rk3576",
     "rk3562": "rk3562",
 }
 SUPPORTED_SOCS = tuple(_FAMILIES)
+_VARIANT = re.compile(r"(r[kv]\d{4})[a-z]?")
+# Files that exist only inside a container, and the engine that put them there
+CONTAINER_MARKS = (
+    ("var/run/secrets/kubernetes.io", "kubernetes"),
+    ("run/secrets/kubernetes.io", "kubernetes"),
+    ("run/.containerenv", "podman"),
+    (".dockerenv", "docker"),
+)
+_CGROUP_WORDS = (("kubepods", "kubernetes"), ("libpod", "podman"), ("docker", "docker"))
 _NPU_CORES = {"rk3588": 3, "rk3576": 2}  # by family; the others have one core
 
 
@@ -122,18 +133,37 @@ def soc(root: Path = ROOT) -> Optional[str]:
     return None
 
 
+def chip(soc_name: str) -> str:
+    """The chip a SoC name is a variant of: ``rk3588f`` and ``rk3588s`` → ``rk3588``."""
+    name = soc_name.strip().lower()
+    match = _VARIANT.fullmatch(name)
+    return match.group(1) if match else name
+
+
 def npu_family(soc_name: str) -> str:
-    """The NPU family models are compiled for: rk3566 and rk3568 are both ``"rk356x"``.
+    """The NPU family models are compiled for: rk3566 and rk3568 are both ``"rk356x"``,
+    rk3588s and rk3588f are ``"rk3588"``.
 
     Unknown names are returned lower-cased, so two equal unknown SoCs still match.
     """
     name = soc_name.strip().lower()
-    return _FAMILIES.get(name, name)
+    return _FAMILIES.get(chip(name), name)
 
 
 def supported_soc(soc_name: str) -> bool:
-    """True for the SoCs rknn-toolkit-lite2 supports (RKNPU2 with a Python runtime)."""
-    return soc_name.strip().lower() in SUPPORTED_SOCS
+    """True for the SoCs rknn-toolkit-lite2 supports (RKNPU2 with a Python runtime), and
+    their lettered variants."""
+    return chip(soc_name) in SUPPORTED_SOCS
+
+
+def container(root: Path = ROOT) -> Optional[str]:
+    """``"docker"``, ``"podman"`` or ``"kubernetes"`` when this runs in a container (its
+    marker files, then ``/proc/1/cgroup``), else None."""
+    for relative, engine in CONTAINER_MARKS:
+        if (root / relative).exists():
+            return engine
+    cgroup = _read_text(root / "proc/1/cgroup") or ""
+    return next((engine for word, engine in _CGROUP_WORDS if word in cgroup), None)
 
 
 def driver_version(root: Path = ROOT) -> Optional[Tuple[str, str]]:
@@ -224,73 +254,6 @@ def toolkit_lite2_version(path: Optional[Sequence[str]] = None) -> Optional[str]
     except (OSError, ValueError):
         pass
     return None
-
-
-@dataclass(frozen=True)
-class DeviceAccess:
-    """The NPU device node and whether this process may use it."""
-
-    path: Optional[str]  # as on the board, e.g. "/dev/dri/renderD129"; None if none found
-    readable: bool = False
-    writable: bool = False
-    owner: str = ""
-    group: str = ""  # the group that owns the node (render or video on vendor images)
-    mode: str = ""  # e.g. "0660"
-    user: str = ""  # who this process runs as
-    user_groups: Tuple[str, ...] = ()
-
-    @property
-    def exists(self) -> bool:
-        return self.path is not None
-
-    @property
-    def accessible(self) -> bool:
-        return self.readable and self.writable
-
-    @property
-    def in_group(self) -> bool:
-        return bool(self.group) and self.group in self.user_groups
-
-
-def npu_device(root: Path = ROOT) -> DeviceAccess:
-    """The first of :data:`DEVICE_PATHS` that exists, with this process's access to it."""
-    user, groups = _identity()
-    for relative in DEVICE_PATHS:
-        path = root / relative
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        return DeviceAccess(
-            path=shown(relative),
-            readable=os.access(path, os.R_OK),
-            writable=os.access(path, os.W_OK),
-            owner=_user_name(stat.st_uid),
-            group=_group_name(stat.st_gid),
-            mode=f"{stat.st_mode & 0o7777:04o}",
-            user=user,
-            user_groups=groups,
-        )
-    return DeviceAccess(path=None, user=user, user_groups=groups)
-
-
-def _identity() -> Tuple[str, Tuple[str, ...]]:
-    gids = sorted({os.getegid(), *os.getgroups()})
-    return _user_name(os.geteuid()), tuple(_group_name(gid) for gid in gids)
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def npu_load(root: Path = ROOT) -> Dict[str, float]:

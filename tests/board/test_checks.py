@@ -260,6 +260,8 @@ def test_device_missing_or_denied(tmp_path: Path) -> None:
         mode="0660",
         user="rkserve",
         user_groups=("rkserve",),
+        present=True,
+        lite2_node=True,
     )
     check = by_name(board_checks(replace(board(tmp_path), device=denied)))["device"]
     assert check.status == FAIL

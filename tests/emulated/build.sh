@@ -95,16 +95,21 @@ aarch64-linux-gnu-gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$OUT/userland/
     "$HERE/standin/qemu_access.c"
 
 echo "emulated board: board roots"
-board() {  # NAME SOC LIBRKNNRT RKNN_SERVER DRIVER
+board() {  # NAME SOC LIBRKNNRT RKNN_SERVER DRIVER [fixtures.py options...]
     local root="$OUT/boards/$1"
     mkdir -p "$OUT/boards"
     cp -al "$OUT/userland" "$root"  # hard links: the fixtures below are new files
     PYTHONPATH="$REPO:$REPO/tests" "$PYTHON" "$HERE/fixtures.py" "$root" \
-        --soc "$2" --librknnrt "$OUT/lib/librknnrt-$3.so" --rknn-server "$4" --driver "$5"
+        --soc "$2" --librknnrt "$OUT/lib/librknnrt-$3.so" --rknn-server "$4" --driver "$5" "${@:6}"
 }
 board rk3568-seed rk3568 1.5.0 2.3.0 0.8.2   # the seed board as found
 board rk3568 rk3568 2.3.0 2.3.0 0.8.2        # ...after its runtime update
 board rk3588 rk3588 2.3.2 2.3.2 0.9.8        # a three-core NPU
+# the boards people really have (docs/CONTAINERS.md, docs/DOCTOR.md)
+board rk3568-renderD128 rk3568 2.3.0 2.3.0 0.8.2 --device dev/dri/renderD128  # no GPU driver
+board rk3568-rknpu rk3568 2.3.0 2.3.0 0.8.2 --device dev/rknpu   # an older vendor kernel
+board rk3588-rocket rk3588 2.3.2 2.3.2 none --device dev/accel/accel0 --npu-driver rocket
+board rk3588f rk3588f 2.3.2 2.3.2 0.9.8 --compatible radxa,rock-5c   # a Rock 5C
 
 echo "$stamp" >"$OUT/stamp"
 echo "emulated board: built in $((SECONDS - started)) s in $OUT"

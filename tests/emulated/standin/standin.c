@@ -209,8 +209,10 @@ static void read_soc(void)
     size_t n = read_file("/proc/device-tree/compatible", buf, sizeof buf);
     for (size_t i = 0; i < n; i += strlen(buf + i) + 1) {
         const char *s = buf + i;
-        if (!strncmp(s, "rockchip,rk", 11) && strlen(s) == 15)
-            snprintf(cfg.soc, sizeof cfg.soc, "%s", s + 9);
+        size_t len = strlen(s);
+        /* the chip, also of a lettered variant: rk3588s and rk3588f are RK3588s */
+        if (!strncmp(s, "rockchip,rk", 11) && (len == 15 || (len == 16 && s[15] >= 'a' && s[15] <= 'z')))
+            snprintf(cfg.soc, sizeof cfg.soc, "%.6s", s + 9);
     }
     cfg.cores = !strcmp(cfg.soc, "rk3588") ? 3 : !strcmp(cfg.soc, "rk3576") ? 2 : 1;
 }
