@@ -25,6 +25,7 @@ from .builder import HostBuilder
 from .config import Settings
 from .errors import ModelUnavailable, RkserveError, Unavailable
 from .frontend import Frontend
+from .kernels.image import use_threads
 from .loader import Loader
 from .metrics import Metrics, ModelState
 from .modelhost import ModelHost
@@ -69,6 +70,7 @@ class Server:
     def startup(self) -> None:
         memory.pin_mmap_threshold()
         memory.keep_top_pad()
+        use_threads(self.settings.opencv_threads)
         raise_file_limit()
         self.curve = security.curve_server(
             self.settings.curve_secret_key, self.settings.curve_clients_dir
