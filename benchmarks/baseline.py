@@ -35,13 +35,13 @@ from benchmarks.common import (
     Target,
     demo_repository,
     fake_model,
-    free_port,
     jpeg,
     main,
     ratio,
     rkserve_daemon,
     table,
 )
+from tools.harness import free_port
 
 SERIAL = """
 import sys
