@@ -25,6 +25,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from benchmarks.baseline import Serial
 from benchmarks.common import (
     ROOT,
     Section,
@@ -93,11 +94,18 @@ def _family(name: str) -> str:
     return name.rstrip("0123456789").rstrip("_-") or name
 
 
-def load(endpoint: str, data: bytes, concurrency: int, count: int) -> float:
+def load(
+    endpoint: str,
+    data: bytes,
+    concurrency: int,
+    count: int,
+    timeout_ms: int = 10000,
+    model: str = "shapes",
+) -> float:
     """Send ``count`` requests from ``concurrency`` closed-loop clients; seconds taken."""
     ctx = zmq.Context.instance()
     per = max(1, count // concurrency)
-    message = msgpack.packb({"v": 1, "id": 0, "op": "infer", "model": "shapes", "image": data})
+    message = msgpack.packb({"v": 1, "id": 0, "op": "infer", "model": model, "image": data})
 
     def client() -> None:
         sock = ctx.socket(zmq.DEALER)
@@ -105,8 +113,8 @@ def load(endpoint: str, data: bytes, concurrency: int, count: int) -> float:
         sock.connect(endpoint)
         for _ in range(per):
             sock.send_multipart([b"", message])
-            if not sock.poll(10000):
-                raise RuntimeError(f"no reply from {endpoint} within 10 s")
+            if not sock.poll(timeout_ms):
+                raise RuntimeError(f"no reply from {endpoint} within {timeout_ms} ms")
             reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
             if not reply["ok"]:
                 raise RuntimeError(f"{endpoint}: {reply['error']}")
@@ -126,11 +134,13 @@ def measure(
 ) -> Dict[str, Any]:
     """Interleaved rounds: per image and concurrency, bare work then the daemon."""
     daemon = rkserve_daemon(models, "--backend", "fake", *flags).start(timeout=120.0)
+    serial = Serial(models, "shapes", "fake", 0.0)
     pid = daemon.pid
     found: Dict[str, Any] = {}
     try:
         for data in pictures.values():
             load(daemon.endpoint, data, 1, 20)  # warm: heaps grown, code paths taken
+            load(serial.endpoint, data, 1, 20, timeout_ms=60000)
         counts = {name: _count(bare_cpu_ms(data, 20)) for name, data in pictures.items()}
         for _ in range(ROUNDS):
             for name, data in pictures.items():
@@ -147,8 +157,15 @@ def measure(
                     for key, value in after.items():
                         share = (value - threads.get(key, 0.0)) * 1000.0 / sent
                         entry["threads"].setdefault(key, []).append(share)
+                    if conc == 1:
+                        before = process_cpu(serial.proc.pid)
+                        load(serial.endpoint, data, 1, count)
+                        entry["serial"].append(
+                            (process_cpu(serial.proc.pid) - before) * 1000.0 / count
+                        )
     finally:
         daemon.stop()
+        serial.stop()
     return found
 
 
@@ -158,7 +175,7 @@ def _count(bare_ms: float) -> int:
 
 
 def _empty() -> Dict[str, Any]:
-    return {"bare": [], "daemon": [], "rps": [], "threads": {}}
+    return {"bare": [], "daemon": [], "rps": [], "threads": {}, "serial": []}
 
 
 def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
@@ -172,6 +189,7 @@ def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
             "ratios": ratios,
             "rps": statistics.median(entry["rps"]),
             "threads": {k: statistics.median(v) for k, v in entry["threads"].items()},
+            "serial_ms": statistics.median(entry["serial"]) if entry["serial"] else None,
         }
     return out
 
@@ -198,6 +216,9 @@ def run(work: Path) -> Section:
                 f"{f['daemon_ms']:.2f}",
                 ratio(f["ratio"]),
                 " / ".join(f"{r:.2f}" for r in f["ratios"]),
+                f"{f['serial_ms']:.2f} ({f['serial_ms'] / f['bare_ms']:.2f}x)"
+                if f["serial_ms"]
+                else "",
                 f"{f['rps']:.0f}",
                 threads,
             ]
@@ -214,6 +235,7 @@ def run(work: Path) -> Section:
                 "daemon CPU ms / request",
                 "ratio",
                 "ratio per round",
+                "serial server CPU ms (x bare)",
                 "req/s",
                 "daemon CPU ms / request by thread",
             ],
