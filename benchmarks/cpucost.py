@@ -38,7 +38,7 @@ from benchmarks.common import (
     table,
 )
 
-ROUNDS = 3
+ROUNDS = 5
 CPU_SECONDS = 0.6  # daemon CPU per round and image: 60 clock ticks or more
 SIZE = (96, 96)  # the demo classifier's input (height, width)
 TICK = os.sysconf("SC_CLK_TCK")

@@ -34,31 +34,32 @@ from rkserve.tasks import vision
 SHARED = ROOT.parent / "shared" / "data"
 SIDES = (96, 160, 224, 320, 640)
 FRAMES = ((1920, 1080), (640, 480))
-CALLS = 40  # per side, alternating
 ROUNDS = 3
 
 
-def cpu_ms(call: Any, count: int) -> float:
-    """CPU ms per call of this thread (OpenCV single-threaded: all the work is here)."""
+def cpu_ms(call: Any, seconds: float = 0.3) -> float:
+    """CPU ms per call of this thread (OpenCV single-threaded: all the work is here), over
+    at least ``seconds`` of CPU: the thread clock ticks in steps of a few ms here."""
     call()
-    before = time.thread_time()
-    for _ in range(count):
+    before, count = time.thread_time(), 0
+    while time.thread_time() - before < seconds:
         call()
+        count += 1
     return (time.thread_time() - before) * 1000.0 / count
 
 
-def prepare_cpu(data: bytes, side: int) -> Dict[str, float]:
+def prepare_cpu(data: bytes, side: int, resize: str = "stretch") -> Dict[str, float]:
     """CPU ms per prepare, full and reduced, alternating rounds; the factor used."""
     specs = {
-        d: ModelSpec(name="m", folder=Path("."), task="classification", input_size=(side, side), decode=d)
+        d: ModelSpec(name="m", folder=Path("."), task="detection", input_size=(side, side),
+                     resize=resize, pad=0, decode=d)
         for d in ("full", "reduced")
     }  # fmt: skip
     found: Dict[str, List[float]] = {"full": [], "reduced": []}
-    count = max(5, CALLS * 100_000 // len(data))
     for _ in range(ROUNDS):
         for decode, model in specs.items():
             found[decode].append(
-                cpu_ms(lambda m=model: vision.prepare_image(data, m, True, None, image.MAX_PIXELS, False), count)
+                cpu_ms(lambda m=model: vision.prepare_image(data, m, True, None, image.MAX_PIXELS, False))
             )  # fmt: skip
     factor = vision.decode_factor(data, specs["reduced"])
     return {
@@ -72,11 +73,11 @@ def cpu_table(work: Path) -> Tuple[List[List[Any]], Dict[str, Any]]:
     rows, figures = [], {}
     for width, height in FRAMES:
         data = jpeg(work, width, height, "classification").read_bytes()
-        for side in SIDES:
-            f = prepare_cpu(data, side)
-            figures[f"{width}x{height}->{side}"] = f
+        for side, resize in [*((s, "stretch") for s in SIDES), (640, "letterbox")]:
+            f = prepare_cpu(data, side, resize)
+            figures[f"{width}x{height}->{side} {resize}"] = f
             rows.append(
-                [f"{width}x{height}", f"{side}x{side}", f"1/{f['factor']}", f"{f['full']:.2f}",
+                [f"{width}x{height}", f"{side}x{side} {resize}", f"1/{f['factor']}", f"{f['full']:.2f}",
                  f"{f['reduced']:.2f}", ratio(f["full"] / f["reduced"])]
             )  # fmt: skip
     return rows, figures
