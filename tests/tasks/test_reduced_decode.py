@@ -4,17 +4,19 @@ plain OpenCV pipeline at that scale gives it, and results still map onto the sou
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any, List, Tuple
 
 import cv2
 import numpy as np
 import pytest
 import yaml
 
+from rkserve import repository
 from rkserve.errors import ConfigError
 from rkserve.kernels import image
 from rkserve.spec import ModelSpec
 from rkserve.tasks import load_spec, vision
+from tools.harness import ROOT
 
 FLAGS = {
     2: cv2.IMREAD_REDUCED_COLOR_2,
@@ -122,3 +124,37 @@ def test_model_yaml_decode_is_read_and_checked(tmp_path: Path) -> None:
     (folder / "model.yaml").write_text(yaml.safe_dump(body))
     with pytest.raises(ConfigError, match="decode"):
         load_spec(folder)
+
+
+def test_detections_at_reduced_scale_land_on_the_source_pixels(tmp_path: Path) -> None:
+    """The demo detector on a sample enlarged to 1920x1080: decoded at 1/8, its boxes are
+    the full decode's boxes in source pixels (same classes, IoU >= 0.8)."""
+    demo = ROOT / "models" / "shapes-det"
+    body = yaml.safe_load((demo / "model.yaml").read_text())
+    for decode in ("full", "reduced"):
+        folder = tmp_path / decode
+        folder.mkdir()
+        (folder / "model.onnx").symlink_to(demo / "model.onnx")
+        (folder / "labels.txt").symlink_to(demo / "labels.txt")
+        spec = {k: body[k] for k in ("task", "labels", "onnx", "output")}
+        (folder / "model.yaml").write_text(
+            yaml.safe_dump({**spec, "input": {**body["input"], "decode": decode}})
+        )
+    bgr = cv2.imread(str(demo / "samples" / "000.jpg"))
+    ok, encoded = cv2.imencode(".jpg", cv2.resize(bgr, (1920, 1080), interpolation=cv2.INTER_CUBIC))
+    assert ok
+    data = encoded.tobytes()
+    full = repository.open_engine(tmp_path, "full", backend="onnx").infer(data).result["detections"]
+    reduced = repository.open_engine(tmp_path, "reduced", backend="onnx")
+    assert reduced.prepare(data, reduced.parse_params(None)).context.size == (1080, 1920)
+    found = reduced.infer(data).result["detections"]
+    assert full and len(found) == len(full)
+    for box in full:
+        assert max(iou(box["box"], o["box"]) for o in found if o["index"] == box["index"]) >= 0.8
+
+
+def iou(a: List[float], b: List[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union
