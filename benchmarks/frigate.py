@@ -1,4 +1,4 @@
-"""9. Frigate: what its socket adds to a request, and two Frigates sharing the NPU.
+"""12. Frigate: what its socket adds to a request, and two Frigates sharing the NPU.
 
 Overhead: a 320x320 uint8 region sent as Frigate's plugin sends it (a REQ socket,
 ``[header_json, tensor]``, a 480-byte ``[20, 6]`` reply) against the same pixels as a
@@ -226,7 +226,7 @@ def translation_ms() -> Dict[str, float]:
 
 
 def run(work: Path) -> Section:
-    section = Section("9. Frigate's zmq detector")
+    section = Section("12. Frigate's zmq detector")
     load = os.getloadavg()[0]
     rounds = overhead(work)
     translation = translation_ms()

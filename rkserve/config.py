@@ -47,6 +47,10 @@ class Settings:
         10.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish"
     )
     workers: int = _setting(0, "CPU threads for decode/pre/post-processing; 0 = one per core")
+    opencv_threads: int = _setting(
+        1,
+        "OpenCV's own threads per call; 1: none (the workers already run requests side by side); 0: one per core",
+    )
     strict: bool = _setting(False, "refuse models on version warnings too, not only on failures")
     log_level: str = _setting("info", "debug | info | warning | error")
     max_message_mb: float = _setting(
@@ -229,6 +233,8 @@ def _validate(settings: Settings) -> None:
         problems.append("queue_size must be at least 1")
     if settings.workers < 0:
         problems.append("workers must be 0 (one per core) or more")
+    if settings.opencv_threads < 0:
+        problems.append("opencv_threads must be 0 (one per core) or more")
     if settings.max_message_mb <= 0:
         problems.append("max_message_mb must be positive")
     if settings.max_pixels < MIN_PIXELS:

@@ -28,6 +28,7 @@ from .config import Settings
 from .errors import ConfigError, ModelUnavailable, RkserveError, Unavailable
 from .frigate_frontend import FrigateFrontend
 from .frontend import Frontend
+from .kernels.image import use_threads
 from .loader import Loader
 from .metrics import Metrics, ModelState
 from .modelhost import ModelHost
@@ -75,6 +76,7 @@ class Server:
         self._require_runtime()
         memory.pin_mmap_threshold()
         memory.keep_top_pad()
+        use_threads(self.settings.opencv_threads)
         raise_file_limit()
         self.curve = security.curve_server(
             self.settings.curve_secret_key, self.settings.curve_clients_dir

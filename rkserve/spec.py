@@ -48,6 +48,9 @@ class ModelSpec:
     interpolation: str = "linear"  # nearest | linear | area (cv2's, for every resize)
     shorter_side: int = 0  # resize: crop: the shorter side before the centre crop
     pad: int = 114  # the letterbox's grey level (the model zoo's detectors: 0)
+    decode: str = (
+        "full"  # full | reduced (a JPEG decoded at 1/2, 1/4 or 1/8 when that covers the input)
+    )
     labels: Tuple[str, ...] = ()
     labels_file: str = ""  # the labels file named by model.yaml (part of the reload fingerprint)
     description: str = ""

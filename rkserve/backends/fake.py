@@ -25,9 +25,10 @@ large model on an SD card does). No file, no fault.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +52,9 @@ class FakeBackend:
     ) -> None:
         self.spec = spec
         self.fault_file = Path(fault_file) if fault_file else spec.folder / "fake-fault"
+        self._fault_path = str(self.fault_file)
+        self._fault_seen: Optional[Tuple[int, int, int]] = None  # (mtime, size, inode) read
+        self._fault_text = ""
         self.leaked: List[bytes] = []
         self._last_buffers: Optional[List[Any]] = None
         self.latency = latency_ms / 1000.0
@@ -80,10 +84,21 @@ class FakeBackend:
         return outputs
 
     def _fault(self) -> str:
+        """The fault file's text, "" without one. A stat per call, the file read only when it
+        changed: the fake backend's own cost stays out of what benchmarks measure."""
         try:
-            return self.fault_file.read_text().strip()
+            stat = os.stat(self._fault_path)
         except OSError:
+            self._fault_seen = None
             return ""
+        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if key != self._fault_seen:
+            try:
+                self._fault_text = self.fault_file.read_text().strip()
+            except OSError:
+                return ""
+            self._fault_seen = key
+        return self._fault_text
 
     def _inject(self, fault: str) -> bool:
         """Apply an injected fault; True when the call must return None."""

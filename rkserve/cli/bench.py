@@ -15,7 +15,14 @@ from .. import protocol
 from ..client import Client
 from ..errors import BadRequest, UnknownModel
 from ..loadtest.load import Plan, Step, run_plan
-from ..loadtest.report import describe_plan, table_header, table_row, write_csv, write_json
+from ..loadtest.report import (
+    describe_plan,
+    table_header,
+    table_row,
+    throughput_bound,
+    write_csv,
+    write_json,
+)
 from .common import CLIENT_ENDPOINT
 from .infer import read_tensor_args
 
@@ -92,6 +99,21 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="seconds to wait for a reply (default 10)",
     )
     p.add_argument("--deadline-ms", type=int, metavar="MS", help="the requests' deadline_ms")
+    p.add_argument(
+        "--board-cores",
+        type=int,
+        default=4,
+        metavar="N",
+        help="CPU cores of the daemon's board for the throughput bound printed at the end "
+        "(default 4: RK3566/RK3568; RK3588: 8)",
+    )
+    p.add_argument(
+        "--npu-instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runners serving the model at once for the bound (default 1; RK3588: up to 3)",
+    )
     p.add_argument("--csv", metavar="FILE", help="also write one row per step as CSV")
     p.add_argument(
         "--json", metavar="FILE", help="also write the plan, the machine and the steps as JSON"
@@ -106,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
     steps = list(run_plan(plan, on_step=lambda step: print(table_row(step), flush=True)))
     for note in notes(steps):
         print(f"note: {note}", file=sys.stderr)
+    bound = (
+        throughput_bound(
+            min(steps, key=lambda s: s.concurrency), args.board_cores, args.npu_instances
+        )
+        if steps
+        else None
+    )
+    if bound:
+        print(bound)
     if args.csv:
         write_csv(Path(args.csv), steps)
     if args.json:

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence, Tuple
 
 import cv2
@@ -210,8 +210,33 @@ def check_pixels(width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
         raise BadImage(f"image is {width}x{height}; both sides must be at least {MIN_SIDE} px")
 
 
+REDUCTIONS = (8, 4, 2)  # the scales libjpeg decodes at directly, 1/8 first
+_REDUCED = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def use_threads(count: int) -> None:
+    """OpenCV's own threads per call: 1 runs each call in its caller's thread, 0 restores
+    OpenCV's default (one per core). A daemon that runs requests side by side on its own
+    workers gains nothing from OpenCV's pool, whose threads compete with those workers."""
+    cv2.setNumThreads(count if count > 0 else -1)
+
+
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` RGB. The pixel limit is checked before decoding."""
+    bgr = decode_bgr(data, max_pixels)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy
+
+
+def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, factor: int = 1) -> np.ndarray:
+    """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` in OpenCV's BGR order (convert the colours after
+    shrinking: fewer pixels). ``factor`` 2, 4 or 8 decodes a JPEG at that fraction of its
+    size in libjpeg's DCT (``ceil(side / factor)`` pixels a side, each the average of its
+    block); other formats ignore it. The pixel limit is checked before decoding."""
     if not data:
         raise BadImage("image is empty (0 bytes)")
     header = image_header(data)
@@ -225,14 +250,60 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise BadImage(
             f"PNG of {len(data)} bytes has a chunk running past its end: truncated or corrupt"
         )
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if data[:2] != b"\xff\xd8":
+        factor = 1
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[factor])
     if image is None:
         raise _undecodable(data)
-    if sorted(image.shape[:2]) != sorted(size):  # EXIF orientation may swap the sides
+    expected = sorted(-(-side // factor) for side in size)
+    if sorted(image.shape[:2]) != expected:  # EXIF orientation may swap the sides
         raise BadImage(
             f"image header says {size[0]}x{size[1]} but it decodes to {image.shape[1]}x{image.shape[0]}"
+            + (f" at 1/{factor} scale" if factor > 1 else "")
         )
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
+    return image
+
+
+def reduction(width: int, height: int, least: Tuple[int, int]) -> int:
+    """The largest libjpeg factor (8, 4, 2; else 1) whose decode of a ``width`` x ``height``
+    image is still at least ``least = (height, width)``: decode no more pixels than the
+    resize keeps, never fewer."""
+    for factor in REDUCTIONS:
+        if -(-width // factor) >= least[1] and -(-height // factor) >= least[0]:
+            return factor
+    return 1
+
+
+def resized_size(
+    width: int, height: int, size: Tuple[int, int], mode: str, shorter_side: int = 0
+) -> Tuple[int, int]:
+    """``(height, width)`` that :func:`resize` scales a ``width`` x ``height`` image to,
+    before any padding or crop."""
+    if mode == "stretch":
+        return size
+    if mode == "crop":
+        shorter = shorter_side or crop_side(size)
+        return (shorter, shorter)  # both sides cover at least the shorter side
+    scale = min(size[1] / width, size[0] / height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def unreduce(placement: Placement, factor: int) -> Placement:
+    """A placement measured on an image decoded at ``1/factor`` scale, in source pixels:
+    reduced pixel ``x`` covers source pixels ``[x * factor, (x + 1) * factor)``."""
+    if factor == 1:
+        return placement
+    return replace(
+        placement, scale_x=placement.scale_x / factor, scale_y=placement.scale_y / factor
+    )
+
+
+def swap_colour(image: np.ndarray, have: str, want: str) -> np.ndarray:
+    """``image`` in channel order ``want`` (``rgb`` or ``bgr``) from ``have``; a new array
+    only when they differ."""
+    if have == want:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # the same swap either way
 
 
 def _undecodable(data: bytes) -> BadImage:

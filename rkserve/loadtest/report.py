@@ -211,3 +211,26 @@ def _describe(fields: Dict[str, Any]) -> Dict[str, Any]:
     if "inputs" in fields:
         return {"inputs": [{k: t[k] for k in t if k != "data"} for t in fields["inputs"]]}
     return {"tensor_shape": fields["tensor"]["shape"]}
+
+
+CPU_STAGES = ("decode", "preprocess", "postprocess")
+
+
+def throughput_bound(step: Step, cores: int, instances: int = 1) -> Optional[str]:
+    """The most a board can serve of what this step sent: ``min(instances / t_npu,
+    cores / t_cpu)``, t_npu the daemon's ``inference`` time and t_cpu its CPU stages
+    (decode + preprocess + postprocess), means from the replies. Read it off an
+    uncontended step (concurrency 1): under load the stages' times include waiting for a
+    core. The daemon's own per-request work outside the stages (parsing, hand-offs,
+    the reply) is not in t_cpu, so the CPU side is an upper bound."""
+    t_npu = step.server_ms.get("inference", 0.0)
+    t_cpu = sum(step.server_ms.get(stage, 0.0) for stage in CPU_STAGES)
+    if t_npu <= 0 or t_cpu <= 0:
+        return None
+    npu, cpu = instances * 1000.0 / t_npu, cores * 1000.0 / t_cpu
+    limit = "NPU" if npu <= cpu else "CPU"
+    return (
+        f"bound from concurrency {step.concurrency}: min({instances} / {t_npu:.1f} ms NPU, "
+        f"{cores} cores / {t_cpu:.1f} ms CPU stages) = min({npu:.1f}, {cpu:.1f}) = "
+        f"{min(npu, cpu):.1f} req/s ({limit}-bound)"
+    )

@@ -23,6 +23,7 @@ ImageInput = Union[bytes, bytearray, memoryview, np.ndarray]
 RESIZE_MODES = ("stretch", "letterbox")  # every image task
 CROP_MODES = (*RESIZE_MODES, "crop")  # tasks whose result does not map back onto the image
 MAX_SIDE = 8192  # a model input side, and a crop's shorter side, in pixels
+DECODES = ("full", "reduced")  # reduced: a JPEG at 1/2, 1/4 or 1/8 scale that covers the input
 JPEG_MAX_SIDE = 65_500  # libjpeg's limit on either side of an overlay (OpenCV refuses more)
 
 
@@ -42,8 +43,8 @@ def read_input(
     pad: int = image.LETTERBOX_FILL,
 ) -> Dict[str, Any]:
     """model.yaml's ``input``: ``size`` (required), ``color``, ``resize`` (one of ``modes``),
-    ``interpolation``, ``shorter_side`` (``crop`` only), ``pad`` (the letterbox's grey level);
-    ``resize`` and ``pad`` are the task's defaults."""
+    ``interpolation``, ``shorter_side`` (``crop`` only), ``pad`` (the letterbox's grey level),
+    ``decode`` (``full`` or ``reduced``); ``resize`` and ``pad`` are the task's defaults."""
     size = section.data.get("size")
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
@@ -70,6 +71,7 @@ def read_input(
         ),
         "shorter_side": shorter or (image.crop_side(input_size) if resize == "crop" else 0),
         "pad": _grey(section, "pad", pad),
+        "decode": section.choice("decode", DECODES, "full"),
     }
 
 
@@ -96,34 +98,76 @@ def prepare_image(
     side over JPEG's limit, before inference); otherwise a queued request holds only its model
     input (16 queued 40-megapixel JPEGs of 1 kB each once took the daemon to 2 GB)."""
     started = time.perf_counter()
-    if isinstance(data, np.ndarray):
-        rgb = image.check_tensor(data, max_pixels)
-    elif isinstance(data, (bytes, bytearray, memoryview)):
-        rgb = image.decode_image(bytes(data), max_pixels)
-    else:
-        raise BadRequest(
-            f"model {spec.name!r} ({spec.task}) takes an image: send image (encoded bytes) "
-            "or tensor (HxWx3 uint8), not inputs"
-        )
-    if keep and max(rgb.shape[:2]) > JPEG_MAX_SIDE:
+    pixels, order, factor = _decode(data, spec, max_pixels, keep)
+    if keep and max(pixels.shape[:2]) > JPEG_MAX_SIDE:
         raise TooLarge(
-            f"image is {rgb.shape[1]}x{rgb.shape[0]}: an overlay is a JPEG, whose sides are at "
-            f"most {JPEG_MAX_SIDE} px; ask for the results without one"
+            f"image is {pixels.shape[1]}x{pixels.shape[0]}: an overlay is a JPEG, whose sides "
+            f"are at most {JPEG_MAX_SIDE} px; ask for the results without one"
         )
     timings = {"decode": elapsed_ms(started)}
     started = time.perf_counter()
     resized, placement = image.resize(
-        rgb, spec.input_size, spec.resize, spec.interpolation, spec.shorter_side, spec.pad
+        pixels, spec.input_size, spec.resize, spec.interpolation, spec.shorter_side, spec.pad
     )
-    resized = image.to_model_colour(resized, spec.color)
+    resized = image.swap_colour(resized, order, spec.color)
     if raw_input:
         tensor = image.to_raw_input(resized)
     else:
         onnx = spec.onnx
         tensor = image.to_onnx_input(resized, onnx.layout, onnx.dtype, onnx.mean, onnx.std)
     timings["preprocess"] = elapsed_ms(started)
-    context = ImageContext(placement, (rgb.shape[0], rgb.shape[1]), rgb if keep else None)
+    size = _source_size(pixels, factor, data)
+    context = ImageContext(image.unreduce(placement, factor), size, pixels if keep else None)
     return Prepared([tensor], params, timings, context)
+
+
+def _decode(data: Any, spec: ModelSpec, max_pixels: int, keep: bool) -> Tuple[np.ndarray, str, int]:
+    """The image, its channel order and the scale it was decoded at (1/factor). An image
+    kept for an overlay is decoded whole, in RGB; otherwise the colours are swapped after
+    the resize, on the model input's pixels only."""
+    if isinstance(data, np.ndarray):
+        return image.check_tensor(data, max_pixels), "rgb", 1
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BadRequest(
+            f"model {spec.name!r} ({spec.task}) takes an image: send image (encoded bytes) "
+            "or tensor (HxWx3 uint8), not inputs"
+        )
+    data = bytes(data)
+    if keep:
+        return image.decode_image(data, max_pixels), "rgb", 1
+    factor = decode_factor(data, spec)
+    return image.decode_bgr(data, max_pixels, factor), "bgr", factor
+
+
+def decode_factor(data: bytes, spec: ModelSpec) -> int:
+    """1, or with ``input.decode: reduced`` the largest libjpeg reduction of this JPEG that
+    still covers what the resize keeps of it."""
+    if spec.decode != "reduced" or data[:2] != b"\xff\xd8":
+        return 1
+    size = image.image_size(data)
+    if size is None:
+        return 1  # decode_bgr refuses it
+    # either way round: EXIF orientation may turn the image after decoding
+    return min(_factor(width, height, spec) for width, height in (size, size[::-1]))
+
+
+def _factor(width: int, height: int, spec: ModelSpec) -> int:
+    least = image.resized_size(width, height, spec.input_size, spec.resize, spec.shorter_side)
+    return image.reduction(width, height, least)
+
+
+def _source_size(pixels: np.ndarray, factor: int, data: Any) -> Tuple[int, int]:
+    """The source image's ``(height, width)``: the decoded one's, or at reduced scale the
+    header's, turned as the decoder turned it (EXIF orientation)."""
+    height, width = pixels.shape[:2]
+    if factor == 1:
+        return height, width
+    header = image.image_size(data)
+    assert header is not None  # decoded, so its header was read
+    full_w, full_h = header
+    if (full_h >= full_w) != (height >= width):
+        full_w, full_h = full_h, full_w
+    return full_h, full_w
 
 
 def check_input(spec: ModelSpec, backend: Backend) -> None:
