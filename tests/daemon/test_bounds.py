@@ -357,9 +357,9 @@ def test_sigterm_is_honoured_during_a_flood_that_never_lets_the_queue_empty(tmp_
             flooder.wait()
 
 
-def pipelined(endpoint: str, op: str, count: int) -> int:
-    """One DEALER sends ``count`` ``op`` requests without reading, then reads every reply
-    it gets (until none comes for 5 s); how many came."""
+def pipelined(endpoint: str, op: str, count: int, then: bytes = b"") -> List[dict]:
+    """One DEALER sends ``count`` ``op`` requests (and ``then``) without reading, then reads
+    every reply it gets (until none comes for 5 s)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100)  # a small receive window: the replies wait in the daemon
@@ -368,12 +368,13 @@ def pipelined(endpoint: str, op: str, count: int) -> int:
     try:
         for n in range(count):
             sock.send_multipart([b"", msgpack.packb({"v": 1, "id": n, "op": op})])
-        got = 0
+        if then:
+            sock.send_multipart([b"", then])
+        replies = []
         until = time.monotonic() + 60
         while time.monotonic() < until and sock.poll(5000):
-            assert msgpack.unpackb(sock.recv_multipart()[-1], raw=False)["ok"]
-            got += 1
-        return got
+            replies.append(msgpack.unpackb(sock.recv_multipart()[-1], raw=False))
+        return replies
     finally:
         sock.close()
 
@@ -387,7 +388,8 @@ def test_every_pipelined_request_gets_its_reply(tmp_path, transport, op):
     d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake", transport=transport)
     d.start()
     try:
-        assert pipelined(d.endpoint, op, 5000) == 5000
+        replies = pipelined(d.endpoint, op, 5000)
+        assert len(replies) == 5000 and all(r["ok"] for r in replies)
         assert metric(d, "rkserve_replies_dropped_total", reason="unread") == 0.0
     finally:
         assert d.stop() == 0, d.log()
@@ -401,10 +403,27 @@ def test_replies_past_a_clients_bound_are_counted_and_logged_never_lost_in_silen
     flags = ["--backend", "fake", "--peer-reply-mb", "1", "--total-reply-mb", "1"]
     d = Daemon(tmp_path, fake_models(tmp_path / "models"), *flags).start()
     try:
-        got = pipelined(d.endpoint, "health", 20_000)
+        got = len(pipelined(d.endpoint, "health", 20_000))
         dropped = metric(d, "rkserve_replies_dropped_total", reason="unread")
         print(f"\n{got} replies read, {dropped} dropped and counted")
         assert dropped and got + dropped == 20_000
         assert "not read" in d.log() and "dropped" in d.log()
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+@pytest.mark.process
+def test_no_work_is_done_for_a_client_whose_replies_wait_in_the_daemon(tmp_path):
+    """3,000 pipelined ``health`` requests fill the client's ZeroMQ queue, so replies wait
+    in the daemon: the ``infer`` sent behind them is answered `overloaded` at once."""
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake").start()
+    try:
+        tensor = {"dtype": "uint8", "shape": [32, 32, 3], "data": bytes(32 * 32 * 3)}
+        infer = {"v": 1, "id": "last", "op": "infer", "model": "cls", "tensor": tensor}
+        replies = pipelined(d.endpoint, "health", 3000, msgpack.packb(infer))
+        assert len(replies) == 3001
+        (last,) = [r for r in replies if r["id"] == "last"]
+        assert last["error"]["code"] == "overloaded", last
+        assert "waiting in the daemon" in last["error"]["message"]
     finally:
         assert d.stop() == 0, d.log()
