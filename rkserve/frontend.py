@@ -186,12 +186,21 @@ class Frontend:
             body = self.handler.status(request.op)
             reply = protocol.ok_reply(request_id, body, _since(started))
         except Exception as exc:  # a bug costs one `internal` reply, never the main thread
-            error = reply_error(exc, "request handling")
-            if isinstance(exc, RkserveError) and exc.request_id is not None:
-                request_id = exc.request_id
-            self.metrics.requests.labels(model, error.code).inc()
-            reply = protocol.error_reply(request_id, error, _since(started))
+            request_id, reply = self._error_reply(exc, request_id, model, started)
         self.send(envelope, request_id, reply)  # through the outbox: a models reply grows
+
+    def _error_reply(
+        self, exc: Exception, request_id: Any, model: str, started: float
+    ) -> Tuple[Any, bytes]:
+        """The reply to a request refused on the main thread, and the id it answers. Apart
+        from ``_on_request``: the error it keeps would hold that frame (and the request's
+        message) in a cycle through its traceback, freed only by a full collection; under
+        a flood of refused image requests that held tens of MB."""
+        error = reply_error(exc, "request handling")
+        if isinstance(exc, RkserveError) and exc.request_id is not None:
+            request_id = exc.request_id
+        self.metrics.requests.labels(model, error.code).inc()
+        return request_id, protocol.error_reply(request_id, error, _since(started))
 
     def _check_reading(self, peer: bytes) -> None:
         """No work for a client whose replies already wait for room: it is not reading."""
