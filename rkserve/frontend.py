@@ -24,7 +24,7 @@ import zmq
 
 from . import protocol
 from .config import Settings
-from .errors import BadRequest, RkserveError, Unavailable
+from .errors import BadRequest, Overloaded, RkserveError, Unavailable
 from .metrics import Metrics
 from .outbox import SNDHWM, Outbox
 from .pipeline import reply_error
@@ -74,6 +74,7 @@ class Frontend:
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)  # far over the limit: drop unread
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         sock.setsockopt(zmq.SNDHWM, SNDHWM)  # bytes: the outbox; a full queue drops, never blocks
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # ...and says so: the outbox keeps the reply
         sock.setsockopt(zmq.IPV6, 1)
         beat = int(self.settings.heartbeat_s * 1000)
         if beat:  # peers that stop answering pings, or never finish the handshake, are cut
@@ -89,8 +90,12 @@ class Frontend:
             self.bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.sock = sock
         mb = 2**20
+        dropped = self.metrics.replies_dropped
         self.outbox = Outbox(
-            sock, int(self.settings.peer_reply_mb * mb), int(self.settings.total_reply_mb * mb)
+            sock,
+            int(self.settings.peer_reply_mb * mb),
+            int(self.settings.total_reply_mb * mb),
+            lambda reason: dropped.labels(reason).inc(),
         )
 
     def fds(self) -> List[int]:
@@ -99,9 +104,12 @@ class Frontend:
         return [cast(int, self.sock.getsockopt(zmq.FD)), self._wake_r]
 
     def close(self) -> None:
-        """No sends from now on (a late runner the drain could not stop sends nothing)."""
+        """No sends from now on (a late runner the drain could not stop sends nothing); the
+        replies still waiting for room get one last try, the rest are counted."""
         with self._lock:
             self._closed = True
+            if self.outbox is not None:
+                self.outbox.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -124,10 +132,17 @@ class Frontend:
         return True
 
     def chores(self) -> None:
-        """Forget the replies ZeroMQ has let go of (the outbox's bookkeeping)."""
+        """The outbox's bookkeeping: forget the replies ZeroMQ has let go of, and hand it
+        those waiting for room."""
         assert self.outbox is not None
         with self._lock:
             self.outbox.collect()
+            self.outbox.flush()
+
+    @property
+    def backlog(self) -> bool:
+        """Replies wait for room in ZeroMQ's queues: the main loop's chores are due soon."""
+        return self.outbox is not None and self.outbox.backlog
 
     def _recv_frames(self) -> Tuple[List[zmq.Frame], int]:
         """Under the lock: one message's first ``MAX_FRAMES`` frames and how many it had. The
@@ -165,17 +180,38 @@ class Frontend:
             request_id = request.id
             if request.op == "infer":
                 model = self.handler.model_label(request.model)
+                self._check_reading(envelope[0])
                 self.handler.admit(envelope, request)  # answered by whoever ends the job
                 return
             body = self.handler.status(request.op)
             reply = protocol.ok_reply(request_id, body, _since(started))
         except Exception as exc:  # a bug costs one `internal` reply, never the main thread
-            error = reply_error(exc, "request handling")
-            if isinstance(exc, RkserveError) and exc.request_id is not None:
-                request_id = exc.request_id
-            self.metrics.requests.labels(model, error.code).inc()
-            reply = protocol.error_reply(request_id, error, _since(started))
+            request_id, reply = self._error_reply(exc, request_id, model, started)
         self.send(envelope, request_id, reply)  # through the outbox: a models reply grows
+
+    def _error_reply(
+        self, exc: Exception, request_id: Any, model: str, started: float
+    ) -> Tuple[Any, bytes]:
+        """The reply to a request refused on the main thread, and the id it answers. Apart
+        from ``_on_request``: the error it keeps would hold that frame (and the request's
+        message) in a cycle through its traceback, freed only by a full collection; under
+        a flood of refused image requests that held tens of MB."""
+        error = reply_error(exc, "request handling")
+        if isinstance(exc, RkserveError) and exc.request_id is not None:
+            request_id = exc.request_id
+        self.metrics.requests.labels(model, error.code).inc()
+        return request_id, protocol.error_reply(request_id, error, _since(started))
+
+    def _check_reading(self, peer: bytes) -> None:
+        """No work for a client whose replies already wait for room: it is not reading."""
+        assert self.outbox is not None
+        with self._lock:
+            waiting = self.outbox.waiting(peer)
+        if waiting:
+            raise Overloaded(
+                f"this client has {waiting} replies waiting in the daemon that it has not "
+                "read; read replies before sending more requests"
+            )
 
     # any thread ---------------------------------------------------------------------------
     def send(self, envelope: List[bytes], request_id: Any, reply: bytes) -> None:

@@ -106,6 +106,15 @@ class Metrics:
             ["model", "code"],
             registry=r,
         )
+        self.replies_dropped = Counter(
+            "rkserve_replies_dropped",
+            "Replies never delivered: unread (the client had left too many unread), "
+            "disconnected (it left first), shutdown (still waiting when the daemon stopped)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("unread", "disconnected", "shutdown"):
+            self.replies_dropped.labels(reason)  # exported at 0 from the start
         self.inflight = Gauge(
             "rkserve_inflight_requests", "Requests accepted and not yet answered", registry=r
         )

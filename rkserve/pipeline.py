@@ -25,13 +25,13 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from . import protocol
 from .config import Settings
+from .cpupool import FINISH, PREPARE, CpuPool
 from .engine import Engine
 from .errors import (
     InternalError,
@@ -67,9 +67,7 @@ class Pipeline:
         self.settings = settings
         self.metrics = metrics
         self.door = Door(send)
-        self.pool = ThreadPoolExecutor(
-            max_workers=settings.workers or os.cpu_count() or 2, thread_name_prefix="cpu"
-        )
+        self.pool = CpuPool(settings.workers or os.cpu_count() or 2)
         self.gc_guard = GcGuard(settings.gc_every)
         self.budget = int(settings.memory_budget_mb * 2**20)
         self.held = 0  # bytes of the budget admitted jobs hold
@@ -107,7 +105,7 @@ class Pipeline:
             self._drop(job)
             raise
         if not idle:
-            self.pool.submit(self._prepare, job)
+            self.pool.submit(PREPARE, self._prepare, job)
         elif not host.enqueue(job):  # the runner prepares it itself: one hand-off fewer
             host.release()
             self._drop(job)
@@ -195,7 +193,7 @@ class Pipeline:
             self._finish(job, outputs)
             return
         try:
-            self.pool.submit(self._finish, job, outputs)
+            self.pool.submit(FINISH, self._finish, job, outputs)
         except RuntimeError:  # the pool stopped under us: the drain answers the job
             self.fail(job, Unavailable("the server stopped before this request finished"))
 

@@ -132,7 +132,7 @@ class Server:
         next_ping = next_chores = 0.0
         backlog = False
         while not self.should_exit:
-            backlog = self._poll_once(poller, 0 if backlog else POLL_MS)
+            backlog = self._poll_once(poller, 0 if backlog else self._poll_ms())
             if self.should_reload:
                 self.should_reload = False
                 self.notifier.reloading("reloading models")
@@ -143,6 +143,10 @@ class Server:
             if now >= next_chores:  # not after every request: the runner waits for the GIL
                 next_chores = now + CHORES_S
                 next_ping = self._housekeeping(next_ping)
+
+    def _poll_ms(self) -> int:
+        """How long to wait for requests: not past the next chores while replies wait."""
+        return int(CHORES_S * 1000) if self.frontend.backlog else POLL_MS
 
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
@@ -196,7 +200,8 @@ class Server:
         until = time.monotonic() + self.settings.drain_timeout_s
         backlog = False
         while self.pipeline.inflight > 0 and time.monotonic() < until and not self.force_exit:
-            backlog = self._poll_once(poller, 0 if backlog else POLL_MS)
+            backlog = self._poll_once(poller, 0 if backlog else self._poll_ms())
+            self.frontend.chores()  # replies waiting for room go out while the drain lasts
         code = EXIT_FORCED if self.force_exit else EXIT_OK
         stopped = Unavailable("the server stopped before this request finished")
         late = self.pipeline.fail_all(stopped)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
+from tests.daemon.test_faults import metric, settles
 from tools.harness import Daemon, fake_models
 
 MB = 1024 * 1024
@@ -69,10 +70,9 @@ def test_a_client_that_stops_reading_cannot_grow_the_daemon_past_its_reply_bound
                 assert warm.poll(20000)
                 warm.recv_multipart()
         warm.close(linger=0)
-        with d.client(retries=0) as client:
-            before = rss_kb(d.proc.pid)
-            sizes = [flood(rogue, image, first, d.proc.pid) for first in (0, 60, 120)]
-            assert client.classify("cls", np.zeros((32, 32, 3), np.uint8)).classes
+        before = rss_kb(d.proc.pid)
+        sizes = [flood(rogue, image, first, d.proc.pid) for first in (0, 60, 120)]
+        assert raw_mask(d.endpoint, image)["ok"]  # a 4 MB reply: it meets the outbox
         grew = [(size - before) / 1024 for size in sizes]
         print(f"\nRSS {before / 1024:.0f} MB, then +{grew} MB after 60, 120, 180 requests")
         # 8 MB for the client + one 4 MB reply + what malloc may keep free: 16 MB (the trim
@@ -82,6 +82,53 @@ def test_a_client_that_stops_reading_cannot_grow_the_daemon_past_its_reply_bound
         assert "replies it has not read" in d.log()
     finally:
         rogue.close()
+        assert d.stop() == 0, d.log()
+
+
+def raw_mask(endpoint: str, image: bytes) -> dict:
+    """One raw-mask request (a reply of width x height bytes) from a fresh client."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart([b"", request(0, "seg", image, mask="raw")])
+        assert sock.poll(30000), "no reply"
+        return msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
+    finally:
+        sock.close()
+
+
+def never_reads(endpoint: str) -> zmq.Socket:
+    """A DEALER that will not read: the smallest receive queue and kernel buffer."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.setsockopt(zmq.RCVHWM, 1)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+@pytest.mark.process
+def test_clients_that_never_read_do_not_deny_replies_to_the_others(tmp_path):
+    """Two clients send 12 raw-mask requests each (4 MB replies) and never read: together
+    they hold the whole ``total_reply_mb``. Before: every later large reply to anyone was
+    answered `overloaded`, blaming a client that held nothing ("this client has 0.0 MB of
+    replies it has not read"); with the defaults, four such connections did it."""
+    flags = ["--backend", "fake", "--peer-reply-mb", "8", "--total-reply-mb", "16"]
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), *flags).start()
+    image = encoded(2000, ".png")
+    rogues = [never_reads(d.endpoint) for _ in range(2)]
+    try:
+        for n in range(12):
+            for rogue in rogues:
+                rogue.send_multipart([b"", request(n, "seg", image, mask="raw")])
+            time.sleep(0.1)  # within queue_size and the memory budget: every one admitted
+        assert settles(d, "rkserve_inflight_requests", 0.0, timeout=60), d.log()
+        codes = [raw_mask(d.endpoint, image) for _ in range(3)]
+        assert [c["ok"] for c in codes] == [True] * 3, codes
+    finally:
+        for rogue in rogues:
+            rogue.close()
         assert d.stop() == 0, d.log()
 
 
@@ -288,8 +335,8 @@ def test_status_replies_a_client_does_not_read_are_held_to_the_reply_bound(tmp_p
         while "replies it has not read" not in d.log() and time.monotonic() < until:
             time.sleep(0.1)
         assert "replies it has not read" in d.log(), d.log()
-        with d.client(retries=0) as client:
-            assert client.health()["live"]
+        with d.client(retries=0) as client:  # a 100 kB reply: it meets the outbox
+            assert len(client.models()) == 2
     finally:
         rogue.close()
         assert d.stop() == 0, d.log()
@@ -356,3 +403,75 @@ def test_sigterm_is_honoured_during_a_flood_that_never_lets_the_queue_empty(tmp_
         for flooder in flooders:
             flooder.kill()
             flooder.wait()
+
+
+def pipelined(endpoint: str, op: str, count: int, then: bytes = b"") -> List[dict]:
+    """One DEALER sends ``count`` ``op`` requests (and ``then``) without reading, then reads
+    every reply it gets (until none comes for 5 s)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100)  # a small receive window: the replies wait in the daemon
+    sock.setsockopt(zmq.RCVBUF, 4096)
+    sock.connect(endpoint)
+    try:
+        for n in range(count):
+            sock.send_multipart([b"", msgpack.packb({"v": 1, "id": n, "op": op})])
+        if then:
+            sock.send_multipart([b"", then])
+        replies = []
+        until = time.monotonic() + 60
+        while time.monotonic() < until and sock.poll(5000):
+            replies.append(msgpack.unpackb(sock.recv_multipart()[-1], raw=False))
+        return replies
+    finally:
+        sock.close()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("transport, op", [("ipc", "health"), ("tcp", "models")])
+def test_every_pipelined_request_gets_its_reply(tmp_path, transport, op):
+    """PROTOCOL.md invites pipelining. Before: replies under 4 kB went straight to the
+    ROUTER, whose per-client queue (100 messages) dropped the rest without a word: 1,400
+    of 5,000 ``health`` replies came back over ipc://, 1,700 of 5,000 ``models`` over TCP."""
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake", transport=transport)
+    d.start()
+    try:
+        replies = pipelined(d.endpoint, op, 5000)
+        assert len(replies) == 5000 and all(r["ok"] for r in replies)
+        assert metric(d, "rkserve_replies_dropped_total", reason="unread") == 0.0
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+@pytest.mark.process
+def test_replies_past_a_clients_bound_are_counted_and_logged_never_lost_in_silence(tmp_path):
+    """A client that pipelines 20,000 requests and reads nothing until the end, with
+    ``peer_reply_mb`` 1: the daemon cannot keep every reply for it. Each request is either
+    answered or counted in ``rkserve_replies_dropped_total`` (and logged)."""
+    flags = ["--backend", "fake", "--peer-reply-mb", "1", "--total-reply-mb", "1"]
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), *flags).start()
+    try:
+        got = len(pipelined(d.endpoint, "health", 20_000))
+        dropped = metric(d, "rkserve_replies_dropped_total", reason="unread")
+        print(f"\n{got} replies read, {dropped} dropped and counted")
+        assert dropped and got + dropped == 20_000
+        assert "not read" in d.log() and "dropped" in d.log()
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+@pytest.mark.process
+def test_no_work_is_done_for_a_client_whose_replies_wait_in_the_daemon(tmp_path):
+    """3,000 pipelined ``health`` requests fill the client's ZeroMQ queue, so replies wait
+    in the daemon: the ``infer`` sent behind them is answered `overloaded` at once."""
+    d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake").start()
+    try:
+        tensor = {"dtype": "uint8", "shape": [32, 32, 3], "data": bytes(32 * 32 * 3)}
+        infer = {"v": 1, "id": "last", "op": "infer", "model": "cls", "tensor": tensor}
+        replies = pipelined(d.endpoint, "health", 3000, msgpack.packb(infer))
+        assert len(replies) == 3001
+        (last,) = [r for r in replies if r["id"] == "last"]
+        assert last["error"]["code"] == "overloaded", last
+        assert "waiting in the daemon" in last["error"]["message"]
+    finally:
+        assert d.stop() == 0, d.log()

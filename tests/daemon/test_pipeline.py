@@ -23,6 +23,7 @@ from rkserve import protocol, repository
 from rkserve.backends import open_backend
 from rkserve.builder import HostBuilder
 from rkserve.config import Settings
+from rkserve.cpupool import PREPARE
 from rkserve.engine import Engine, Result
 from rkserve.errors import BackendError, ModelUnavailable
 from rkserve.loader import Loader
@@ -118,7 +119,7 @@ def test_a_job_answered_while_it_waits_for_a_cpu_worker_gives_back_its_pending_c
     host = make_host(latency_ms=300)
     host.start(pipeline.step)
     gate = threading.Event()
-    pipeline.pool.submit(gate.wait, 10.0)  # the only CPU worker is busy
+    pipeline.pool.submit(PREPARE, gate.wait, 10.0)  # the only CPU worker is busy
     pipeline.admit([b"a"], request(1), {"cls": host})  # idle runner: straight to it
     assert until(lambda: host.pending == 0)  # the runner took it
     pipeline.admit([b"b"], request(2), {"cls": host})  # runner busy: waits for a worker
