@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -145,7 +146,7 @@ class _Section(SpecReader):
             raise self.fail(
                 key, f"expected a folder or .txt file relative to the model folder, got {value!r}"
             )
-        path = (self.spec.folder / value).resolve()
+        path = absolute(self.spec.folder / value)
         if not path.exists():
             raise self.fail(key, f"{path} does not exist")
         return path
@@ -199,6 +200,12 @@ def _check_onnx_input(spec: ModelSpec) -> None:
         )
 
 
+def absolute(path: Path) -> Path:
+    """``path`` made absolute against the current directory, its symlinks kept: a model
+    file linked into a folder keeps its own name (and so its kind)."""
+    return Path(os.path.abspath(path))
+
+
 def resolve_source(given: Path, folder: Path) -> Path:
     """``--source`` as an absolute path: as given when absolute; a relative one names a file
     in the current directory or in the model folder (``--source model.pt``). Both existing
@@ -206,9 +213,9 @@ def resolve_source(given: Path, folder: Path) -> Path:
     folder's path (the error then names it)."""
     given = Path(given)
     if given.is_absolute():
-        return given.resolve()
-    here, there = given.resolve(), (Path(folder) / given).resolve()
-    if here.is_file() and there.is_file() and here != there:
+        return absolute(given)
+    here, there = absolute(given), absolute(Path(folder) / given)
+    if here.is_file() and there.is_file() and not here.samefile(there):
         raise ConfigError(
             f"--source {given}: ambiguous: both {here} (from the current directory) and "
             f"{there} (in the model folder) exist; give ./{given} or the model folder's path"
@@ -225,7 +232,7 @@ def _source(section: _Section, override: Optional[Path]) -> Path:
         value = section.data.get("source", section.spec.onnx.file)
         if not isinstance(value, str) or not value:
             raise section.fail("source", f"expected a file name in the model folder, got {value!r}")
-        path = (section.spec.folder / value).resolve()
+        path = absolute(section.spec.folder / value)
         where = f"{section.spec.spec_path}: convert.source"
     try:
         source_kind(path)
@@ -257,7 +264,7 @@ def _dataset(section: _Section, quantize: bool) -> Optional[Path]:
             raise section.fail(
                 "dataset", "required to quantize (a folder of calibration images, or a .txt list)"
             )
-        return default.resolve()
+        return absolute(default)
     path = section.existing("dataset", value)
     if not list_images(path):
         raise section.fail("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
@@ -277,14 +284,14 @@ def _layers(section: _Section, quantize: bool) -> Tuple[str, ...]:
 
 def _validation(section: _Section, override: Optional[Path], dataset: Optional[Path]) -> Path:
     if override is not None:
-        path = Path(override).resolve()
+        path = absolute(Path(override))
         where = f"--validation {override}"
     elif "validation" in section.data:
         path = section.existing("validation", section.data["validation"])
         where = f"{section.spec.spec_path}: convert.validation"
     else:
         samples = section.spec.folder / "samples"
-        path = samples.resolve() if samples.is_dir() else dataset  # type: ignore[assignment]
+        path = absolute(samples) if samples.is_dir() else dataset  # type: ignore[assignment]
         where = f"{section.spec.spec_path}: convert.validation (default samples/ or the dataset)"
         if path is None:
             raise section.fail(
@@ -347,7 +354,7 @@ def list_images(source: Path) -> List[Path]:
         return sorted(p for p in source.iterdir() if _is_input_image(p))
     if source.suffix == ".txt" and source.is_file():
         lines = source.read_text(encoding="utf-8").splitlines()
-        return [(source.parent / line.strip()).resolve() for line in lines if line.strip()]
+        return [absolute(source.parent / line.strip()) for line in lines if line.strip()]
     return []
 
 
