@@ -189,6 +189,7 @@ def progressive_cmyk(side: int) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.process
 def test_progressive_cmyk_jpegs_in_flight_are_held_to_the_memory_budget(tmp_path):
     """8 clients send a 4000x4000 progressive CMYK JPEG at once (libjpeg keeps its 4
     components' coefficients, 8 bytes a pixel, until the last scan: 11 bytes a pixel at the

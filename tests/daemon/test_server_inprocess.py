@@ -19,6 +19,9 @@ from rkserve.errors import BadRequest, UnknownModel
 from rkserve.server import Server
 from tools.harness import fake_models
 
+# the server's start-up runs ldconfig (ctypes.util.find_library, for malloc tuning)
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:

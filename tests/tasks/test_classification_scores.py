@@ -59,6 +59,7 @@ def test_the_quantization_of_an_onnx_output_is_read_from_the_file():
     assert output_quantization(Path(__file__)) == {}  # not a protobuf: nothing, no exception
 
 
+@pytest.mark.process
 def test_the_reader_agrees_with_the_onnx_package(converter):
     """An independent reference: the onnx package (in the converter's environment) reads
     each shared model's QuantizeLinear outputs."""
@@ -121,6 +122,7 @@ def test_an_integer_output_without_quantization_is_refused(tmp_path):
     classification.check(spec, Backend())  # type: ignore[arg-type]
 
 
+@pytest.mark.process
 def test_logits_called_probabilities_are_warned_about_with_the_figures(tmp_path):
     folder = tmp_path / "shapes"
     shutil.copytree(MODELS / "shapes", folder)

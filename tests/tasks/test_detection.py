@@ -591,6 +591,7 @@ def _detector(root: Path, format: str, classes: int, backend: type = FakeBackend
     [("yolov5", 80, FakeBackend), ("yolov8", 1, _Crowd)],
     ids=["yolov5-80-classes", "one-class-crowd"],
 )
+@pytest.mark.process
 def test_the_costliest_params_cost_a_bounded_multiple_of_a_default_request(
     tmp_path: Path, format: str, classes: int, backend: type
 ) -> None:
@@ -631,6 +632,7 @@ print(json.dumps(costs))
 """
 
 
+@pytest.mark.process
 def test_the_first_overlay_after_load_costs_what_the_next_ones_do() -> None:
     """OpenCV's first text and JPEG in a process cost ~2 ms here (tens on a board, and 3x
     the overlay's post-processing): the warm-up at load pays it, not the first request."""
