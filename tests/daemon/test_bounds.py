@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import cv2
 import msgpack
@@ -152,15 +152,28 @@ def test_images_in_flight_are_held_to_the_memory_budget(tmp_path):
     flags = ["--backend", "fake", "--workers", "4", "--queue-size", "8"]
     d = Daemon(tmp_path, fake_models(tmp_path / "models"), *flags).start()
     image = encoded(4000, ".jpg")
+    try:
+        messages = [request(n, "seg", image, mask="png", overlay=True) for n in range(16)]
+        codes, base, peak = at_once(d, messages)
+        assert "ok" in codes and set(codes) <= {"ok", "overloaded"}
+        # the budget + the replies in flight (a few MB) + the allocator's per-thread slack
+        assert (peak - base) / 1024 < 256 + 48, d.log()
+    finally:
+        assert d.stop() == 0, d.log()
+
+
+def at_once(d: Daemon, messages: List[bytes]) -> Tuple[List[str], int, int]:
+    """Each message from its own DEALER at once: the reply codes in order, and the daemon's
+    RSS before and its peak (kB)."""
     ctx = zmq.Context.instance()
     socks: List[zmq.Socket] = []
     try:
         base = rss_kb(d.proc.pid)
-        for n in range(16):
+        for message in messages:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(d.endpoint)
-            sock.send_multipart([b"", request(n, "seg", image, mask="png", overlay=True)])
+            sock.send_multipart([b"", message])
             socks.append(sock)
         codes = []
         for sock in socks:
@@ -169,13 +182,10 @@ def test_images_in_flight_are_held_to_the_memory_budget(tmp_path):
             codes.append("ok" if reply["ok"] else reply["error"]["code"])
         peak = rss_kb(d.proc.pid, "VmHWM:")
         print(f"\n{codes}; RSS {base / 1024:.0f} MB, peak {peak / 1024:.0f} MB")
-        assert "ok" in codes and set(codes) <= {"ok", "overloaded"}
-        # the budget + the replies in flight (a few MB) + the allocator's per-thread slack
-        assert (peak - base) / 1024 < 256 + 48, d.log()
+        return codes, base, peak
     finally:
         for sock in socks:
             sock.close()
-        assert d.stop() == 0, d.log()
 
 
 def progressive_cmyk(side: int) -> bytes:
@@ -198,31 +208,14 @@ def test_progressive_cmyk_jpegs_in_flight_are_held_to_the_memory_budget(tmp_path
     flags = ["--backend", "fake", "--workers", "4"]
     d = Daemon(tmp_path, fake_models(tmp_path / "models"), *flags).start()
     image = progressive_cmyk(4000)
-    ctx = zmq.Context.instance()
-    socks: List[zmq.Socket] = []
     try:
-        base = rss_kb(d.proc.pid)
-        for n in range(8):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(d.endpoint)
-            message = {"v": 1, "id": n, "op": "infer", "model": "cls", "image": image}
-            sock.send_multipart([b"", msgpack.packb({**message, "deadline_ms": 60000})])
-            socks.append(sock)
-        codes = []
-        for sock in socks:
-            assert sock.poll(60000)
-            reply = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
-            codes.append("ok" if reply["ok"] else reply["error"]["code"])
-        peak = rss_kb(d.proc.pid, "VmHWM:")
-        print(f"\n{codes}; RSS {base / 1024:.0f} MB, peak {peak / 1024:.0f} MB")
+        message = {"v": 1, "op": "infer", "model": "cls", "image": image, "deadline_ms": 60000}
+        codes, base, peak = at_once(d, [msgpack.packb({**message, "id": n}) for n in range(8)])
         assert "ok" in codes and set(codes) <= {"ok", "overloaded"}
         # the budget and one heap's slack (the trim threshold): the images' buffers are over
         # the mmap threshold, so malloc returns them whole
         assert (peak - base) / 1024 < 256 + 16, d.log()
     finally:
-        for sock in socks:
-            sock.close()
         assert d.stop() == 0, d.log()
 
 

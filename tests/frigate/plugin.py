@@ -113,30 +113,30 @@ def _stand_ins() -> Dict[str, types.ModuleType]:
 def loaded_plugin() -> Iterator[types.ModuleType]:
     """Frigate's ``frigate/detectors/plugins/zmq_ipc.py`` as a module, its stand-ins in
     ``sys.modules`` for as long as this lasts."""
-    path = plugin_file()
-    saved = {name: sys.modules.get(name) for name in _names()}
-    sys.modules.update(_stand_ins())
+    with loaded_reference(plugin_file(), "frigate_zmq_ipc", _stand_ins()) as module:
+        yield module
+
+
+@contextlib.contextmanager
+def loaded_reference(
+    path: Path, name: str, stand_ins: Dict[str, types.ModuleType]
+) -> Iterator[types.ModuleType]:
+    """One of Frigate's files loaded from ``path`` as module ``name``, the Frigate modules it
+    imports stood in for by ``stand_ins`` in ``sys.modules`` while it is used."""
+    saved = {module: sys.modules.get(module) for module in stand_ins}
+    sys.modules.update(stand_ins)
     try:
-        spec = importlib.util.spec_from_file_location("frigate_zmq_ipc", path)
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         yield module
     finally:
-        for name, old in saved.items():
+        for module, old in saved.items():
             if old is None:
-                sys.modules.pop(name, None)
+                sys.modules.pop(module, None)
             else:
-                sys.modules[name] = old
-
-
-def _names() -> list:
-    return [
-        "frigate",
-        "frigate.detectors",
-        "frigate.detectors.detection_api",
-        "frigate.detectors.detector_config",
-    ]
+                sys.modules[module] = old
 
 
 def detector(

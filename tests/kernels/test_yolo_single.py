@@ -8,7 +8,6 @@ decoding of the same weights' split outputs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import types
@@ -25,7 +24,7 @@ from rkserve.errors import ConfigError
 from rkserve.kernels import detect
 from rkserve.kernels.image import Placement
 from rkserve.kernels.yolo import Layout, explain, read_layout
-from tests.frigate.plugin import REFERENCE, needed
+from tests.frigate.plugin import REFERENCE, loaded_reference, needed
 from tools.demo import shapes as demo
 
 needed("onnx")  # tools/yolo_single.py builds the test model with it
@@ -53,20 +52,9 @@ def frigate_model() -> Iterator[types.ModuleType]:
         pytest.skip(f"Frigate's reference not found: {path}")
     const = types.ModuleType("frigate.const")
     const.MODEL_CACHE_DIR = "/nonexistent"  # type: ignore[attr-defined]
-    saved = {name: sys.modules.get(name) for name in ("frigate", "frigate.const")}
-    sys.modules.update({"frigate": types.ModuleType("frigate"), "frigate.const": const})
-    try:
-        spec = importlib.util.spec_from_file_location("frigate_util_model", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    stand_ins = {"frigate": types.ModuleType("frigate"), "frigate.const": const}
+    with loaded_reference(path, "frigate_util_model", stand_ins) as module:
         yield module
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
 
 
 class CornersAsCorners:
