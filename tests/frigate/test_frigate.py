@@ -382,8 +382,13 @@ def test_uploads_of_no_detector_or_a_path_are_refused(denorm) -> None:
 
 
 def test_a_daemon_restart_while_the_plugin_runs(tmp_path, zmq_ipc) -> None:
+    """The frame sent while no daemon runs times out (the daemon stays down for longer than
+    the plugin's timeout); the plugin opens a new socket and waits (30 s) for a handshake,
+    which the new daemon answers once its model has loaded. Every frame after that gets its
+    own rows."""
     daemon = start(tmp_path)
-    plugin = detector(zmq_ipc, daemon.frigate, "/m/shapes-det.onnx", SIZE)
+    timeout_ms = 2000
+    plugin = detector(zmq_ipc, daemon.frigate, "/m/shapes-det.onnx", SIZE, timeout_ms=timeout_ms)
     pictures = regions(3, seed=12)
     try:
         tensors = [frigate_tensor(r, SIZE, "nhwc", "int") for r in pictures]
@@ -391,11 +396,16 @@ def test_a_daemon_restart_while_the_plugin_runs(tmp_path, zmq_ipc) -> None:
         np.testing.assert_array_equal(plugin.detect_raw(tensors[0]), expected[0])
         assert daemon.stop() == 0
         outcome: Dict[str, Any] = {}
-        # the request times out; the plugin opens a new socket and waits (30 s) for a
-        # handshake, which the new daemon answers once its model has loaded
-        worker = threading.Thread(target=lambda: outcome.update(rows=plugin.detect_raw(tensors[1])))
+        sent = threading.Event()
+
+        def lost_frame() -> None:
+            sent.set()
+            outcome["rows"] = plugin.detect_raw(tensors[1])
+
+        worker = threading.Thread(target=lost_frame)
         worker.start()
-        time.sleep(0.5)
+        assert sent.wait(10)
+        time.sleep(timeout_ms / 1000 + 1.0)  # the request has timed out by now
         daemon.start(wait_ready=False)
         worker.join(40)
         assert not worker.is_alive() and not outcome["rows"].any()  # that frame was lost
