@@ -7,12 +7,12 @@ about backends: the engine picks :func:`to_raw_input` (what the NPU takes) or
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import re
 import struct
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -34,6 +34,8 @@ COEFFICIENT_BYTES = 2  # libjpeg's JCOEF: one per sample of a progressive or mul
 MAX_HELD = 4.0  # samples a pixel at most: 4 components (CMYK), none subsampled
 JPEG_PROCESSES = {0xC0: False, 0xC1: False, 0xC2: True, 0xC9: False, 0xCA: True}  # progressive?
 JPEG_COMPONENTS = (1, 3, 4)  # grey, YCbCr/RGB, CMYK/YCCK: what OpenCV decodes
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn; not DHT, JPG, DAC
+_U16, _U16X2 = struct.Struct(">H"), struct.Struct(">HH")
 
 
 @dataclass(frozen=True)
@@ -98,64 +100,52 @@ def _jpeg_header(data: bytes) -> Optional[Header]:
     walking the markers strictly: libjpeg skips stray bytes (and ``FF 00``) between markers,
     so anything but a marker here could hide another SOF.
 
-    The frontend reads this for every request: runs of fill bytes are skipped in C, and a
-    file with more than ``MAX_JPEG_SEGMENTS`` markers before its first scan is refused (an
-    8 MB file of 4-byte markers, or of fill bytes, took 1.3 s of the frontend each). When the
-    first scan cannot be read, the whole image is assumed held (the costlier case).
+    The frontend reads this for every request, so it is one loop over the segments (a few
+    microseconds for a camera's dozen): runs of fill bytes are skipped in C, and a file with
+    more than ``MAX_JPEG_SEGMENTS`` markers before its first scan is refused (an 8 MB file of
+    4-byte markers, or of fill bytes, took 1.3 s of the frontend each). When the first scan
+    cannot be read, the whole image is assumed held (the costlier case).
     """
     frame: Optional[Header] = None
     components, progressive = 0, True
-    for marker, pos in _jpeg_markers(data):
-        if frame is None and 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > len(data):
-                return None
-            frame, components = _jpeg_frame(data, pos, marker)
-            progressive = JPEG_PROCESSES.get(marker, True)
-        elif marker == 0xDA:  # SOS: its component count decides how the frame is decoded
-            if frame is None:
-                return None  # a scan before any frame header
-            scan = data[pos + 4] if pos + 4 < len(data) else 0
-            if not progressive and not frame.problem and scan == components:
-                return dataclasses.replace(frame, held=0.0)  # one scan: decoded row by row
-            return frame
-    return frame
-
-
-def _jpeg_markers(data: bytes) -> Iterator[Tuple[int, int]]:
-    """``(marker, position)`` of each marker segment up to the first scan's (SOS) included;
-    ends at anything that is not a marker, at EOI or past ``MAX_JPEG_SEGMENTS``."""
-    pos, segments = 2, 0
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return
-        if data[pos + 1] == 0xFF:  # fill bytes: up to the last 0xFF of the run
+    pos, segments, end = 2, 0, len(data)
+    while pos + 4 <= end and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill bytes: up to the last 0xFF of the run
             pos = _FILL.match(data, pos).end() - 1  # type: ignore[union-attr]
             continue
         segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            return
-        marker = data[pos + 1]
+        if segments > MAX_JPEG_SEGMENTS or marker in (0x00, 0xD8, 0xD9):
+            break  # too many; not a marker, SOI again, EOI
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length field
             pos += 2
             continue
-        if marker in (0x00, 0xD8, 0xD9):  # not a marker, SOI again, EOI
-            return
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        (length,) = _U16.unpack_from(data, pos + 2)
         if length < 2:
-            return
-        yield marker, pos
-        if marker == 0xDA:
-            return
+            break
+        if marker == 0xDA:  # SOS: its component count decides how the frame is decoded
+            if frame is None:
+                return None  # a scan before any frame header
+            scan = data[pos + 4] if pos + 4 < end else 0
+            if not progressive and not frame.problem and scan == components:
+                return Header(frame.width, frame.height)  # one scan: decoded row by row
+            return frame
+        if frame is None and marker in _SOF:
+            if pos + 9 > end:
+                return None
+            frame, components = _jpeg_frame(data, pos, marker)
+            progressive = JPEG_PROCESSES.get(marker, True)
         pos += 2 + length
+    return frame
 
 
 def _jpeg_frame(data: bytes, pos: int, marker: int) -> Tuple[Header, int]:
     """The frame header (SOFn) at ``pos``: its size, components, sampling and precision, with
     every sample held (until a scan says otherwise)."""
     precision = data[pos + 4]
-    height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+    height, width = _U16X2.unpack_from(data, pos + 5)
     count = data[pos + 9] if pos + 9 < len(data) else 0
-    factors = data[pos + 10 : pos + 10 + 3 * count][1::3]  # Hi << 4 | Vi per component
+    factors = bytes(data[pos + 10 : pos + 10 + 3 * count][1::3])  # Hi << 4 | Vi per component
     problem = ""
     if marker not in JPEG_PROCESSES:
         problem = f"JPEG process SOF{marker - 0xC0} (lossless or hierarchical) is not decoded"
@@ -165,13 +155,22 @@ def _jpeg_frame(data: bytes, pos: int, marker: int) -> Tuple[Header, int]:
         problem = f"JPEG of {count} components: only 1, 3 or 4 are decoded"
     elif len(factors) != count:
         problem = "JPEG frame header cut short"
-    elif any(not (1 <= f >> 4 <= 4 and 1 <= f & 15 <= 4) for f in factors):
+    held = _held(factors)
+    if held is None and not problem:
         problem = "JPEG sampling factors outside 1..4"
-    if problem:
+    if problem or held is None:
         return Header(int(width), int(height), MAX_HELD, problem), count
-    most = max(f >> 4 for f in factors) * max(f & 15 for f in factors)
-    held = sum((f >> 4) * (f & 15) for f in factors) / most
     return Header(int(width), int(height), held), count
+
+
+@functools.lru_cache(maxsize=256)  # cameras use a handful of samplings; 4:2:0 most
+def _held(factors: bytes) -> Optional[float]:
+    """Component samples per pixel for these sampling factors (``Hi << 4 | Vi`` each), None
+    when one is outside 1..4."""
+    if not factors or any(not (1 <= f >> 4 <= 4 and 1 <= f & 15 <= 4) for f in factors):
+        return None
+    most = max(f >> 4 for f in factors) * max(f & 15 for f in factors)
+    return sum((f >> 4) * (f & 15) for f in factors) / most
 
 
 def _png_chunks_fit(data: bytes) -> bool:
