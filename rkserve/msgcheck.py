@@ -13,7 +13,7 @@ values, far more than a request needs (3 levels, ~20 values)::
 
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from .errors import BadRequest
 
@@ -43,32 +43,30 @@ def _bad(why: str) -> BadRequest:
     return BadRequest(f"message is not valid msgpack: {why}")
 
 
-def _head(data: Buffer, pos: int) -> tuple:
-    """``(kind, length, position after the header)`` of the value at ``pos``."""
-    byte = data[pos]
-    pos += 1
-    if byte <= 0x7F or byte >= 0xE0 or byte in (0xC0, 0xC2, 0xC3):
-        return "scalar", 0, pos
-    if byte in FIXED:
-        return "scalar", FIXED[byte], pos
-    if 0x80 <= byte <= 0x8F:
-        return "map", byte & 0x0F, pos
-    if 0x90 <= byte <= 0x9F:
-        return "array", byte & 0x0F, pos
-    if 0xA0 <= byte <= 0xBF:
-        return "str", byte & 0x1F, pos
-    if byte in SIZED:
-        size, kind = SIZED[byte]
-        if pos + size > len(data):
-            raise _bad(f"truncated at byte {pos}")
-        return kind, int.from_bytes(data[pos : pos + size], "big"), pos + size
-    raise _bad(f"byte 0x{byte:02x} at {pos - 1} is not a msgpack type this protocol uses")
+def _heads() -> List[Optional[Tuple[str, int, int]]]:
+    """Per format byte: ``(kind, length, size of its length field)`` (a fixed-size value's
+    length is its payload; a sized one's is read from its field), None if not allowed."""
+    table: List[Optional[Tuple[str, int, int]]] = [None] * 256
+    for byte in (*range(0x00, 0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3):
+        table[byte] = ("scalar", 0, 0)
+    for byte, size in FIXED.items():
+        table[byte] = ("scalar", size, 0)
+    for byte in range(0x80, 0xC0):
+        kind = ("map", "array", "str", "str")[(byte - 0x80) >> 4]
+        table[byte] = (kind, byte & (0x1F if kind == "str" else 0x0F), 0)
+    for byte, (size, kind) in SIZED.items():
+        table[byte] = (kind, 0, size)
+    return table
+
+
+HEADS = _heads()
 
 
 def check_message(data: Buffer) -> None:
     """Raise :class:`BadRequest` unless ``data`` is exactly one well-formed msgpack value with
-    string or bytes map keys, valid UTF-8 strings and no extension types, within the bounds."""
-    pos, items = 0, 0
+    string or bytes map keys, valid UTF-8 strings and no extension types, within the bounds.
+    One loop over a table of the format bytes: it runs for every request."""
+    pos, items, end = 0, 0, len(data)
     stack: List[List[int]] = [[1, 0]]  # per open container: values left, 1 if it is a map
     while stack:
         top = stack[-1]
@@ -80,23 +78,32 @@ def check_message(data: Buffer) -> None:
         items += 1
         if items > MAX_ITEMS:
             raise _bad(f"more than {MAX_ITEMS} values")
-        if pos >= len(data):
+        if pos >= end:
             raise _bad(f"truncated at byte {pos}")
-        kind, length, pos = _head(data, pos)
+        head = HEADS[data[pos]]
+        if head is None:
+            raise _bad(f"byte 0x{data[pos]:02x} at {pos} is not a msgpack type this protocol uses")
+        kind, length, size = head
+        pos += 1
+        if size:
+            if pos + size > end:
+                raise _bad(f"truncated at byte {pos}")
+            length = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
         if is_key and kind not in ("str", "bin"):
             raise _bad(f"a map key at byte {pos} is not a string")
-        if kind in ("map", "array"):
+        if kind == "map" or kind == "array":
             if len(stack) >= MAX_DEPTH:
                 raise _bad(f"nested deeper than {MAX_DEPTH} levels")
             stack.append([2 * length if kind == "map" else length, int(kind == "map")])
             continue
-        if pos + length > len(data):
-            raise _bad(f"truncated at byte {len(data)}")
+        if pos + length > end:
+            raise _bad(f"truncated at byte {end}")
         if kind == "str":
             try:
                 str(data[pos : pos + length], "utf-8")
             except UnicodeDecodeError:
                 raise _bad(f"the string at byte {pos} is not UTF-8") from None
         pos += length
-    if pos != len(data):
-        raise _bad(f"{len(data) - pos} extra bytes after the message")
+    if pos != end:
+        raise _bad(f"{end - pos} extra bytes after the message")
