@@ -322,7 +322,7 @@ class FrigateFrontend:
         try:
             self.pipeline.admit(envelope, request, hosts, self.door)
         except RkserveError as exc:
-            self.pipeline.metrics.requests.labels(name, exc.code).inc()
+            self.pipeline.metrics.refused(name, exc.code)
             raise frigate.Refused(exc.code, f"model {name}: {exc}") from None
 
     def _model_for(self, identity: bytes, array: Any, hosts: Any) -> str:

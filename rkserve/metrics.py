@@ -6,17 +6,25 @@ tests and several daemons in one process do not collide. ``docs/METRICS.md`` lis
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from .board import probes
 from .errors import ConfigError
@@ -89,23 +97,60 @@ class ModelCollector:
         yield from (ready, depth, info)
 
 
+class RequestCollector:
+    """``rkserve_requests_total{model, code}`` and ``rkserve_request_duration_seconds{model,
+    stage}``: an answer is counted under one lock, and the histograms are made at scrape
+    time (prometheus-client's own took a lock per bucket and a loop over the buckets per
+    stage: 14 us an answer, against ~3 here)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Dict[Tuple[str, str], int] = {}
+        # (model, stage) -> a count per bucket (the last one +Inf), then the sum of seconds
+        self._stages: Dict[Tuple[str, str], List[float]] = {}
+
+    def count(self, model: str, code: str, timings_ms: Optional[Mapping[str, float]]) -> None:
+        with self._lock:
+            self._counts[(model, code)] = self._counts.get((model, code), 0) + 1
+            for stage, ms in (timings_ms or {}).items():
+                series = self._stages.get((model, stage))
+                if series is None:
+                    if stage not in STAGES:
+                        continue
+                    series = self._stages[(model, stage)] = [0.0] * (len(BUCKETS) + 2)
+                seconds = ms / 1000.0
+                series[bisect.bisect_left(BUCKETS, seconds)] += 1  # le: bounds are inclusive
+                series[-1] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            counts = dict(self._counts)
+            stages = {key: list(series) for key, series in self._stages.items()}
+        requests = CounterMetricFamily(
+            "rkserve_requests",
+            "Requests answered, per model and result code",
+            labels=["model", "code"],
+        )
+        for labels, count in counts.items():
+            requests.add_metric(list(labels), count)
+        duration = HistogramMetricFamily(
+            "rkserve_request_duration_seconds",
+            "Request latency per model and stage",
+            labels=["model", "stage"],
+        )
+        bounds = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
+        for labels, series in stages.items():
+            buckets = list(zip(bounds, itertools.accumulate(series[:-1])))
+            duration.add_metric(list(labels), buckets, series[-1])
+        yield from (requests, duration)
+
+
 class Metrics:
     def __init__(self, root: Path = Path("/")) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.duration = Histogram(
-            "rkserve_request_duration_seconds",
-            "Request latency per model and stage",
-            ["model", "stage"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.requests = Counter(
-            "rkserve_requests",
-            "Requests answered, per model and result code",
-            ["model", "code"],
-            registry=r,
-        )
+        self.answers = RequestCollector()
+        r.register(self.answers)
         self.replies_dropped = Counter(
             "rkserve_replies_dropped",
             "Replies never delivered: unread (the client had left too many unread), "
@@ -129,28 +174,19 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         self._server: Optional[ThreadingHTTPServer] = None
-        # (model, code) -> its counter and its stages' histograms; children are never removed
-        self._children: Dict[Tuple[str, str], Tuple[Any, Dict[str, Any]]] = {}
 
     def observe(self, model: str, code: str, timings_ms: Mapping[str, float]) -> None:
         """One answered request: its result code and the stages it went through."""
-        children = self._children.get((model, code))
-        if children is None:
-            children = self._children[(model, code)] = self._labelled(model, code)
-        count, stages = children
-        count.inc()
-        for stage, ms in timings_ms.items():
-            child = stages.get(stage)
-            if child is None:
-                if stage not in STAGES:
-                    continue
-                child = stages[stage] = self.duration.labels(model, stage)
-            child.observe(ms / 1000.0)
+        self.answers.count(model, code, timings_ms)
 
-    def _labelled(self, model: str, code: str) -> Tuple[Any, Dict[str, Any]]:
-        """A model's labelled children, each looked up once (the stages as they first come):
-        ``labels()`` costs ~6 us a call, and seven of them were most of an answer's metrics."""
-        return self.requests.labels(model, code), {}
+    def refused(self, model: str, code: str) -> None:
+        """One request answered at once with an error (``model`` "" when it named none of
+        ours): counted, never timed."""
+        self.answers.count(model, code, None)
+
+    def watch_inflight(self, inflight: Callable[[], int]) -> None:
+        """``rkserve_inflight_requests`` is ``inflight()`` at each scrape."""
+        self.inflight.set_function(inflight)
 
     def watch_models(self, models: Callable[[], Iterable[ModelState]]) -> None:
         """Export the served models' state, read from ``models`` at each scrape."""

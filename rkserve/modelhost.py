@@ -54,7 +54,6 @@ class Job:
         params: Any,
         deadline: float,
         cost: int,
-        pixels: int = 0,
         door: Optional[Door] = None,
     ) -> None:
         self.door = door  # how it is answered (None: the pipeline's own)
@@ -64,7 +63,6 @@ class Job:
         self.params = params
         self.deadline = deadline  # time.monotonic() value
         self.cost = cost  # bytes of the memory budget it holds until answered
-        self.pixels = pixels  # of its image, from the header (0 for named tensors)
         self.received = time.perf_counter()
         self.prepared: Optional[Prepared] = None
         self.answered = False
@@ -119,7 +117,7 @@ class ModelHost:
         self.pending = 0  # admitted, not yet taken by the runner
         self.stopping = False  # the runners are told to stop: nothing more is taken on
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Optional[Job]] = queue.Queue()
+        self._queue: queue.SimpleQueue[Optional[Job]] = queue.SimpleQueue()  # C: a cheap hand-off
         self._threads: List[threading.Thread] = []
         self._busy: Dict[int, float] = {}  # runner index -> when its current job started
 
@@ -226,7 +224,13 @@ class ModelHost:
             try:
                 step(self, job, engine)
             finally:
-                del self._busy[index]
+                self._busy.pop(index, None)
+
+    def ran(self, engine: Engine) -> None:
+        """``engine``'s runner is done with the NPU for its job: it only answers it now (a
+        cheap finish, or a hand-off to a worker), so the host counts as idle and the next
+        job is queued for it, not sent to a worker to be prepared (one hand-off more)."""
+        self._busy.pop(self.engines.index(engine), None)
 
     # loader thread
     def stuck_for(self) -> float:

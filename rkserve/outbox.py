@@ -46,6 +46,7 @@ SNDHWM = 100  # messages ZeroMQ queues per peer; with TRACK_MIN: at most 400 kB 
 ENTRY_COST = 256  # bytes a waiting reply costs beyond its own (envelope, tuple, queue slot)
 RESERVE_SHARE = 4  # a peer may always keep a quarter of peer_limit, whatever the others hold
 WARN_EVERY_S = 10.0
+MORE, NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)  # plain ints: no enum per send
 SENT, FULL, GONE = "sent", "full", "gone"
 
 Waiting = Tuple[List[bytes], bytes, int]  # envelope, reply, bytes charged
@@ -133,7 +134,9 @@ class Outbox:
         peer = envelope[0]
         frame = zmq.Frame(reply, track=True, copy=False) if len(reply) >= TRACK_MIN else None
         try:
-            self.sock.send_multipart([*envelope, frame or reply], zmq.NOBLOCK, copy=False)
+            for part in envelope:  # what send_multipart does, with plain-int flags
+                self.sock.send(part, MORE)
+            self.sock.send(frame or reply, NOBLOCK, copy=False)
         except zmq.Again:
             return FULL
         except zmq.ZMQError as exc:

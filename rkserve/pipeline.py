@@ -93,10 +93,9 @@ class Pipeline:
             raise host.unavailable()
         params = host.engine.parse_params(request.params)
         header = _header(request, self.settings.max_pixels)
-        pixels = header.width * header.height if header is not None else 0
         cost = _cost(request, params, header, host.engine.backend.raw_input)
         deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
-        job = Job(envelope, request, host, params, deadline, cost, pixels, door or self.door)
+        job = Job(envelope, request, host, params, deadline, cost, door or self.door)
         self._hold(job)
         try:
             idle = host.idle
@@ -130,13 +129,11 @@ class Pipeline:
                 )
             self.held += job.cost
             self.jobs[id(job)] = job
-        self.metrics.inflight.inc()
 
     def _drop(self, job: Job) -> None:
         with self._lock:
             self.held -= job.cost
             self.jobs.pop(id(job), None)
-        self.metrics.inflight.dec()
 
     # CPU pool ----------------------------------------------------------------------------
     def _prepare(self, job: Job) -> None:
@@ -189,6 +186,7 @@ class Pipeline:
             return
         finally:
             self.gc_guard.tick()
+        host.ran(engine)
         if self._cheap(job, outputs):
             self._finish(job, outputs)
             return
@@ -199,9 +197,11 @@ class Pipeline:
 
     @staticmethod
     def _cheap(job: Job, outputs: Sequence[np.ndarray]) -> bool:
-        """Finishing costs less than a hand-off: small outputs, and a small image to map a
-        result back onto (a segmentation map is resized to the source image)."""
-        return sum(int(o.size) for o in outputs) + job.pixels <= INLINE_ELEMENTS
+        """Finishing costs less than a hand-off: small outputs, and no large image to map a
+        result back onto or draw on (a classifier's top-k of a 1080p frame is cheap; a
+        segmentation map resized to it is not)."""
+        assert job.prepared is not None
+        return sum(int(o.size) for o in outputs) + job.prepared.finish_pixels <= INLINE_ELEMENTS
 
     # runner or CPU pool ------------------------------------------------------------------
     def _finish(self, job: Job, outputs: Sequence[np.ndarray]) -> None:

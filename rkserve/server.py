@@ -52,6 +52,7 @@ class Server:
         build = HostBuilder(settings, self.metrics)
         self.loader = Loader(settings, build, self._start_runner, self._abandon)
         self.metrics.watch_models(self._model_states)
+        self.metrics.watch_inflight(lambda: self.pipeline.inflight)
         self.should_exit = self.force_exit = self.should_reload = False
         self.draining = False
         self.metrics_port: Optional[int] = None

@@ -44,6 +44,7 @@ class Prepared:
     params: Any  # what the task's parse_params returned
     timings: Dict[str, float] = field(default_factory=dict)  # ms: decode, preprocess
     context: Any = None  # the task's own: e.g. where the image sits in the model input
+    finish_pixels: int = 0  # source pixels finish maps a result onto or draws on
 
 
 class Task(Protocol):

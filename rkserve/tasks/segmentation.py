@@ -123,7 +123,13 @@ def parse_params(raw: Mapping[str, Any], spec: ModelSpec) -> Params:
     return Params(mask, overlay)
 
 
-prepare = vision.prepare_with_overlay
+def prepare(
+    data: Any, spec: ModelSpec, backend: Backend, params: Params, max_pixels: int
+) -> Prepared:
+    prepared = vision.prepare_with_overlay(data, spec, backend, params, max_pixels)
+    height, width = prepared.context.size
+    prepared.finish_pixels = height * width  # the class map is resized to the source image
+    return prepared
 
 
 def finish(outputs: Sequence[np.ndarray], prepared: Prepared, spec: ModelSpec) -> Dict[str, Any]:

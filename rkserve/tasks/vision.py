@@ -118,7 +118,7 @@ def prepare_image(
     timings["preprocess"] = elapsed_ms(started)
     size = _source_size(pixels, factor, data)
     context = ImageContext(image.unreduce(placement, factor), size, pixels if keep else None)
-    return Prepared([tensor], params, timings, context)
+    return Prepared([tensor], params, timings, context, size[0] * size[1] if keep else 0)
 
 
 def _decode(data: Any, spec: ModelSpec, max_pixels: int, keep: bool) -> Tuple[np.ndarray, str, int]:

@@ -204,3 +204,48 @@ def test_the_budget_charged_for_named_inputs_covers_their_peak(tmp_path):
     pipeline.stop()
     assert len(kept.tensors) == 2
     assert sent + peak <= charged, f"peak {sent + peak} B, charged {charged} B"
+
+
+class WhereFinished(Engine):
+    """Records the thread each job's ``finish`` ran on."""
+
+    threads: List[str] = []
+
+    def finish(self, prepared: Any, outputs: Any) -> Result:
+        WhereFinished.threads.append(threading.current_thread().name)
+        return super().finish(prepared, outputs)
+
+
+@pytest.mark.parametrize(
+    "model, size, finished_on",
+    [
+        ("cls", (1080, 1920), "npu-cls"),  # a top-k: no hand-off, however large the image
+        ("seg", (120, 160), "npu-seg"),  # a small map resized to a small image
+        ("seg", (1080, 1920), "cpu"),  # resized to 1920x1080: worth a worker
+    ],
+)
+def test_finishing_goes_to_a_worker_only_when_it_costs_more_than_the_hand_off(
+    tmp_path: Path, model: str, size: Tuple[int, int], finished_on: str
+) -> None:
+    models = fake_models(tmp_path / "models")
+    entry = repository.scan(models)[model]
+    assert entry.spec is not None
+    replies = Replies()
+    pipeline = Pipeline(Settings(models_dir=str(models), backend="fake"), Metrics(), replies)
+    backend = repository.build_engine(entry.spec, "fake", 16_000_000).backend
+    host = ModelHost.serving(entry, [WhereFinished(entry.spec, backend)], {}, 4)
+    host.start(pipeline.step)
+    WhereFinished.threads = []
+    try:
+        picture = np.full((*size, 3), 9, np.uint8)
+        pipeline.admit(
+            [b"peer"],
+            protocol.Request(id=1, op="infer", model=model, tensor=picture),
+            {model: host},
+        )
+        (reply,) = replies.wait(1)
+        assert reply["ok"], reply
+        assert [name.split("_")[0] for name in WhereFinished.threads] == [finished_on]
+    finally:
+        pipeline.stop()
+        host.stop(timeout=2.0)
