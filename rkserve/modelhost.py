@@ -119,7 +119,7 @@ class ModelHost:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Optional[Job]] = queue.SimpleQueue()  # C: a cheap hand-off
         self._threads: List[threading.Thread] = []
-        self._busy: Dict[int, float] = {}  # runner index -> when its current job started
+        self._busy: Dict[int, float] = {}  # runner index -> since when it has a job on the NPU
 
     @classmethod
     def loading(cls, entry: Entry, queue_size: int) -> ModelHost:
