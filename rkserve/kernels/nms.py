@@ -5,7 +5,7 @@ a box is dropped when its overlap with a kept box of the same class is not ``<= 
 overlap adds ``1e-5`` to the intersection's width and height (:data:`NMS_EPS`); so does
 :func:`nms`, so that the same boxes survive.
 
-Equal scores are visited in the zoo's order too (:func:`visit_order`): it sorts each class's
+Equal scores are visited in the zoo's order too (:func:`class_order`): it sorts each class's
 scores, in candidate order, with ``argsort()[::-1]``, numpy's default sort, which is not
 stable, and whose order for equal values changes with numpy's version and the CPU's SIMD
 (numpy 2.4 with AVX2 reverses two equal values, numpy 1.24 keeps up to 16 in order). Doing
@@ -26,8 +26,11 @@ NMS_EPS = 1e-5  # the model zoo's nms_boxes adds this to the intersection's side
 FIRST_CHUNK = 16
 CHUNK = 256
 BLOCK = 1 << 18  # the most elements of one overlap matrix (2 MB of float64)
-PAIRS = 1 << 16  # the most same-class pairs NMS by pairs takes on (~6 MB of arrays)
-PASSES = 32  # the most fixed-point passes NMS by pairs makes before it leaves it to chunks
+# NMS by heads keeps the best box of every class left per round, at most HEADS rounds, while a
+# round keeps at least one box per HEAD_SHARE boxes left: a round costs as many box overlaps
+# as there are boxes left, and a few classes of many boxes go faster by chunks.
+HEADS = 16
+HEAD_SHARE = 256
 _AFTER = np.triu(np.ones((CHUNK, CHUNK), bool), k=1)  # [i, j]: box j comes after box i
 _AFTER.flags.writeable = False  # shared by every request's thread
 
@@ -83,89 +86,79 @@ def nms(
     max_det: Optional[int] = None,
 ) -> np.ndarray:
     """Greedy NMS within each class: ``boxes`` ``[N, 4]``, ``scores`` ``[N]``, ``classes``
-    ``[N]`` (None: one class) → indices ``[K] int64`` of the kept boxes, best first,
-    at most ``max_det``.
+    ``[N]`` (None: one class) → indices ``[K] int64`` of the kept boxes, best first (equal
+    scores: by their place in their class's visit, then candidate order), at most
+    ``max_det``.
 
-    Greedy NMS is sequential: whether a box stays depends on the boxes kept before it. Both
-    ways below find its answer as a fixed point: ``keep[j] = no kept box before j suppresses
-    j``, iterated from "all kept" (suppression only points forward, so it settles in as many
-    passes as the longest chain of boxes suppressing the next: a handful for real outputs).
+    Two ways find the greedy answer, one after the other:
 
-    - By pairs (:func:`_by_pairs`): the overlaps of every two boxes of one class, when there
-      are at most :data:`PAIRS` such pairs: classes never suppress each other, so a scene of
-      many classes has few pairs.
-    - By chunks (:func:`_by_chunks`), for crowds of one class or chains too long: a chunk of
-      boxes at a time in score order (:data:`FIRST_CHUNK`, doubling up to :data:`CHUNK`),
-      settled among themselves, then every box still to come that a newly kept box
-      suppresses is dropped. Work stops once ``max_det`` boxes are kept.
+    - By heads (:func:`_by_heads`), every class at once: the best box left in each class is
+      kept and drops the boxes of its class that it overlaps; one round per box a class
+      keeps, a handful in a scene of many classes (at most :data:`HEADS`).
+    - By chunks (:func:`_by_chunks`), for what is left: crowds of one or a few classes,
+      a chunk of boxes at a time in score order (:data:`FIRST_CHUNK`, doubling up to
+      :data:`CHUNK`), settled among themselves, then every box still to come that a newly
+      kept box suppresses is dropped. Work stops once ``max_det`` boxes are kept.
     """
     count = int(scores.shape[0])
     limit = count if max_det is None else min(count, max_det)
+    scores = np.asarray(scores)
     labels = np.zeros(count, np.int64) if classes is None else np.asarray(classes)
-    order = visit_order(np.asarray(scores), labels)
-    kept = _by_pairs(boxes, labels, order, iou)
-    if kept is None:
-        kept = _by_chunks(boxes, labels, order, iou, limit)
-    return kept[:limit]
+    grouped, rank = class_order(scores, labels)
+    kept, rest = _by_heads(boxes, labels, grouped, iou)
+    if rest.size:
+        rest = _best_first(rest, scores, rank)
+        kept = np.concatenate([kept, _by_chunks(boxes, labels, rest, iou, limit)])
+    return _best_first(kept, scores, rank)[:limit]
 
 
-def visit_order(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Indices ``[N]`` best score first; within a class, equal scores in the order the model
-    zoo's ``nms_boxes`` visits them: ``argsort()[::-1]`` of that class's scores, taken in
-    candidate order (the zoo's ``scores[np.where(classes == c)]``). Across classes, equal
-    scores follow that rank, then the candidate order."""
+def class_order(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices ``[N]`` by class, each class in the order the model zoo's ``nms_boxes`` visits
+    it, and each box's place ``[N]`` in its class's visit.
+
+    The zoo visits ``argsort()[::-1]`` of a class's scores taken in candidate order: best
+    first, and equal scores as that sort leaves them. A class without equal scores is sorted
+    here once with the others; a class with some goes through the zoo's very expression."""
     count = int(scores.shape[0])
-    grouped = np.argsort(labels, kind="stable")  # by class, candidate order within each
-    cls = labels[grouped]
-    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]]) if count else np.empty(0, int)
+    grouped = np.lexsort((-scores, labels))  # by class, best first
+    cls, ordered = labels[grouped], scores[grouped]
+    new = np.r_[True, cls[1:] != cls[:-1]] if count else np.zeros(0, bool)
+    starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], count]
+    tied = np.flatnonzero(~new[1:] & (ordered[1:] == ordered[:-1])) + 1
+    for n in np.unique(np.searchsorted(starts, tied, "right") - 1).tolist():
+        members = np.sort(grouped[starts[n] : ends[n]])  # candidate order
+        grouped[starts[n] : ends[n]] = members[scores[members].argsort()[::-1]]
     rank = np.empty(count, np.int64)
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        members = grouped[start:end]
-        visited = members[scores[members].argsort()[::-1]]  # the zoo's very expression
-        rank[visited] = np.arange(end - start)
-    return np.lexsort((np.arange(count), rank, -scores))
+    rank[grouped] = np.arange(count) - np.repeat(starts, ends - starts)
+    return grouped, rank
 
 
-def _by_pairs(
-    boxes: np.ndarray, labels: np.ndarray, order: np.ndarray, iou: float
-) -> Optional[np.ndarray]:
-    """The greedy answer (best first) from the same-class pairs; None when there are more
-    than :data:`PAIRS` of them or the fixed point takes more than :data:`PASSES` passes."""
-    pairs = _same_class_pairs(labels, order)
-    if pairs is None:
-        return None
-    first, second = pairs
-    # np.take: several times faster than fancy indexing for rows of a 2-D array
-    overlaps = pair_iou(np.take(boxes, first, axis=0), np.take(boxes, second, axis=0), NMS_EPS)
-    hits = ~(overlaps <= iou)  # NaN suppresses, as in the model zoo
-    earlier, later = first[hits], second[hits]
-    keep = np.ones(boxes.shape[0], bool)
-    for _ in range(PASSES):
-        settled = np.ones(boxes.shape[0], bool)
-        settled[later[keep[earlier]]] = False
-        if np.array_equal(settled, keep):
-            return order[keep[order]]
-        keep = settled
-    return None
+def _best_first(indices: np.ndarray, scores: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """``indices`` best score first; equal scores by ``rank``, then candidate order."""
+    return indices[np.lexsort((indices, rank[indices], -scores[indices]))]
 
 
-def _same_class_pairs(
-    labels: np.ndarray, order: np.ndarray
-) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """Every two boxes of one class as ``(earlier, later)`` indices (in ``order``), or None
-    when there are more than :data:`PAIRS`."""
-    grouped = order[np.argsort(labels[order], kind="stable")]  # by class, best first in each
-    cls = labels[grouped]
-    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
-    ends = np.r_[starts[1:], cls.size]
-    after = np.repeat(ends, ends - starts) - np.arange(cls.size) - 1  # later boxes of its class
-    total = int(after.sum())
-    if total > PAIRS:
-        return None
-    first = np.repeat(np.arange(cls.size), after)
-    second = first + 1 + np.arange(total) - np.repeat(np.cumsum(after) - after, after)
-    return grouped[first], grouped[second]
+def _by_heads(
+    boxes: np.ndarray, labels: np.ndarray, grouped: np.ndarray, iou: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Rounds of greedy NMS in every class at once (see :func:`nms` and :data:`HEADS`): the
+    kept boxes, and the boxes still undecided (in ``grouped`` order)."""
+    rest, cls = grouped, labels[grouped]
+    box = np.take(boxes, grouped, axis=0)
+    kept = [np.empty(0, np.int64)]
+    for _ in range(HEADS):
+        if not rest.size:
+            break
+        head = np.r_[True, cls[1:] != cls[:-1]]
+        if np.count_nonzero(head) * HEAD_SHARE < rest.size:
+            break
+        kept.append(rest[head])
+        leader = np.flatnonzero(head)[np.cumsum(head) - 1]  # the head of each box's class
+        stays = pair_iou(box, np.take(box, leader, axis=0), NMS_EPS) <= iou  # NaN: dropped
+        stays[head] = False
+        rest, cls, box = rest[stays], cls[stays], box[stays]
+    return np.concatenate(kept), rest
 
 
 def _by_chunks(

@@ -28,23 +28,24 @@ FORMATS = [("yolov5", False), ("yolov8", False), ("yolov8", True)]
 FORMAT_IDS = ["yolov5", "yolov8-6", "yolov8-9"]
 
 
-@pytest.fixture(params=["pairs", "chunks", "pairs-then-chunks"])
+@pytest.fixture(params=["heads", "chunks", "heads-then-chunks"])
 def nms_path(request, monkeypatch) -> str:
-    """Each way NMS finds the greedy answer (by same-class pairs, by chunks, and by pairs
-    giving up after one pass), so that every one is held to the zoo's boxes."""
-    if request.param == "pairs":  # pairs alone, however many passes it takes
-        monkeypatch.setattr(nms_module, "PAIRS", 1 << 30)
-        monkeypatch.setattr(nms_module, "PASSES", 10_000)
+    """Each way NMS finds the greedy answer (by heads of every class at once, by chunks, and
+    by heads giving up after one round), so that every one is held to the zoo's boxes."""
+    if request.param == "chunks":
+        monkeypatch.setattr(nms_module, "HEADS", 0)
+        return str(request.param)
+    monkeypatch.setattr(nms_module, "HEAD_SHARE", 1 << 30)  # rounds however few boxes they keep
+    if request.param == "heads":  # heads alone, however many rounds it takes
+        monkeypatch.setattr(nms_module, "HEADS", 1 << 30)
         monkeypatch.setattr(nms_module, "_by_chunks", _no_chunks)
-    elif request.param == "chunks":
-        monkeypatch.setattr(nms_module, "PAIRS", -1)
-    elif request.param == "pairs-then-chunks":
-        monkeypatch.setattr(nms_module, "PASSES", 1)
+    else:
+        monkeypatch.setattr(nms_module, "HEADS", 1)
     return str(request.param)
 
 
 def _no_chunks(*args: object) -> np.ndarray:
-    raise AssertionError("NMS by pairs gave up")
+    raise AssertionError("NMS by heads gave up")
 
 
 def scene(
@@ -280,6 +281,29 @@ def test_nms_ties_follow_the_zoo_and_classes_do_not_suppress() -> None:
     levels = np.random.default_rng(1).integers(0, 3, 200).astype(np.float32) / 4
     crowd = np.array([[0, 0, 10, 10]]) + np.arange(200)[:, None] * 0.01
     assert nms(crowd, levels).tolist() == module.nms_boxes(crowd, levels).tolist()
+
+
+@pytest.mark.usefixtures("nms_path")
+def test_nms_of_many_classes_keeps_the_zoos_boxes_class_by_class() -> None:
+    """Classes of one box to more than a chunk, interleaved, some with tied scores: each class
+    keeps the boxes the zoo's nms_boxes keeps, in its order, and the whole is best first."""
+    module = zoo.zoo("yolov8")
+    module.NMS_THRESH = 0.45
+    rng = np.random.default_rng(17)
+    sizes = [1, 2, 5, 40, 90, CHUNK + 40]
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    xy = rng.uniform(0, 200, (labels.size, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 80, (labels.size, 2))], axis=1)
+    scores = rng.uniform(0.3, 0.9, labels.size).astype(np.float32)
+    tied = np.isin(labels, [1, 3, 5]) & (rng.uniform(size=labels.size) < 0.5)
+    scores[tied] = np.round(scores[tied] * 8) / 8
+    kept = nms(boxes, scores, labels)
+    for cls in range(len(sizes)):
+        members = np.flatnonzero(labels == cls)
+        expected = members[module.nms_boxes(boxes[members], scores[members])]
+        assert kept[labels[kept] == cls].tolist() == expected.tolist(), cls
+    assert np.all(np.diff(scores[kept]) <= 0)
+    assert nms(boxes, scores, labels, max_det=7).tolist() == kept[:7].tolist()
 
 
 def test_pair_iou_is_box_iou_pair_by_pair() -> None:
