@@ -122,9 +122,9 @@ def class_order(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.
     count = int(scores.shape[0])
     grouped = np.lexsort((-scores, labels))  # by class, best first
     cls, ordered = labels[grouped], scores[grouped]
-    new = np.r_[True, cls[1:] != cls[:-1]] if count else np.zeros(0, bool)
+    new = _starts(cls)
     starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], count]
+    ends = np.append(starts[1:], count)
     tied = np.flatnonzero(~new[1:] & (ordered[1:] == ordered[:-1])) + 1
     for n in np.unique(np.searchsorted(starts, tied, "right") - 1).tolist():
         members = np.sort(grouped[starts[n] : ends[n]])  # candidate order
@@ -148,17 +148,21 @@ def _by_heads(
     box = np.take(boxes, grouped, axis=0)
     kept = [np.empty(0, np.int64)]
     for _ in range(HEADS):
-        if not rest.size:
+        head = _starts(cls)
+        heads = np.flatnonzero(head)
+        if not rest.size or heads.size * HEAD_SHARE < rest.size:
             break
-        head = np.r_[True, cls[1:] != cls[:-1]]
-        if np.count_nonzero(head) * HEAD_SHARE < rest.size:
-            break
-        kept.append(rest[head])
-        leader = np.flatnonzero(head)[np.cumsum(head) - 1]  # the head of each box's class
+        kept.append(rest[heads])
+        leader = heads[np.cumsum(head) - 1]  # the head of each box's class
         stays = pair_iou(box, np.take(box, leader, axis=0), NMS_EPS) <= iou  # NaN: dropped
-        stays[head] = False
+        stays[heads] = False
         rest, cls, box = rest[stays], cls[stays], box[stays]
     return np.concatenate(kept), rest
+
+
+def _starts(cls: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: where each class starts in ``cls`` (grouped by class)."""
+    return np.concatenate((cls[:1] == cls[:1], cls[1:] != cls[:-1]))  # [True] unless empty
 
 
 def _by_chunks(
