@@ -65,17 +65,22 @@ def _overlap(
     return np.maximum(side, 0.0, out=side)
 
 
-def pair_iou(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> np.ndarray:
-    """Intersection over union of ``a[i]`` with ``b[i]`` (``[N, 4]`` each) → ``[N]``: the
-    same arithmetic as :func:`box_iou`, pair by pair."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    inter = _overlap(a[:, 0], a[:, 2], b[:, 0], b[:, 2], eps)
-    inter *= _overlap(a[:, 1], a[:, 3], b[:, 1], b[:, 3], eps)
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The model zoo's NMS overlap of ``a[:, i]`` with ``b[:, i]`` (``[5, N]`` each: ``x1, y1,
+    x2, y2`` and the area, see :func:`_with_areas`) → ``[N]``: :func:`box_iou`'s arithmetic
+    with :data:`NMS_EPS`, pair by pair. Two empty boxes give NaN (call it under
+    ``np.errstate``)."""
+    inter = _overlap(a[0], a[2], b[0], b[2], NMS_EPS)
+    inter *= _overlap(a[1], a[3], b[1], b[3], NMS_EPS)
+    union = a[4] + b[4]
     union -= inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.divide(inter, union, out=inter)
+    return np.divide(inter, union, out=inter)
+
+
+def _with_areas(boxes: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` boxes → ``[5, N]``: ``x1, y1, x2, y2`` and the area, one row each."""
+    sides = np.asarray(boxes, np.float64).T
+    return np.concatenate([sides, [(sides[2] - sides[0]) * (sides[3] - sides[1])]])
 
 
 def nms(
@@ -87,10 +92,10 @@ def nms(
 ) -> np.ndarray:
     """Greedy NMS within each class: ``boxes`` ``[N, 4]``, ``scores`` ``[N]``, ``classes``
     ``[N]`` (None: one class) → indices ``[K] int64`` of the kept boxes, best first (equal
-    scores: by their place in their class's visit, then candidate order), at most
-    ``max_det``.
+    scores: lower class first, each class in the zoo's order), at most ``max_det``.
 
-    Two ways find the greedy answer, one after the other:
+    The boxes are taken by class, each class in the order the zoo visits it
+    (:func:`class_order`); two ways then find the greedy answer, one after the other:
 
     - By heads (:func:`_by_heads`), every class at once: the best box left in each class is
       kept and drops the boxes of its class that it overlaps; one round per box a class
@@ -102,61 +107,60 @@ def nms(
     """
     count = int(scores.shape[0])
     limit = count if max_det is None else min(count, max_det)
-    scores = np.asarray(scores)
     labels = np.zeros(count, np.int64) if classes is None else np.asarray(classes)
-    grouped, rank = class_order(scores, labels)
-    kept, rest = _by_heads(boxes, labels, grouped, iou)
+    grouped, cls, ordered = class_order(np.asarray(scores), labels)
+    box = np.take(np.asarray(boxes, np.float64), grouped, axis=0)
+    # from here on, boxes are named by their place in ``grouped``
+    kept, rest = _by_heads(box, cls, iou)
     if rest.size:
-        rest = _best_first(rest, scores, rank)
-        kept = np.concatenate([kept, _by_chunks(boxes, labels, rest, iou, limit)])
-    return _best_first(kept, scores, rank)[:limit]
+        rest = _best_first(rest, ordered)
+        kept = np.concatenate([kept, _by_chunks(box, cls, rest, iou, limit)])
+    return grouped[_best_first(kept, ordered)[:limit]]
 
 
-def class_order(scores: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def class_order(
+    scores: np.ndarray, labels: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices ``[N]`` by class, each class in the order the model zoo's ``nms_boxes`` visits
-    it, and each box's place ``[N]`` in its class's visit.
+    it, and the classes and scores in that order.
 
     The zoo visits ``argsort()[::-1]`` of a class's scores taken in candidate order: best
     first, and equal scores as that sort leaves them. A class without equal scores is sorted
     here once with the others; a class with some goes through the zoo's very expression."""
-    count = int(scores.shape[0])
     grouped = np.lexsort((-scores, labels))  # by class, best first
     cls, ordered = labels[grouped], scores[grouped]
-    new = _starts(cls)
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], count)
-    tied = np.flatnonzero(~new[1:] & (ordered[1:] == ordered[:-1])) + 1
-    for n in np.unique(np.searchsorted(starts, tied, "right") - 1).tolist():
-        members = np.sort(grouped[starts[n] : ends[n]])  # candidate order
-        grouped[starts[n] : ends[n]] = members[scores[members].argsort()[::-1]]
-    rank = np.empty(count, np.int64)
-    rank[grouped] = np.arange(count) - np.repeat(starts, ends - starts)
-    return grouped, rank
+    tied = (cls[1:] == cls[:-1]) & (ordered[1:] == ordered[:-1])
+    for value in np.unique(cls[1:][tied]).tolist():
+        places = np.flatnonzero(cls == value)  # one run: the class's
+        members = np.sort(grouped[places])  # candidate order
+        grouped[places] = members[scores[members].argsort()[::-1]]
+    return grouped, cls, ordered  # the same scores: only equal ones changed places
 
 
-def _best_first(indices: np.ndarray, scores: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """``indices`` best score first; equal scores by ``rank``, then candidate order."""
-    return indices[np.lexsort((indices, rank[indices], -scores[indices]))]
+def _best_first(places: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """``places`` (in :func:`class_order`'s order) best score first, equal scores in that
+    order."""
+    return places[np.lexsort((places, -ordered[places]))]
 
 
-def _by_heads(
-    boxes: np.ndarray, labels: np.ndarray, grouped: np.ndarray, iou: float
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Rounds of greedy NMS in every class at once (see :func:`nms` and :data:`HEADS`): the
-    kept boxes, and the boxes still undecided (in ``grouped`` order)."""
-    rest, cls = grouped, labels[grouped]
-    box = np.take(boxes, grouped, axis=0)
-    kept = [np.empty(0, np.int64)]
-    for _ in range(HEADS):
-        head = _starts(cls)
-        heads = np.flatnonzero(head)
-        if not rest.size or heads.size * HEAD_SHARE < rest.size:
-            break
-        kept.append(rest[heads])
-        leader = heads[np.cumsum(head) - 1]  # the head of each box's class
-        stays = pair_iou(box, np.take(box, leader, axis=0), NMS_EPS) <= iou  # NaN: dropped
-        stays[heads] = False
-        rest, cls, box = rest[stays], cls[stays], box[stays]
+def _by_heads(box: np.ndarray, cls: np.ndarray, iou: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Rounds of greedy NMS in every class at once (see :func:`nms` and :data:`HEADS`) on
+    boxes in :func:`class_order`'s order: the places of the kept boxes, and of the boxes
+    still undecided."""
+    rest = np.arange(cls.size)
+    sides = _with_areas(box)
+    kept = [rest[:0]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(HEADS):
+            head = _starts(cls)
+            heads = head.nonzero()[0]
+            if not rest.size or heads.size * HEAD_SHARE < rest.size:
+                break
+            kept.append(rest[heads])
+            leader = heads[head.cumsum() - 1]  # the head of each box's class
+            stays = _pair_iou(sides, sides[:, leader]) <= iou  # NaN: dropped, as in the zoo
+            stays[heads] = False
+            rest, cls, sides = rest[stays], cls[stays], sides[:, stays]
     return np.concatenate(kept), rest
 
 

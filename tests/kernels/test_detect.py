@@ -306,16 +306,17 @@ def test_nms_of_many_classes_keeps_the_zoos_boxes_class_by_class() -> None:
     assert nms(boxes, scores, labels, max_det=7).tolist() == kept[:7].tolist()
 
 
-def test_pair_iou_is_box_iou_pair_by_pair() -> None:
+def test_pair_overlap_is_box_iou_pair_by_pair() -> None:
     rng = np.random.default_rng(16)
     a = np.sort(rng.uniform(0, 50, (200, 2, 2)), axis=1).reshape(200, 4)[:, [0, 2, 1, 3]]
     b = a[::-1] + rng.uniform(-5, 5, (200, 4))
     b[:3] = b[:3, [2, 3, 0, 1]]  # inside out: negative sizes
     a[3:5, 2:] = a[3:5, :2]  # empty boxes
     b[3:5] = a[3:5]
-    for eps in (0.0, 1e-5):
-        whole = np.diagonal(box_iou(a, b, eps))
-        assert np.array_equal(nms_module.pair_iou(a, b, eps), whole, equal_nan=True)
+    whole = np.diagonal(box_iou(a, b, nms_module.NMS_EPS))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pairs = nms_module._pair_iou(nms_module._with_areas(a), nms_module._with_areas(b))
+    assert np.array_equal(pairs, whole, equal_nan=True)
 
 
 def test_box_iou() -> None:
