@@ -170,12 +170,11 @@ def _yolov8(
     counts = [c[1].size for c in cells]
     widths = np.repeat([out.shape[-1] for out in outputs[1::per_scale]], counts)
     row, col = np.divmod(chosen, widths)
-    centres = np.stack([col, row]) + 0.5  # [2, K] in cells
+    centres = np.array([col, row], np.float64) + 0.5  # [2, K] in cells
     sides = dfl(bins)  # [4, K]: left, top, right, bottom
-    boxes = np.concatenate([centres - sides[:2], centres + sides[2:]]).T
-    return Candidates(
-        boxes * np.repeat(np.asarray(strides, np.float64), counts)[:, None], scores, classes
-    )
+    boxes = np.concatenate([centres - sides[:2], centres + sides[2:]])
+    boxes *= np.repeat(np.asarray(strides, np.float64), counts)
+    return Candidates(boxes.T, scores, classes)
 
 
 def _yolov8_cells(
