@@ -99,7 +99,8 @@ def nms(
 
     - By heads (:func:`_by_heads`), every class at once: the best box left in each class is
       kept and drops the boxes of its class that it overlaps; one round per box a class
-      keeps, a handful in a scene of many classes (at most :data:`HEADS`).
+      keeps, a handful in a scene of many classes (at most :data:`HEADS`), fewer when
+      ``max_det`` boxes are found first.
     - By chunks (:func:`_by_chunks`), for what is left: crowds of one or a few classes,
       a chunk of boxes at a time in score order (:data:`FIRST_CHUNK`, doubling up to
       :data:`CHUNK`), settled among themselves, then every box still to come that a newly
@@ -111,7 +112,7 @@ def nms(
     grouped, cls, ordered = class_order(np.asarray(scores), labels)
     box = np.take(np.asarray(boxes, np.float64), grouped, axis=0)
     # from here on, boxes are named by their place in ``grouped``
-    kept, rest = _by_heads(box, cls, iou)
+    kept, rest = _by_heads(box, cls, ordered, iou, limit)
     if rest.size:
         rest = _best_first(rest, ordered)
         kept = np.concatenate([kept, _by_chunks(box, cls, rest, iou, limit)])
@@ -143,25 +144,31 @@ def _best_first(places: np.ndarray, ordered: np.ndarray) -> np.ndarray:
     return places[np.lexsort((places, -ordered[places]))]
 
 
-def _by_heads(box: np.ndarray, cls: np.ndarray, iou: float) -> Tuple[np.ndarray, np.ndarray]:
+def _by_heads(
+    box: np.ndarray, cls: np.ndarray, ordered: np.ndarray, iou: float, limit: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Rounds of greedy NMS in every class at once (see :func:`nms` and :data:`HEADS`) on
-    boxes in :func:`class_order`'s order: the places of the kept boxes, and of the boxes
-    still undecided."""
+    boxes in :func:`class_order`'s order (``ordered``: their scores): the places of the kept
+    boxes, and of the boxes still undecided (none once ``limit`` kept boxes outscore them
+    all: they cannot be among the best ``limit``)."""
     rest = np.arange(cls.size)
     sides = _with_areas(box)
-    kept = [rest[:0]]
+    kept = rest[:0]
     with np.errstate(divide="ignore", invalid="ignore"):
         for _ in range(HEADS):
             head = _starts(cls)
             heads = head.nonzero()[0]
             if not rest.size or heads.size * HEAD_SHARE < rest.size:
                 break
-            kept.append(rest[heads])
+            kept = np.concatenate([kept, rest[heads]])
             leader = heads[head.cumsum() - 1]  # the head of each box's class
             stays = _pair_iou(sides, sides[:, leader]) <= iou  # NaN: dropped, as in the zoo
             stays[heads] = False
             rest, cls, sides = rest[stays], cls[stays], sides[:, stays]
-    return np.concatenate(kept), rest
+            if kept.size >= limit and rest.size:
+                if np.count_nonzero(ordered[kept] > ordered[rest].max()) >= limit:
+                    return kept, rest[:0]
+    return kept, rest
 
 
 def _starts(cls: np.ndarray) -> np.ndarray:

@@ -306,6 +306,24 @@ def test_nms_of_many_classes_keeps_the_zoos_boxes_class_by_class() -> None:
     assert nms(boxes, scores, labels, max_det=7).tolist() == kept[:7].tolist()
 
 
+def test_nms_rounds_stop_once_max_det_kept_boxes_outscore_the_rest(monkeypatch) -> None:
+    """40 classes of 20 boxes, none suppressing another (iou 1): every box is kept, and with
+    max_det the rounds stop once that many kept boxes outscore every box left (fewer rounds
+    than :data:`HEADS`, no chunks), giving the best max_det."""
+    rng = np.random.default_rng(18)
+    labels = np.repeat(np.arange(40), 20)
+    xy = rng.uniform(0, 600, (labels.size, 2))
+    boxes = np.concatenate([xy, xy + 30], axis=1)
+    scores = rng.uniform(0, 1, labels.size).astype(np.float32)
+    rounds: List[int] = []
+    overlap = nms_module._pair_iou
+    monkeypatch.setattr(nms_module, "_pair_iou", lambda a, b: rounds.append(1) or overlap(a, b))
+    monkeypatch.setattr(nms_module, "_by_chunks", _no_chunks)
+    kept = nms(boxes, scores, labels, iou=1.0, max_det=50)
+    assert kept.tolist() == np.argsort(-scores, kind="stable")[:50].tolist()
+    assert len(rounds) < nms_module.HEADS
+
+
 def test_pair_overlap_is_box_iou_pair_by_pair() -> None:
     rng = np.random.default_rng(16)
     a = np.sort(rng.uniform(0, 50, (200, 2, 2)), axis=1).reshape(200, 4)[:, [0, 2, 1, 3]]
