@@ -165,9 +165,9 @@ def _by_heads(
             stays = _pair_iou(sides, sides[:, leader]) <= iou  # NaN: dropped, as in the zoo
             stays[heads] = False
             rest, cls, sides = rest[stays], cls[stays], sides[:, stays]
-            if kept.size >= limit and rest.size:
-                if np.count_nonzero(ordered[kept] > ordered[rest].max()) >= limit:
-                    return kept, rest[:0]
+            enough = kept.size >= limit and rest.size > 0
+            if enough and np.count_nonzero(ordered[kept] > ordered[rest].max()) >= limit:
+                return kept, rest[:0]  # the best limit are kept: the rest cannot be among them
     return kept, rest
 
 
