@@ -131,7 +131,7 @@ def class_order(
     grouped = np.lexsort((-scores, labels))  # by class, best first
     cls, ordered = labels[grouped], scores[grouped]
     tied = (cls[1:] == cls[:-1]) & (ordered[1:] == ordered[:-1])
-    for value in np.unique(cls[1:][tied]).tolist():
+    for value in set(cls[1:][tied].tolist()):  # the classes with equal scores
         places = np.flatnonzero(cls == value)  # one run: the class's
         members = np.sort(grouped[places])  # candidate order
         grouped[places] = members[scores[members].argsort()[::-1]]
