@@ -109,9 +109,9 @@ def run(work: Path) -> Section:
         "The zoo decodes every cell (the DFL softmax over all 8400 cells' 64 bins) and then "
         "loops over classes and, inside each, over kept boxes. rkserve takes the best class "
         "score per cell first (a reduction over contiguous planes), decodes only the cells "
-        "above the threshold, and finds the greedy NMS answer as one fixed point over the "
-        "overlaps of same-class pairs (chunks of boxes for crowds of one class). "
-        "The crowded scene (60 objects, 1232 candidates) is where NMS dominates.",
+        "above the threshold (their DFL with cv2's exp), and runs greedy NMS in rounds over "
+        "every class at once (each class's best box left is kept and drops what it overlaps; "
+        "chunks of boxes for crowds of one or a few classes).",
         "",
         "The zoo's yolov8 `dfl()` "
         + (

@@ -80,7 +80,8 @@ def to_source(
     offset = np.array([pad_x, pad_y, pad_x, pad_y])
     scale = np.array([placement.scale_x, placement.scale_y] * 2)
     height, width = source_size
-    return np.clip((np.asarray(boxes, np.float64) - offset) / scale, 0, [width, height] * 2)
+    inside = np.maximum((np.asarray(boxes, np.float64) - offset) / scale, 0.0)
+    return np.minimum(inside, [width, height] * 2, out=inside)  # np.clip, without its overhead
 
 
 def postprocess(

@@ -5,7 +5,7 @@ a box is dropped when its overlap with a kept box of the same class is not ``<= 
 overlap adds ``1e-5`` to the intersection's width and height (:data:`NMS_EPS`); so does
 :func:`nms`, so that the same boxes survive.
 
-Equal scores are visited in the zoo's order too (:func:`visit_order`): it sorts each class's
+Equal scores are visited in the zoo's order too (:func:`class_order`): it sorts each class's
 scores, in candidate order, with ``argsort()[::-1]``, numpy's default sort, which is not
 stable, and whose order for equal values changes with numpy's version and the CPU's SIMD
 (numpy 2.4 with AVX2 reverses two equal values, numpy 1.24 keeps up to 16 in order). Doing
@@ -26,8 +26,11 @@ NMS_EPS = 1e-5  # the model zoo's nms_boxes adds this to the intersection's side
 FIRST_CHUNK = 16
 CHUNK = 256
 BLOCK = 1 << 18  # the most elements of one overlap matrix (2 MB of float64)
-PAIRS = 1 << 16  # the most same-class pairs NMS by pairs takes on (~6 MB of arrays)
-PASSES = 32  # the most fixed-point passes NMS by pairs makes before it leaves it to chunks
+# NMS by heads keeps the best box of every class left per round, at most HEADS rounds, while a
+# round keeps at least one box per HEAD_SHARE boxes left: a round costs as many box overlaps
+# as there are boxes left, and a few classes of many boxes go faster by chunks.
+HEADS = 16
+HEAD_SHARE = 256
 _AFTER = np.triu(np.ones((CHUNK, CHUNK), bool), k=1)  # [i, j]: box j comes after box i
 _AFTER.flags.writeable = False  # shared by every request's thread
 
@@ -62,17 +65,22 @@ def _overlap(
     return np.maximum(side, 0.0, out=side)
 
 
-def pair_iou(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> np.ndarray:
-    """Intersection over union of ``a[i]`` with ``b[i]`` (``[N, 4]`` each) → ``[N]``: the
-    same arithmetic as :func:`box_iou`, pair by pair."""
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    inter = _overlap(a[:, 0], a[:, 2], b[:, 0], b[:, 2], eps)
-    inter *= _overlap(a[:, 1], a[:, 3], b[:, 1], b[:, 3], eps)
-    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The model zoo's NMS overlap of ``a[:, i]`` with ``b[:, i]`` (``[5, N]`` each: ``x1, y1,
+    x2, y2`` and the area, see :func:`_with_areas`) → ``[N]``: :func:`box_iou`'s arithmetic
+    with :data:`NMS_EPS`, pair by pair. Two empty boxes give NaN (call it under
+    ``np.errstate``)."""
+    inter = _overlap(a[0], a[2], b[0], b[2], NMS_EPS)
+    inter *= _overlap(a[1], a[3], b[1], b[3], NMS_EPS)
+    union = a[4] + b[4]
     union -= inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.divide(inter, union, out=inter)
+    return np.divide(inter, union, out=inter)
+
+
+def _with_areas(boxes: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` boxes → ``[5, N]``: ``x1, y1, x2, y2`` and the area, one row each."""
+    sides = np.asarray(boxes, np.float64).T
+    return np.concatenate([sides, [(sides[2] - sides[0]) * (sides[3] - sides[1])]])
 
 
 def nms(
@@ -83,89 +91,89 @@ def nms(
     max_det: Optional[int] = None,
 ) -> np.ndarray:
     """Greedy NMS within each class: ``boxes`` ``[N, 4]``, ``scores`` ``[N]``, ``classes``
-    ``[N]`` (None: one class) → indices ``[K] int64`` of the kept boxes, best first,
-    at most ``max_det``.
+    ``[N]`` (None: one class) → indices ``[K] int64`` of the kept boxes, best first (equal
+    scores: lower class first, each class in the zoo's order), at most ``max_det``.
 
-    Greedy NMS is sequential: whether a box stays depends on the boxes kept before it. Both
-    ways below find its answer as a fixed point: ``keep[j] = no kept box before j suppresses
-    j``, iterated from "all kept" (suppression only points forward, so it settles in as many
-    passes as the longest chain of boxes suppressing the next: a handful for real outputs).
+    The boxes are taken by class, each class in the order the zoo visits it
+    (:func:`class_order`); two ways then find the greedy answer, one after the other:
 
-    - By pairs (:func:`_by_pairs`): the overlaps of every two boxes of one class, when there
-      are at most :data:`PAIRS` such pairs: classes never suppress each other, so a scene of
-      many classes has few pairs.
-    - By chunks (:func:`_by_chunks`), for crowds of one class or chains too long: a chunk of
-      boxes at a time in score order (:data:`FIRST_CHUNK`, doubling up to :data:`CHUNK`),
-      settled among themselves, then every box still to come that a newly kept box
-      suppresses is dropped. Work stops once ``max_det`` boxes are kept.
+    - By heads (:func:`_by_heads`), every class at once: the best box left in each class is
+      kept and drops the boxes of its class that it overlaps; one round per box a class
+      keeps, a handful in a scene of many classes (at most :data:`HEADS`), fewer when
+      ``max_det`` boxes are found first.
+    - By chunks (:func:`_by_chunks`), for what is left: crowds of one or a few classes,
+      a chunk of boxes at a time in score order (:data:`FIRST_CHUNK`, doubling up to
+      :data:`CHUNK`), settled among themselves, then every box still to come that a newly
+      kept box suppresses is dropped. Work stops once ``max_det`` boxes are kept.
     """
     count = int(scores.shape[0])
     limit = count if max_det is None else min(count, max_det)
     labels = np.zeros(count, np.int64) if classes is None else np.asarray(classes)
-    order = visit_order(np.asarray(scores), labels)
-    kept = _by_pairs(boxes, labels, order, iou)
-    if kept is None:
-        kept = _by_chunks(boxes, labels, order, iou, limit)
-    return kept[:limit]
+    grouped, cls, ordered = class_order(np.asarray(scores), labels)
+    box = np.take(np.asarray(boxes, np.float64), grouped, axis=0)
+    # from here on, boxes are named by their place in ``grouped``
+    kept, rest = _by_heads(box, cls, ordered, iou, limit)
+    if rest.size:
+        rest = _best_first(rest, ordered)
+        kept = np.concatenate([kept, _by_chunks(box, cls, rest, iou, limit)])
+    return grouped[_best_first(kept, ordered)[:limit]]
 
 
-def visit_order(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Indices ``[N]`` best score first; within a class, equal scores in the order the model
-    zoo's ``nms_boxes`` visits them: ``argsort()[::-1]`` of that class's scores, taken in
-    candidate order (the zoo's ``scores[np.where(classes == c)]``). Across classes, equal
-    scores follow that rank, then the candidate order."""
-    count = int(scores.shape[0])
-    grouped = np.argsort(labels, kind="stable")  # by class, candidate order within each
-    cls = labels[grouped]
-    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]]) if count else np.empty(0, int)
-    ends = np.r_[starts[1:], count]
-    rank = np.empty(count, np.int64)
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        members = grouped[start:end]
-        visited = members[scores[members].argsort()[::-1]]  # the zoo's very expression
-        rank[visited] = np.arange(end - start)
-    return np.lexsort((np.arange(count), rank, -scores))
+def class_order(
+    scores: np.ndarray, labels: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices ``[N]`` by class, each class in the order the model zoo's ``nms_boxes`` visits
+    it, and the classes and scores in that order.
+
+    The zoo visits ``argsort()[::-1]`` of a class's scores taken in candidate order: best
+    first, and equal scores as that sort leaves them. A class without equal scores is sorted
+    here once with the others; a class with some goes through the zoo's very expression."""
+    grouped = np.lexsort((-scores, labels))  # by class, best first
+    cls, ordered = labels[grouped], scores[grouped]
+    tied = (cls[1:] == cls[:-1]) & (ordered[1:] == ordered[:-1])
+    for value in set(cls[1:][tied].tolist()):  # the classes with equal scores
+        places = np.flatnonzero(cls == value)  # one run: the class's
+        members = np.sort(grouped[places])  # candidate order
+        grouped[places] = members[scores[members].argsort()[::-1]]
+    return grouped, cls, ordered  # the same scores: only equal ones changed places
 
 
-def _by_pairs(
-    boxes: np.ndarray, labels: np.ndarray, order: np.ndarray, iou: float
-) -> Optional[np.ndarray]:
-    """The greedy answer (best first) from the same-class pairs; None when there are more
-    than :data:`PAIRS` of them or the fixed point takes more than :data:`PASSES` passes."""
-    pairs = _same_class_pairs(labels, order)
-    if pairs is None:
-        return None
-    first, second = pairs
-    # np.take: several times faster than fancy indexing for rows of a 2-D array
-    overlaps = pair_iou(np.take(boxes, first, axis=0), np.take(boxes, second, axis=0), NMS_EPS)
-    hits = ~(overlaps <= iou)  # NaN suppresses, as in the model zoo
-    earlier, later = first[hits], second[hits]
-    keep = np.ones(boxes.shape[0], bool)
-    for _ in range(PASSES):
-        settled = np.ones(boxes.shape[0], bool)
-        settled[later[keep[earlier]]] = False
-        if np.array_equal(settled, keep):
-            return order[keep[order]]
-        keep = settled
-    return None
+def _best_first(places: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """``places`` (in :func:`class_order`'s order) best score first, equal scores in that
+    order."""
+    return places[np.lexsort((places, -ordered[places]))]
 
 
-def _same_class_pairs(
-    labels: np.ndarray, order: np.ndarray
-) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """Every two boxes of one class as ``(earlier, later)`` indices (in ``order``), or None
-    when there are more than :data:`PAIRS`."""
-    grouped = order[np.argsort(labels[order], kind="stable")]  # by class, best first in each
-    cls = labels[grouped]
-    starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
-    ends = np.r_[starts[1:], cls.size]
-    after = np.repeat(ends, ends - starts) - np.arange(cls.size) - 1  # later boxes of its class
-    total = int(after.sum())
-    if total > PAIRS:
-        return None
-    first = np.repeat(np.arange(cls.size), after)
-    second = first + 1 + np.arange(total) - np.repeat(np.cumsum(after) - after, after)
-    return grouped[first], grouped[second]
+def _by_heads(
+    box: np.ndarray, cls: np.ndarray, ordered: np.ndarray, iou: float, limit: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Rounds of greedy NMS in every class at once (see :func:`nms` and :data:`HEADS`) on
+    boxes in :func:`class_order`'s order (``ordered``: their scores): the places of the kept
+    boxes, and of the boxes still undecided (none once ``limit`` kept boxes outscore them
+    all: they cannot be among the best ``limit``)."""
+    rest = np.arange(cls.size)
+    sides = _with_areas(box)
+    kept = rest[:0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(HEADS):
+            head = _starts(cls)
+            heads = head.nonzero()[0]
+            if not rest.size or heads.size * HEAD_SHARE < rest.size:
+                break
+            kept = np.concatenate([kept, rest[heads]])
+            leader = heads[head.cumsum() - 1]  # the head of each box's class
+            stays = _pair_iou(sides, sides[:, leader]) <= iou  # NaN: dropped, as in the zoo
+            stays[heads] = False
+            rest, cls, sides = rest[stays], cls[stays], sides[:, stays]
+            enough = kept.size >= limit and rest.size > 0
+            if enough and np.count_nonzero(ordered[kept] > ordered[rest].max()) >= limit:
+                return kept, rest[:0]  # the best limit are kept: the rest cannot be among them
+    return kept, rest
+
+
+def _starts(cls: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: where each class starts in ``cls`` (grouped by class)."""
+    return np.concatenate((cls[:1] == cls[:1], cls[1:] != cls[:-1]))  # [True] unless empty
 
 
 def _by_chunks(

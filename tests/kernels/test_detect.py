@@ -28,23 +28,24 @@ FORMATS = [("yolov5", False), ("yolov8", False), ("yolov8", True)]
 FORMAT_IDS = ["yolov5", "yolov8-6", "yolov8-9"]
 
 
-@pytest.fixture(params=["pairs", "chunks", "pairs-then-chunks"])
+@pytest.fixture(params=["heads", "chunks", "heads-then-chunks"])
 def nms_path(request, monkeypatch) -> str:
-    """Each way NMS finds the greedy answer (by same-class pairs, by chunks, and by pairs
-    giving up after one pass), so that every one is held to the zoo's boxes."""
-    if request.param == "pairs":  # pairs alone, however many passes it takes
-        monkeypatch.setattr(nms_module, "PAIRS", 1 << 30)
-        monkeypatch.setattr(nms_module, "PASSES", 10_000)
+    """Each way NMS finds the greedy answer (by heads of every class at once, by chunks, and
+    by heads giving up after one round), so that every one is held to the zoo's boxes."""
+    if request.param == "chunks":
+        monkeypatch.setattr(nms_module, "HEADS", 0)
+        return str(request.param)
+    monkeypatch.setattr(nms_module, "HEAD_SHARE", 1 << 30)  # rounds however few boxes they keep
+    if request.param == "heads":  # heads alone, however many rounds it takes
+        monkeypatch.setattr(nms_module, "HEADS", 1 << 30)
         monkeypatch.setattr(nms_module, "_by_chunks", _no_chunks)
-    elif request.param == "chunks":
-        monkeypatch.setattr(nms_module, "PAIRS", -1)
-    elif request.param == "pairs-then-chunks":
-        monkeypatch.setattr(nms_module, "PASSES", 1)
+    else:
+        monkeypatch.setattr(nms_module, "HEADS", 1)
     return str(request.param)
 
 
 def _no_chunks(*args: object) -> np.ndarray:
-    raise AssertionError("NMS by pairs gave up")
+    raise AssertionError("NMS by heads gave up")
 
 
 def scene(
@@ -282,16 +283,58 @@ def test_nms_ties_follow_the_zoo_and_classes_do_not_suppress() -> None:
     assert nms(crowd, levels).tolist() == module.nms_boxes(crowd, levels).tolist()
 
 
-def test_pair_iou_is_box_iou_pair_by_pair() -> None:
+@pytest.mark.usefixtures("nms_path")
+def test_nms_of_many_classes_keeps_the_zoos_boxes_class_by_class() -> None:
+    """Classes of one box to more than a chunk, interleaved, some with tied scores: each class
+    keeps the boxes the zoo's nms_boxes keeps, in its order, and the whole is best first."""
+    module = zoo.zoo("yolov8")
+    module.NMS_THRESH = 0.45
+    rng = np.random.default_rng(17)
+    sizes = [1, 2, 5, 40, 90, CHUNK + 40]
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    xy = rng.uniform(0, 200, (labels.size, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 80, (labels.size, 2))], axis=1)
+    scores = rng.uniform(0.3, 0.9, labels.size).astype(np.float32)
+    tied = np.isin(labels, [1, 3, 5]) & (rng.uniform(size=labels.size) < 0.5)
+    scores[tied] = np.round(scores[tied] * 8) / 8
+    kept = nms(boxes, scores, labels)
+    for cls in range(len(sizes)):
+        members = np.flatnonzero(labels == cls)
+        expected = members[module.nms_boxes(boxes[members], scores[members])]
+        assert kept[labels[kept] == cls].tolist() == expected.tolist(), cls
+    assert np.all(np.diff(scores[kept]) <= 0)
+    assert nms(boxes, scores, labels, max_det=7).tolist() == kept[:7].tolist()
+
+
+def test_nms_rounds_stop_once_max_det_kept_boxes_outscore_the_rest(monkeypatch) -> None:
+    """40 classes of 20 boxes, none suppressing another (iou 1): every box is kept, and with
+    max_det the rounds stop once that many kept boxes outscore every box left (fewer rounds
+    than :data:`HEADS`, no chunks), giving the best max_det."""
+    rng = np.random.default_rng(18)
+    labels = np.repeat(np.arange(40), 20)
+    xy = rng.uniform(0, 600, (labels.size, 2))
+    boxes = np.concatenate([xy, xy + 30], axis=1)
+    scores = rng.uniform(0, 1, labels.size).astype(np.float32)
+    rounds: List[int] = []
+    overlap = nms_module._pair_iou
+    monkeypatch.setattr(nms_module, "_pair_iou", lambda a, b: rounds.append(1) or overlap(a, b))
+    monkeypatch.setattr(nms_module, "_by_chunks", _no_chunks)
+    kept = nms(boxes, scores, labels, iou=1.0, max_det=50)
+    assert kept.tolist() == np.argsort(-scores, kind="stable")[:50].tolist()
+    assert len(rounds) < nms_module.HEADS
+
+
+def test_pair_overlap_is_box_iou_pair_by_pair() -> None:
     rng = np.random.default_rng(16)
     a = np.sort(rng.uniform(0, 50, (200, 2, 2)), axis=1).reshape(200, 4)[:, [0, 2, 1, 3]]
     b = a[::-1] + rng.uniform(-5, 5, (200, 4))
     b[:3] = b[:3, [2, 3, 0, 1]]  # inside out: negative sizes
     a[3:5, 2:] = a[3:5, :2]  # empty boxes
     b[3:5] = a[3:5]
-    for eps in (0.0, 1e-5):
-        whole = np.diagonal(box_iou(a, b, eps))
-        assert np.array_equal(nms_module.pair_iou(a, b, eps), whole, equal_nan=True)
+    whole = np.diagonal(box_iou(a, b, nms_module.NMS_EPS))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pairs = nms_module._pair_iou(nms_module._with_areas(a), nms_module._with_areas(b))
+    assert np.array_equal(pairs, whole, equal_nan=True)
 
 
 def test_box_iou() -> None:
