@@ -38,11 +38,13 @@ class Section:
     figures: Dict[str, Any] = field(default_factory=dict)  # raw numbers for --json
 
 
-def rkserve_daemon(models: Path, *flags: str) -> Daemon:
+def rkserve_daemon(models: Path, *flags: str, source: Path = ROOT, name: str = "") -> Daemon:
     """The daemon for a benchmark: loopback TCP (what a board's clients use), warnings only,
-    no metrics exporter; its folder (log, nothing else) beside ``models``."""
+    no metrics exporter; its folder (log, nothing else) beside ``models``. ``source``: the
+    checkout whose code runs; ``name`` tells the folders of daemons run side by side apart."""
     quiet = ("--log-level", "warning", "--metrics-port", "0")
-    return Daemon(models.parent / f"{models.name}-daemon", models, *quiet, *flags, transport="tcp")
+    folder = models.parent / f"{models.name}-daemon{name}"
+    return Daemon(folder, models, *quiet, *flags, transport="tcp", source=source)
 
 
 def busy_cpu_seconds() -> float:

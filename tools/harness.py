@@ -36,8 +36,10 @@ class Daemon:
         *flags: str,
         env: Optional[Dict[str, str]] = None,
         transport: str = "ipc",
+        source: Path = ROOT,
     ) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        self.source = source  # the checkout whose rkserve runs (another commit's, for an A/B)
         self.endpoint = (
             f"tcp://127.0.0.1:{free_port()}"
             if transport == "tcp"
@@ -63,7 +65,7 @@ class Daemon:
         self.env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(
-                [str(ROOT), str(DOUBLES), os.environ.get("PYTHONPATH", "")]
+                [str(source), str(DOUBLES), os.environ.get("PYTHONPATH", "")]
             ),
             **(env or {}),
         }
@@ -74,7 +76,11 @@ class Daemon:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process lifetime
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(ROOT)
+            self.args,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.source),
         )
         if wait_ready:
             self.wait(lambda h: h["status"] == "serving", timeout)
