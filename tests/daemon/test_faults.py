@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import msgpack
 import numpy as np
@@ -223,17 +223,22 @@ def test_a_corrupted_or_deleted_model_file_keeps_the_loaded_version_serving(tmp_
         assert d.stop() == 0, d.log()
 
 
+def failed_start(d: Daemon) -> Tuple[int, List[str]]:
+    """Start a daemon that must exit at start-up: its exit code and its log's lines."""
+    d.start(wait_ready=False)
+    assert d.proc is not None
+    code = d.proc.wait(30)
+    d.stop()
+    return code, d.log().strip().splitlines()
+
+
 def test_a_taken_zeromq_port_stops_the_daemon_with_one_line(tmp_path, models):
     port = free_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
         d = Daemon(tmp_path, models, "--backend", "fake", "--endpoint", f"tcp://127.0.0.1:{port}")
-        d.start(wait_ready=False)
-        assert d.proc is not None
-        code = d.proc.wait(30)
-        d.stop()
-    lines = d.log().strip().splitlines()
+        code, lines = failed_start(d)
     assert code == 1 and len(lines) == 1, lines
     assert f"cannot bind tcp://127.0.0.1:{port}" in lines[0] and "Traceback" not in lines[0]
 
@@ -247,11 +252,7 @@ def test_backend_rknnlite_without_its_runtime_stops_at_start_up(tmp_path, models
     runtime is missing; the daemon used to start and refuse every model instead."""
     board = make_board(tmp_path, librknnrt=librknnrt)
     d = Daemon(tmp_path, models, "--backend", "rknnlite", "--sysroot", str(board))
-    d.start(wait_ready=False)
-    assert d.proc is not None
-    code = d.proc.wait(30)
-    d.stop()
-    lines = d.log().strip().splitlines()
+    code, lines = failed_start(d)
     assert code == 1 and len(lines) == 1, lines
     assert lines[0].startswith("rkserve serve: error: backend rknnlite: "), lines[0]
     lite2_missing = toolkit_lite2_version() is None  # on this PC: not installed

@@ -430,22 +430,26 @@ def fake_detector(folder: Path) -> Path:
     return folder / "models"
 
 
+def fake_frigate_daemon(folder: Path, *flags: str) -> Daemon:
+    """The fake detector served on the fake backend, with a Frigate socket (not started)."""
+    return Daemon(
+        folder,
+        fake_detector(folder),
+        "--backend",
+        "fake",
+        "--frigate",
+        frigate_endpoint(folder),
+        *flags,
+    )
+
+
 def test_the_plugin_times_out_while_the_npu_is_busy_then_gets_fresh_answers(
     tmp_path, zmq_ipc
 ) -> None:
     """100 ms per inference: a Frigate request behind three or more waits past its 200 ms
     and is dropped before the NPU; the plugin (200 ms timeout) gets zeros, reconnects, and
     every answer after that is its own frame's rows, never a stale one."""
-    daemon = Daemon(
-        tmp_path,
-        fake_detector(tmp_path),
-        "--backend",
-        "fake",
-        "--fake-latency-ms",
-        "100",
-        "--frigate",
-        frigate_endpoint(tmp_path),
-    ).start()
+    daemon = fake_frigate_daemon(tmp_path, "--fake-latency-ms", "100").start()
     plugin = detector(zmq_ipc, frigate_endpoint(tmp_path), "/m/boxes.onnx", SIZE, timeout_ms=200)
     frames = []
     for index in range(3):  # a bright box in a different place each
@@ -485,14 +489,7 @@ def test_the_plugin_times_out_while_the_npu_is_busy_then_gets_fresh_answers(
 def test_frigate_started_first_is_answered_once_the_daemon_is_up(tmp_path, zmq_ipc) -> None:
     """ZeroMQ queues the plugin's handshake until the socket exists: a daemon up within the
     plugin's 30 s answers it (after that the plugin has given up for good)."""
-    daemon = Daemon(
-        tmp_path,
-        fake_detector(tmp_path),
-        "--backend",
-        "fake",
-        "--frigate",
-        frigate_endpoint(tmp_path),
-    )
+    daemon = fake_frigate_daemon(tmp_path)
     made: Dict[str, Any] = {}
     thread = threading.Thread(
         target=lambda: made.update(
@@ -518,17 +515,8 @@ def test_frigate_started_first_is_answered_once_the_daemon_is_up(tmp_path, zmq_i
 def test_a_drain_answers_the_frigate_regions_it_admitted(tmp_path, zmq_ipc) -> None:
     """SIGTERM while a region is on a 300 ms NPU: it is answered with its rows before the
     daemon exits (cleanly)."""
-    daemon = Daemon(
-        tmp_path,
-        fake_detector(tmp_path),
-        "--backend",
-        "fake",
-        "--fake-latency-ms",
-        "300",
-        "--frigate",
-        frigate_endpoint(tmp_path),
-        "--frigate-deadline-ms",
-        "5000",
+    daemon = fake_frigate_daemon(
+        tmp_path, "--fake-latency-ms", "300", "--frigate-deadline-ms", "5000"
     )
     daemon.start()
     picture = np.zeros((SIZE, SIZE, 3), np.uint8)

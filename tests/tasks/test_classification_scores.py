@@ -14,6 +14,8 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,21 +107,23 @@ def test_a_uint8_classifier_answers_probabilities_without_its_background(mnet):
         assert sum(scores) == pytest.approx(1.0, abs=0.1)
 
 
+def backend(name: str, given: TensorSpec, output: TensorSpec) -> Any:
+    """What ``check`` reads of a backend: its name, input kind, inputs and outputs."""
+    return SimpleNamespace(name=name, raw_input=name != "onnx", inputs=[given], outputs=[output])
+
+
 def test_an_integer_output_without_quantization_is_refused(tmp_path):
     spec = load_spec(
         _folder(tmp_path, "task: classification\ninput: {size: 8}\n"), need_model=False
     )
 
-    class Backend:
-        name = "onnx"
-        raw_input = False
-        inputs = [TensorSpec("in", (1, 3, 8, 8), "float32")]
-        outputs = [TensorSpec("scores", (1, 10), "uint8")]
-
+    onnx_input = TensorSpec("in", (1, 3, 8, 8), "float32")
     with pytest.raises(ConfigError, match="output 'scores' is uint8, with no scale and zero point"):
-        classification.check(spec, Backend())  # type: ignore[arg-type]
-    Backend.outputs = [TensorSpec("scores", (1, 10), "uint8", (0.1, 3))]
-    classification.check(spec, Backend())  # type: ignore[arg-type]
+        classification.check(
+            spec, backend("onnx", onnx_input, TensorSpec("scores", (1, 10), "uint8"))
+        )
+    quantized = TensorSpec("scores", (1, 10), "uint8", (0.1, 3))
+    classification.check(spec, backend("onnx", onnx_input, quantized))
 
 
 @pytest.mark.process
@@ -153,14 +157,11 @@ def test_a_label_offset_that_leaves_no_class_is_refused(tmp_path):
         need_model=False,
     )
 
-    class Backend:
-        name = "fake"
-        raw_input = True
-        inputs = [TensorSpec("in", (1, 8, 8, 3), "uint8")]
-        outputs = [TensorSpec("scores", (1, 10), "float32")]
-
+    npu_input = TensorSpec("in", (1, 8, 8, 3), "uint8")
     with pytest.raises(ConfigError, match="label_offset: 10 but the model outputs 10 scores"):
-        classification.check(spec, Backend())  # type: ignore[arg-type]
+        classification.check(
+            spec, backend("fake", npu_input, TensorSpec("scores", (1, 10), "float32"))
+        )
 
 
 def _folder(tmp_path: Path, text: str) -> Path:
