@@ -13,7 +13,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import msgpack
 import numpy as np
@@ -249,3 +249,43 @@ def test_finishing_goes_to_a_worker_only_when_it_costs_more_than_the_hand_off(
     finally:
         pipeline.stop()
         host.stop(timeout=2.0)
+
+
+class WherePrepared(Engine):
+    """Records the thread each job's ``prepare`` ran on."""
+
+    threads: List[str] = []
+
+    def prepare(self, data: Any, params: Any) -> Any:
+        WherePrepared.threads.append(threading.current_thread().name)
+        return super().prepare(data, params)
+
+
+def test_a_request_sent_on_reading_a_reply_goes_straight_to_the_runner(tmp_path: Path) -> None:
+    """Concurrency 1: the client sends its next request as soon as it reads a reply. The
+    runner is done with the NPU by then, so that request is queued for it (prepared on the
+    runner), not handed to a CPU worker first; before, the runner counted as busy until its
+    reply had left, and the next request took a hand-off more."""
+    models = fake_models(tmp_path / "models")
+    entry = repository.scan(models)["cls"]
+    assert entry.spec is not None
+    replies = Replies()
+    hosts: Dict[str, ModelHost] = {}
+
+    def send(envelope: List[bytes], request_id: Any, reply: bytes) -> None:
+        replies(envelope, request_id, reply)
+        if request_id == 1:  # on the runner, while it answers job 1: the client's next request
+            pipeline.admit([b"peer"], request(2), hosts)
+
+    pipeline = Pipeline(Settings(models_dir=str(models), backend="fake"), Metrics(), send)
+    backend = repository.build_engine(entry.spec, "fake", 16_000_000).backend
+    hosts["cls"] = ModelHost.serving(entry, [WherePrepared(entry.spec, backend)], {}, 4)
+    hosts["cls"].start(pipeline.step)
+    WherePrepared.threads = []
+    try:
+        pipeline.admit([b"peer"], request(1), hosts)
+        assert [r["ok"] for r in replies.wait(2)] == [True, True]
+        assert WherePrepared.threads == ["npu-cls", "npu-cls"]
+    finally:
+        pipeline.stop()
+        hosts["cls"].stop(timeout=2.0)
