@@ -162,9 +162,11 @@ def _by_heads(
                 break
             kept = np.concatenate([kept, rest[heads]])
             leader = heads[head.cumsum() - 1]  # the head of each box's class
-            stays = _pair_iou(sides, sides[:, leader]) <= iou  # NaN: dropped, as in the zoo
+            # np.take and np.compress: a third of the time of indexing [5, N] with arrays
+            stays = _pair_iou(sides, np.take(sides, leader, axis=1)) <= iou  # NaN: dropped
             stays[heads] = False
-            rest, cls, sides = rest[stays], cls[stays], sides[:, stays]
+            rest, cls = rest[stays], cls[stays]
+            sides = np.compress(stays, sides, axis=1)
             enough = kept.size >= limit and rest.size > 0
             if enough and np.count_nonzero(ordered[kept] > ordered[rest].max()) >= limit:
                 return kept, rest[:0]  # the best limit are kept: the rest cannot be among them
