@@ -116,9 +116,12 @@ class FakeBackend:
         return fault == "none"
 
     def _check(self, inputs: Sequence[np.ndarray]) -> None:
-        got = [(tuple(i.shape), i.dtype.name) for i in inputs]
-        want = [(t.shape, t.dtype) for t in self.inputs]
-        if got != want:
+        fits = len(inputs) == len(self.inputs) and all(
+            i.shape == t.shape and i.dtype == t.dtype for i, t in zip(inputs, self.inputs)
+        )  # dtype == "uint8" is 20x cheaper than dtype.name
+        if not fits:
+            got = [(tuple(i.shape), i.dtype.name) for i in inputs]
+            want = [(t.shape, t.dtype) for t in self.inputs]
             raise BackendError(f"fake backend expects one tensor per input {want}, got {got}")
 
     def close(self) -> None:
