@@ -8,13 +8,18 @@ thread of this process (OpenCV single-threaded), the least any server must spend
 
 Rounds alternate bare work and daemon for each image, so other jobs on the machine fall on
 both alike; CPU-time ratios are robust to that load, wall-clock times are not. Per-thread
-CPU (``/proc/<pid>/task/*/schedstat``) says where the rest goes.
+CPU (``/proc/<pid>/task/*/schedstat``) says where the rest goes. At concurrency 1 the same
+rounds measure the serial server of section 6 and the two floor servers of
+:mod:`benchmarks.floor` (the bare work between a receive and a send, in one thread or
+handed to a second): the least any Python ZeroMQ server of either shape spends.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +42,7 @@ from benchmarks.common import (
     rkserve_daemon,
     table,
 )
+from tools.harness import free_port
 
 ROUNDS = 5
 CPU_SECONDS = 0.6  # daemon CPU per round and image: 60 clock ticks or more
@@ -129,18 +135,41 @@ def load(
     return time.perf_counter() - started
 
 
+class Floor:
+    """A floor server of :mod:`benchmarks.floor` (``one`` or ``two`` threads) in its own
+    process, on a loopback TCP port."""
+
+    def __init__(self, mode: str) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.floor", mode, self.endpoint],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=str(ROOT),
+        )
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+FLOORS = ("one", "two")
+
+
 def measure(
     models: Path, pictures: Dict[str, bytes], concurrencies: Tuple[int, ...], flags: List[str]
 ) -> Dict[str, Any]:
     """Interleaved rounds: per image and concurrency, bare work then the daemon."""
     daemon = rkserve_daemon(models, "--backend", "fake", *flags).start(timeout=120.0)
     serial = Serial(models, "shapes", "fake", 0.0)
+    floors = {mode: Floor(mode) for mode in FLOORS}
     pid = daemon.pid
     found: Dict[str, Any] = {}
     try:
         for data in pictures.values():
             load(daemon.endpoint, data, 1, 20)  # warm: heaps grown, code paths taken
             load(serial.endpoint, data, 1, 20, timeout_ms=60000)
+            for floor in floors.values():
+                load(floor.endpoint, data, 1, 20, timeout_ms=60000)
         counts = {name: _count(bare_cpu_ms(data, 20)) for name, data in pictures.items()}
         for _ in range(ROUNDS):
             for name, data in pictures.items():
@@ -158,15 +187,26 @@ def measure(
                         share = (value - threads.get(key, 0.0)) * 1000.0 / sent
                         entry["threads"].setdefault(key, []).append(share)
                     if conc == 1:
-                        before = process_cpu(serial.proc.pid)
-                        load(serial.endpoint, data, 1, count)
                         entry["serial"].append(
-                            (process_cpu(serial.proc.pid) - before) * 1000.0 / count
+                            _served_ms(serial.proc.pid, serial.endpoint, data, count)
                         )
+                        for mode, floor in floors.items():
+                            entry[mode].append(
+                                _served_ms(floor.proc.pid, floor.endpoint, data, count)
+                            )
     finally:
         daemon.stop()
         serial.stop()
+        for floor in floors.values():
+            floor.stop()
     return found
+
+
+def _served_ms(pid: int, endpoint: str, data: bytes, count: int) -> float:
+    """CPU ms per request of the server ``pid`` for ``count`` requests at concurrency 1."""
+    before = process_cpu(pid)
+    load(endpoint, data, 1, count)
+    return (process_cpu(pid) - before) * 1000.0 / count
 
 
 def _count(bare_ms: float) -> int:
@@ -175,7 +215,7 @@ def _count(bare_ms: float) -> int:
 
 
 def _empty() -> Dict[str, Any]:
-    return {"bare": [], "daemon": [], "rps": [], "threads": {}, "serial": []}
+    return {"bare": [], "daemon": [], "rps": [], "threads": {}, "serial": [], "one": [], "two": []}
 
 
 def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
@@ -190,8 +230,17 @@ def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
             "rps": statistics.median(entry["rps"]),
             "threads": {k: statistics.median(v) for k, v in entry["threads"].items()},
             "serial_ms": statistics.median(entry["serial"]) if entry["serial"] else None,
+            **{
+                f"floor_{mode}": _median_ratio(entry[mode], entry["bare"][: len(entry[mode])])
+                for mode in FLOORS
+                if entry[mode]
+            },
         }
     return out
+
+
+def _median_ratio(served: List[float], bare_ms: List[float]) -> float:
+    return statistics.median(s / b for s, b in zip(served, bare_ms))
 
 
 def run(work: Path) -> Section:
@@ -219,6 +268,7 @@ def run(work: Path) -> Section:
                 f"{f['serial_ms']:.2f} ({f['serial_ms'] / f['bare_ms']:.2f}x)"
                 if f["serial_ms"]
                 else "",
+                " / ".join(ratio(f[f"floor_{mode}"]) for mode in FLOORS if f"floor_{mode}" in f),
                 f"{f['rps']:.0f}",
                 threads,
             ]
@@ -236,6 +286,7 @@ def run(work: Path) -> Section:
                 "ratio",
                 "ratio per round",
                 "serial server CPU ms (x bare)",
+                "floor: one thread / two threads (x bare)",
                 "req/s",
                 "daemon CPU ms / request by thread",
             ],
