@@ -155,13 +155,15 @@ def test_classifier_score_shapes_accepted(tmp_path, rknnlite_double, shape):
 
 
 # deterministic top-k --------------------------------------------------------------------------
-def test_equal_scores_rank_by_lower_index_for_every_k():
+@pytest.mark.parametrize("count", [100, classify.SORT_ALL + 1, 1000])  # one sort; partition
+def test_equal_scores_rank_by_lower_index_for_every_k(count):
     rng = np.random.default_rng(3)
-    scores = (rng.integers(0, 12, 1000) / 256).astype(np.float32)  # int8-like steps: many ties
-    full = [c["index"] for c in classify.top_k(scores, 1000)]
-    expected = sorted(range(1000), key=lambda i: (-scores[i], i))
+    scores = (rng.integers(0, 12, count) / 256).astype(np.float32)  # int8-like steps: many ties
+    scores[count // 2] = np.nan  # a broken output's NaN ranks last
+    full = [c["index"] for c in classify.top_k(scores, count)]
+    expected = sorted(range(count), key=lambda i: (np.isnan(scores[i]), -scores[i], i))
     assert full == expected
-    for k in (1, 5, 10, 100, 999):
+    for k in (1, 5, 10, 99, count - 1):
         assert [c["index"] for c in classify.top_k(scores, k)] == expected[:k]
 
 
