@@ -32,6 +32,7 @@ from benchmarks import (
     pipelining,
     postprocess,
     reduced,
+    stages,
     startup,
 )
 from benchmarks.common import ROOT, Section, Target, table
@@ -48,6 +49,7 @@ SECTIONS: Dict[str, Callable[[Path], Section]] = {
     "detection": detection.run,
     "frigate": frigate.run,
     "cpucost": cpucost.run,
+    "stages": stages.run,
     "reduced": reduced.run,
 }
 REPORT = ROOT / "docs" / "BENCHMARKS.md"
