@@ -16,7 +16,7 @@ SORT_ALL = 256  # ranked(): sort this many scores whole (ImageNet's 1000 go by p
 def softmax(scores: np.ndarray) -> np.ndarray:
     """Numerically stable softmax over a 1-D float array, in float32 (in place on one copy:
     a request's few scores cost numpy's per-call overhead, not arithmetic)."""
-    exp = scores.astype(np.float32)
+    exp = np.array(scores, dtype=np.float32)  # a copy, whatever came in
     exp -= exp.max()
     np.exp(exp, out=exp)
     exp /= exp.sum()
@@ -79,13 +79,12 @@ def ranked(scores: np.ndarray, k: int) -> np.ndarray:
     index: O(N) plus a sort of about ``k`` values (a full sort of 21k classes costs 20x).
     Up to :data:`SORT_ALL` scores, one stable sort gives the same order in fewer steps."""
     negated = -scores.astype(np.float32, copy=False)
-    if negated.size <= SORT_ALL:
-        return np.argsort(negated, kind="stable")[:k]
-    kth = np.partition(negated, k - 1)[k - 1]
-    candidates = np.flatnonzero(negated <= kth)
-    if candidates.size < k:  # NaN scores: fall back to one full stable sort (NaN last)
-        return np.argsort(negated, kind="stable")[:k]
-    return candidates[np.argsort(negated[candidates], kind="stable")][:k]
+    if negated.size > SORT_ALL:
+        kth = np.partition(negated, k - 1)[k - 1]
+        candidates = np.flatnonzero(negated <= kth)
+        if candidates.size >= k:  # fewer: NaN scores, which the full sort puts last
+            return candidates[np.argsort(negated[candidates], kind="stable")][:k]
+    return np.argsort(negated, kind="stable")[:k]
 
 
 def _entry(index: int, score: float, labels: Sequence[str]) -> Dict[str, Any]:
