@@ -9,9 +9,9 @@ thread of this process (OpenCV single-threaded), the least any server must spend
 Rounds alternate bare work and daemon for each image, so other jobs on the machine fall on
 both alike; CPU-time ratios are robust to that load, wall-clock times are not. Per-thread
 CPU (``/proc/<pid>/task/*/schedstat``) says where the rest goes. At concurrency 1 the same
-rounds measure the serial server of section 6 and the two floor servers of
-:mod:`benchmarks.floor` (the bare work between a receive and a send, in one thread or
-handed to a second): the least any Python ZeroMQ server of either shape spends.
+rounds measure the serial server of section 6 and the two minimal servers of
+:mod:`benchmarks.minimal` (the bare work between a receive and a send, in one thread or
+handed to a second): what a server of either shape spends with none of the daemon's work.
 """
 
 from __future__ import annotations
@@ -135,14 +135,14 @@ def load(
     return time.perf_counter() - started
 
 
-class Floor:
-    """A floor server of :mod:`benchmarks.floor` (``one`` or ``two`` threads) in its own
-    process, on a loopback TCP port."""
+class Minimal:
+    """A minimal server of :mod:`benchmarks.minimal` (``one`` or ``two`` threads) in its
+    own process, on a loopback TCP port."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, shape: str) -> None:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.floor", mode, self.endpoint],
+            [sys.executable, "-m", "benchmarks.minimal", shape, self.endpoint],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             cwd=str(ROOT),
         )
@@ -152,7 +152,7 @@ class Floor:
         self.proc.wait()
 
 
-FLOORS = ("one", "two")
+SHAPES = ("one", "two")  # the minimal servers
 
 
 def measure(
@@ -161,15 +161,15 @@ def measure(
     """Interleaved rounds: per image and concurrency, bare work then the daemon."""
     daemon = rkserve_daemon(models, "--backend", "fake", *flags).start(timeout=120.0)
     serial = Serial(models, "shapes", "fake", 0.0)
-    floors = {mode: Floor(mode) for mode in FLOORS}
+    minimal = {shape: Minimal(shape) for shape in SHAPES}
     pid = daemon.pid
     found: Dict[str, Any] = {}
     try:
         for data in pictures.values():
             load(daemon.endpoint, data, 1, 20)  # warm: heaps grown, code paths taken
             load(serial.endpoint, data, 1, 20, timeout_ms=60000)
-            for floor in floors.values():
-                load(floor.endpoint, data, 1, 20, timeout_ms=60000)
+            for server in minimal.values():
+                load(server.endpoint, data, 1, 20, timeout_ms=60000)
         counts = {name: _count(bare_cpu_ms(data, 20)) for name, data in pictures.items()}
         for _ in range(ROUNDS):
             for name, data in pictures.items():
@@ -190,15 +190,15 @@ def measure(
                         entry["serial"].append(
                             _served_ms(serial.proc.pid, serial.endpoint, data, count)
                         )
-                        for mode, floor in floors.items():
-                            entry[mode].append(
-                                _served_ms(floor.proc.pid, floor.endpoint, data, count)
+                        for shape, server in minimal.items():
+                            entry[shape].append(
+                                _served_ms(server.proc.pid, server.endpoint, data, count)
                             )
     finally:
         daemon.stop()
         serial.stop()
-        for floor in floors.values():
-            floor.stop()
+        for server in minimal.values():
+            server.stop()
     return found
 
 
@@ -230,17 +230,9 @@ def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
             "rps": statistics.median(entry["rps"]),
             "threads": {k: statistics.median(v) for k, v in entry["threads"].items()},
             "serial_ms": statistics.median(entry["serial"]) if entry["serial"] else None,
-            **{
-                f"floor_{mode}": _median_ratio(entry[mode], entry["bare"][: len(entry[mode])])
-                for mode in FLOORS
-                if entry[mode]
-            },
+            **{shape: statistics.median(entry[shape]) for shape in SHAPES if entry[shape]},
         }
     return out
-
-
-def _median_ratio(served: List[float], bare_ms: List[float]) -> float:
-    return statistics.median(s / b for s, b in zip(served, bare_ms))
 
 
 def run(work: Path) -> Section:
@@ -268,7 +260,7 @@ def run(work: Path) -> Section:
                 f"{f['serial_ms']:.2f} ({f['serial_ms'] / f['bare_ms']:.2f}x)"
                 if f["serial_ms"]
                 else "",
-                " / ".join(ratio(f[f"floor_{mode}"]) for mode in FLOORS if f"floor_{mode}" in f),
+                " / ".join(ratio(f[shape] / f["bare_ms"]) for shape in SHAPES if shape in f),
                 f"{f['rps']:.0f}",
                 threads,
             ]
@@ -286,7 +278,7 @@ def run(work: Path) -> Section:
                 "ratio",
                 "ratio per round",
                 "serial server CPU ms (x bare)",
-                "floor: one thread / two threads (x bare)",
+                "minimal server, one thread / two (x bare)",
                 "req/s",
                 "daemon CPU ms / request by thread",
             ],
