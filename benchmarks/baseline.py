@@ -17,10 +17,7 @@ rkserve, ...), so load from other work on the machine falls on both alike.
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ import zmq
 from benchmarks.common import (
     ROOT,
     Section,
+    ServerProcess,
     Target,
     demo_repository,
     fake_model,
@@ -41,7 +39,6 @@ from benchmarks.common import (
     rkserve_daemon,
     table,
 )
-from tools.harness import free_port
 
 SERIAL = """
 import sys
@@ -70,21 +67,9 @@ SECONDS = 2.0  # measured per round and server
 WARMUP_S = 0.5
 
 
-class Serial:
+def Serial(models: Path, name: str, backend: str, latency_ms: float) -> ServerProcess:
     """The baseline server in its own process, on a loopback TCP port."""
-
-    def __init__(self, models: Path, name: str, backend: str, latency_ms: float) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        args = [str(models), name, backend, str(latency_ms), self.endpoint]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERIAL, *args],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=str(ROOT),
-        )
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+    return ServerProcess("-c", SERIAL, str(models), name, backend, str(latency_ms))
 
 
 def closed_loop(

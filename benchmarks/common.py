@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tools.demo import shapes as demo
-from tools.harness import Daemon
+from tools.harness import Daemon, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +38,23 @@ class Section:
     body: List[str] = field(default_factory=list)  # markdown lines
     targets: List[Target] = field(default_factory=list)
     figures: Dict[str, Any] = field(default_factory=dict)  # raw numbers for --json
+
+
+class ServerProcess:
+    """A comparison server (a script, or ``-m module``) in its own Python process, bound to a
+    free loopback TCP port that is given as its last argument."""
+
+    def __init__(self, *args: str) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen(
+            [sys.executable, *args, self.endpoint],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=str(ROOT),
+        )
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def rkserve_daemon(models: Path, *flags: str, source: Path = ROOT, name: str = "") -> Daemon:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ from benchmarks.baseline import Serial
 from benchmarks.common import (
     ROOT,
     Section,
+    ServerProcess,
     Target,
     demo_repository,
     jpeg,
@@ -42,7 +41,6 @@ from benchmarks.common import (
     rkserve_daemon,
     table,
 )
-from tools.harness import free_port
 
 ROUNDS = 5
 CPU_SECONDS = 0.6  # daemon CPU per round and image: 60 clock ticks or more
@@ -135,23 +133,6 @@ def load(
     return time.perf_counter() - started
 
 
-class Minimal:
-    """A minimal server of :mod:`benchmarks.minimal` (``one`` or ``two`` threads) in its
-    own process, on a loopback TCP port."""
-
-    def __init__(self, shape: str) -> None:
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.minimal", shape, self.endpoint],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=str(ROOT),
-        )
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 SHAPES = ("one", "two")  # the minimal servers
 
 
@@ -161,7 +142,7 @@ def measure(
     """Interleaved rounds: per image and concurrency, bare work then the daemon."""
     daemon = rkserve_daemon(models, "--backend", "fake", *flags).start(timeout=120.0)
     serial = Serial(models, "shapes", "fake", 0.0)
-    minimal = {shape: Minimal(shape) for shape in SHAPES}
+    minimal = {shape: ServerProcess("-m", "benchmarks.minimal", shape) for shape in SHAPES}
     pid = daemon.pid
     found: Dict[str, Any] = {}
     try:

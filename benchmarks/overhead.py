@@ -22,6 +22,7 @@ import zmq
 
 from benchmarks.common import (
     Section,
+    ServerProcess,
     Target,
     demo_models,
     demo_repository,
@@ -35,13 +36,13 @@ from benchmarks.common import (
 )
 from rkserve import protocol, repository
 from rkserve.client import Client
-from tools.harness import Daemon, free_port
+from tools.harness import Daemon
 
 ECHO = """
 import sys, zmq
 sock = zmq.Context().socket(zmq.ROUTER)
-sock.bind(sys.argv[1])
-reply = b"r" * int(sys.argv[2])
+reply = b"r" * int(sys.argv[1])
+sock.bind(sys.argv[2])
 while True:
     frames = sock.recv_multipart(copy=False)
     sock.send_multipart([frames[0].bytes, b"", reply])
@@ -53,11 +54,10 @@ class BareEcho:
     and a DEALER to call it: the least any Python ZeroMQ server can cost."""
 
     def __init__(self, request_bytes: int, reply_bytes: int) -> None:
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.server = subprocess.Popen([sys.executable, "-c", ECHO, endpoint, str(reply_bytes)])
+        self.server = ServerProcess("-c", ECHO, str(reply_bytes))
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.connect(endpoint)
+        self.sock.connect(self.server.endpoint)
         self.payload = b"q" * request_bytes
 
     def round_trip(self) -> Dict[str, float]:
@@ -68,8 +68,7 @@ class BareEcho:
     def close(self) -> None:
         self.sock.close(linger=0)
         self.ctx.term()
-        self.server.kill()
-        self.server.wait()
+        self.server.stop()
 
 
 def reply_size(endpoint: str, model: str, image: bytes) -> Tuple[int, int]:
