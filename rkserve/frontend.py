@@ -26,7 +26,7 @@ from . import protocol
 from .config import Settings
 from .errors import BadRequest, Overloaded, RkserveError, Unavailable
 from .metrics import Metrics
-from .outbox import SNDHWM, Outbox
+from .outbox import NOBLOCK, SNDHWM, Outbox
 from .pipeline import reply_error
 from .security import CurveServer
 
@@ -34,7 +34,7 @@ RCVHWM = 32  # requests queued per peer before ZeroMQ stops reading that peer's 
 MAX_FRAMES = 16  # a request's frames: routing envelope (one per proxy hop) + the message
 BATCH = 64  # requests read in a row before the loop turns to signals and chores
 # plain ints: pyzmq's enum flags cost ~2 us per operation on every request, in Python
-EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Handler(Protocol):
