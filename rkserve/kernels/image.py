@@ -155,10 +155,9 @@ def _jpeg_frame(data: bytes, pos: int, marker: int) -> Tuple[Header, int]:
         problem = f"JPEG of {count} components: only 1, 3 or 4 are decoded"
     elif len(factors) != count:
         problem = "JPEG frame header cut short"
-    held = _held(factors)
-    if held is None and not problem:
-        problem = "JPEG sampling factors outside 1..4"
-    if problem or held is None:
+    held = None if problem else _held(factors)
+    if held is None:
+        problem = problem or "JPEG sampling factors outside 1..4"
         return Header(int(width), int(height), MAX_HELD, problem), count
     return Header(int(width), int(height), held), count
 
