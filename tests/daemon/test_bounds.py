@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import cv2
 import msgpack
@@ -399,9 +399,15 @@ def test_sigterm_is_honoured_during_a_flood_that_never_lets_the_queue_empty(tmp_
             flooder.wait()
 
 
-def pipelined(endpoint: str, op: str, count: int, then: bytes = b"") -> List[dict]:
-    """One DEALER sends ``count`` ``op`` requests (and ``then``) without reading, then reads
-    every reply it gets (until none comes for 5 s)."""
+def pipelined(
+    endpoint: str,
+    op: str,
+    count: int,
+    then: bytes = b"",
+    answered: Callable[[], bool] = lambda: True,
+) -> List[dict]:
+    """One DEALER sends ``count`` ``op`` requests (and ``then``) without reading, waits until
+    ``answered()`` (at most 60 s), then reads every reply it gets (until none comes for 5 s)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100)  # a small receive window: the replies wait in the daemon
@@ -412,8 +418,10 @@ def pipelined(endpoint: str, op: str, count: int, then: bytes = b"") -> List[dic
             sock.send_multipart([b"", msgpack.packb({"v": 1, "id": n, "op": op})])
         if then:
             sock.send_multipart([b"", then])
-        replies = []
         until = time.monotonic() + 60
+        while not answered() and time.monotonic() < until:
+            time.sleep(0.05)
+        replies = []
         while time.monotonic() < until and sock.poll(5000):
             replies.append(msgpack.unpackb(sock.recv_multipart()[-1], raw=False))
         return replies
@@ -454,15 +462,26 @@ def test_replies_past_a_clients_bound_are_counted_and_logged_never_lost_in_silen
         assert d.stop() == 0, d.log()
 
 
+def answered(d: Daemon, model: str) -> Callable[[], bool]:
+    """Whether the daemon has answered a request for ``model``, refused or served."""
+    return lambda: any(
+        metric(d, "rkserve_requests_total", model=model, code=code) is not None
+        for code in ("overloaded", "ok")
+    )
+
+
 @pytest.mark.process
 def test_no_work_is_done_for_a_client_whose_replies_wait_in_the_daemon(tmp_path):
     """3,000 pipelined ``health`` requests fill the client's ZeroMQ queue, so replies wait
-    in the daemon: the ``infer`` sent behind them is answered `overloaded` at once."""
+    in the daemon: the ``infer`` sent behind them is answered `overloaded` at once. The client
+    reads nothing until the daemon has answered the infer (its exporter counts it): once it
+    read as soon as its sends were queued, and under load it drained the daemon's waiting
+    replies before the daemon reached the infer."""
     d = Daemon(tmp_path, fake_models(tmp_path / "models"), "--backend", "fake").start()
     try:
         tensor = {"dtype": "uint8", "shape": [32, 32, 3], "data": bytes(32 * 32 * 3)}
         infer = {"v": 1, "id": "last", "op": "infer", "model": "cls", "tensor": tensor}
-        replies = pipelined(d.endpoint, "health", 3000, msgpack.packb(infer))
+        replies = pipelined(d.endpoint, "health", 3000, msgpack.packb(infer), answered(d, "cls"))
         assert len(replies) == 3001
         (last,) = [r for r in replies if r["id"] == "last"]
         assert last["error"]["code"] == "overloaded", last
