@@ -41,7 +41,7 @@ from .errors import (
     Unavailable,
     UnknownModel,
 )
-from .kernels.image import Header, check_pixels, image_header
+from .kernels.image import Encoded, Header, check_pixels, encoded
 from .memory import GcGuard
 from .metrics import Metrics
 from .modelhost import Door, Job, ModelHost
@@ -92,10 +92,11 @@ class Pipeline:
         if host.engine is None or not host.ready:
             raise host.unavailable()
         params = host.engine.parse_params(request.params)
-        header = _header(request, self.settings.max_pixels)
+        data = request.input if request.image is None else encoded(request.image)
+        header = _header(data, self.settings.max_pixels)
         cost = _cost(request, params, header, host.engine.backend.raw_input)
         deadline = time.monotonic() + (request.deadline_ms or self.settings.deadline_ms) / 1000.0
-        job = Job(envelope, request, host, params, deadline, cost, door or self.door)
+        job = Job(envelope, request, data, host, params, deadline, cost, door or self.door)
         self._hold(job)
         try:
             idle = host.idle
@@ -153,7 +154,7 @@ class Pipeline:
             if job.expired():
                 raise job.deadline_error("the NPU" if on_runner else "a CPU worker")
             assert host.engine is not None
-            job.prepared = host.engine.prepare(job.request.input, job.params)
+            job.prepared = host.engine.prepare(job.input, job.params)
             return True
         except Exception as exc:
             if not on_runner:
@@ -256,15 +257,15 @@ class Pipeline:
         return len(self.jobs)
 
 
-def _header(request: protocol.Request, max_pixels: int) -> Optional[Header]:
+def _header(data: Any, max_pixels: int) -> Optional[Header]:
     """What the request's image header (or its pixels' shape) says, None without an image
     or when the header cannot be read (refused before decoding); an image over
     ``max_pixels`` is refused here, as the decoder would refuse it."""
     header: Optional[Header] = None
-    if request.tensor is not None and len(request.tensor.shape) >= 2:
-        header = Header(int(request.tensor.shape[1]), int(request.tensor.shape[0]))
-    elif request.image is not None:
-        header = image_header(request.image)
+    if isinstance(data, Encoded):
+        header = data.header
+    elif isinstance(data, np.ndarray) and data.ndim >= 2:
+        header = Header(int(data.shape[1]), int(data.shape[0]))
     if header is not None and header.width * header.height > max_pixels:
         check_pixels(header.width, header.height, max_pixels)
     return header

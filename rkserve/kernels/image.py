@@ -12,7 +12,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -70,6 +70,24 @@ class Placement:
     pad_y: int = 0
     width: int = 0  # resized content size inside the input
     height: int = 0
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Encoded image bytes and their :class:`Header` (None: not an image format read here),
+    read once: the daemon reads it at admission to charge the request's memory, and its
+    decode, reduced scale and source size come from the same reading."""
+
+    data: bytes
+    header: Optional[Header]
+
+
+def encoded(data: Union[bytes, bytearray, memoryview, Encoded]) -> Encoded:
+    """``data`` with its header read (as it is when already :class:`Encoded`)."""
+    if isinstance(data, Encoded):
+        return data
+    data = bytes(data)
+    return Encoded(data, image_header(data))
 
 
 def image_size(data: bytes) -> Optional[Tuple[int, int]]:
@@ -224,20 +242,24 @@ def use_threads(count: int) -> None:
     cv2.setNumThreads(count if count > 0 else -1)
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+Image = Union[bytes, Encoded]  # plain bytes: the decoder reads their header itself
+
+
+def decode_image(data: Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` RGB. The pixel limit is checked before decoding."""
     bgr = decode_bgr(data, max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy
 
 
-def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, factor: int = 1) -> np.ndarray:
+def decode_bgr(source: Image, max_pixels: int = MAX_PIXELS, factor: int = 1) -> np.ndarray:
     """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` in OpenCV's BGR order (convert the colours after
     shrinking: fewer pixels). ``factor`` 2, 4 or 8 decodes a JPEG at that fraction of its
     size in libjpeg's DCT (``ceil(side / factor)`` pixels a side, each the average of its
     block); other formats ignore it. The pixel limit is checked before decoding."""
+    read = encoded(source)
+    data, header = read.data, read.header
     if not data:
         raise BadImage("image is empty (0 bytes)")
-    header = image_header(data)
     if header is None:  # never let a decoder allocate for a size nobody checked
         raise _undecodable(data)
     size = (header.width, header.height)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..backends import Backend
     from ..spec import ModelSpec, SpecReader
 
-ImageInput = Union[bytes, bytearray, memoryview, np.ndarray]
+ImageInput = Union[bytes, bytearray, memoryview, image.Encoded, np.ndarray]
 RESIZE_MODES = ("stretch", "letterbox")  # every image task
 CROP_MODES = (*RESIZE_MODES, "crop")  # tasks whose result does not map back onto the image
 MAX_SIDE = 8192  # a model input side, and a crop's shorter side, in pixels
@@ -99,7 +99,7 @@ def prepare_image(
     side over JPEG's limit, before inference); otherwise a queued request holds only its model
     input (16 queued 40-megapixel JPEGs of 1 kB each once took the daemon to 2 GB)."""
     started = time.perf_counter()
-    pixels, order, factor = _decode(data, spec, max_pixels, keep)
+    pixels, order, factor, size = _decode(data, spec, max_pixels, keep)
     if keep and max(pixels.shape[:2]) > JPEG_MAX_SIDE:
         raise TooLarge(
             f"image is {pixels.shape[1]}x{pixels.shape[0]}: an overlay is a JPEG, whose sides "
@@ -117,37 +117,44 @@ def prepare_image(
         onnx = spec.onnx
         tensor = image.to_onnx_input(resized, onnx.layout, onnx.dtype, onnx.mean, onnx.std)
     timings["preprocess"] = elapsed_ms(started)
-    size = _source_size(pixels, factor, data)
     context = ImageContext(image.unreduce(placement, factor), size, pixels if keep else None)
     return Prepared([tensor], params, timings, context, size[0] * size[1] if keep else 0)
 
 
-def _decode(data: Any, spec: ModelSpec, max_pixels: int, keep: bool) -> Tuple[np.ndarray, str, int]:
-    """The image, its channel order and the scale it was decoded at (1/factor). An image
-    kept for an overlay is decoded whole, in RGB; otherwise the colours are swapped after
-    the resize, on the model input's pixels only."""
+Decoded = Tuple[np.ndarray, str, int, Tuple[int, int]]
+
+
+def _decode(data: Any, spec: ModelSpec, max_pixels: int, keep: bool) -> Decoded:
+    """The image, its channel order, the scale it was decoded at (1/factor) and the source
+    image's ``(height, width)``. An image kept for an overlay is decoded whole, in RGB;
+    otherwise the colours are swapped after the resize, on the model input's pixels only."""
     if isinstance(data, np.ndarray):
-        return image.check_tensor(data, max_pixels), "rgb", 1
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+        pixels = image.check_tensor(data, max_pixels)
+        return pixels, "rgb", 1, _source_size(pixels, 1, None)
+    if not isinstance(data, (bytes, bytearray, memoryview, image.Encoded)):
         raise BadRequest(
             f"model {spec.name!r} ({spec.task}) takes an image: send image (encoded bytes) "
             "or tensor (HxWx3 uint8), not inputs"
         )
-    data = bytes(data)
+    source = image.encoded(data)  # its header: read at admission in the daemon
     if keep:
-        return image.decode_image(data, max_pixels), "rgb", 1
-    factor = decode_factor(data, spec)
-    return image.decode_bgr(data, max_pixels, factor), "bgr", factor
+        pixels = image.decode_image(source, max_pixels)
+        return pixels, "rgb", 1, _source_size(pixels, 1, None)
+    factor = decode_factor(source, spec)
+    pixels = image.decode_bgr(source, max_pixels, factor)
+    return pixels, "bgr", factor, _source_size(pixels, factor, source.header)
 
 
-def decode_factor(data: bytes, spec: ModelSpec) -> int:
+def decode_factor(data: image.Image, spec: ModelSpec) -> int:
     """1, or with ``input.decode: reduced`` the largest libjpeg reduction of this JPEG that
     still covers what the resize keeps of it."""
-    if spec.decode != "reduced" or data[:2] != b"\xff\xd8":
+    if spec.decode != "reduced":
         return 1
-    size = image.image_size(data)
-    if size is None:
-        return 1  # decode_bgr refuses it
+    source = image.encoded(data)
+    header = source.header
+    if header is None or source.data[:2] != b"\xff\xd8":
+        return 1  # only a JPEG decodes reduced; without a header, decode_bgr refuses it
+    size = (header.width, header.height)
     # either way round: EXIF orientation may turn the image after decoding
     return min(_factor(width, height, spec) for width, height in (size, size[::-1]))
 
@@ -157,15 +164,16 @@ def _factor(width: int, height: int, spec: ModelSpec) -> int:
     return image.reduction(width, height, least)
 
 
-def _source_size(pixels: np.ndarray, factor: int, data: Any) -> Tuple[int, int]:
+def _source_size(
+    pixels: np.ndarray, factor: int, header: Optional[image.Header]
+) -> Tuple[int, int]:
     """The source image's ``(height, width)``: the decoded one's, or at reduced scale the
     header's, turned as the decoder turned it (EXIF orientation)."""
     height, width = pixels.shape[:2]
     if factor == 1:
         return height, width
-    header = image.image_size(data)
     assert header is not None  # decoded, so its header was read
-    full_w, full_h = header
+    full_w, full_h = header.width, header.height
     if (full_h >= full_w) != (height >= width):
         full_w, full_h = full_h, full_w
     return full_h, full_w

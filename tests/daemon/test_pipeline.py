@@ -15,10 +15,12 @@ import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
 
+from rkserve import pipeline as pipeline_module
 from rkserve import protocol, repository
 from rkserve.backends import open_backend
 from rkserve.builder import HostBuilder
@@ -26,6 +28,7 @@ from rkserve.config import Settings
 from rkserve.cpupool import PREPARE
 from rkserve.engine import Engine, Result
 from rkserve.errors import BackendError, ModelUnavailable
+from rkserve.kernels import image
 from rkserve.loader import Loader
 from rkserve.metrics import Metrics
 from rkserve.modelhost import ModelHost
@@ -289,3 +292,44 @@ def test_a_request_sent_on_reading_a_reply_goes_straight_to_the_runner(tmp_path:
     finally:
         pipeline.stop()
         hosts["cls"].stop(timeout=2.0)
+
+
+@pytest.mark.parametrize("decode", ["full", "reduced"])
+def test_an_image_header_is_read_once_per_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decode: str
+) -> None:
+    """Admission reads a JPEG's header to charge its memory; the decode, its reduced scale
+    and the source size use that reading (they read it again: twice a request, four times
+    with ``decode: reduced``)."""
+    models = fake_models(tmp_path / "models")
+    (models / "cls" / "model.yaml").write_text(
+        f"task: classification\nlabels: labels.txt\ninput: {{size: 32, decode: {decode}}}\n"
+    )
+    entry = repository.scan(models)["cls"]
+    assert entry.spec is not None
+    ok, jpeg = cv2.imencode(
+        ".jpg", np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    )
+    assert ok
+    data = jpeg.tobytes()
+    replies = Replies()
+    pipeline = Pipeline(Settings(models_dir=str(models), backend="fake"), Metrics(), replies)
+    engine = repository.build_engine(entry.spec, "fake", 16_000_000)
+    host = ModelHost.serving(entry, [engine], {}, 4)
+    host.start(pipeline.step)
+    expected = engine.infer(data).result  # in-process, from the bytes alone
+    reads: List[int] = []
+    read = image.image_header
+    counted = lambda d: reads.append(len(d)) or read(d)  # noqa: E731
+    monkeypatch.setattr(image, "image_header", counted)
+    monkeypatch.setattr(pipeline_module, "image_header", counted, raising=False)
+    try:
+        request = protocol.Request(id=1, op="infer", model="cls", image=data)
+        pipeline.admit([b"peer"], request, {"cls": host})
+        (reply,) = replies.wait(1)
+    finally:
+        pipeline.stop()
+        host.stop(timeout=2.0)
+    assert reply["ok"], reply
+    assert reply["result"] == expected
+    assert reads == [len(data)]
