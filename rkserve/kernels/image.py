@@ -11,7 +11,7 @@ import functools
 import math
 import re
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Tuple, Union
 
 import cv2
@@ -74,19 +74,24 @@ class Placement:
 
 @dataclass(frozen=True)
 class Encoded:
-    """Encoded image bytes and their :class:`Header` (None: not an image format read here),
-    read once: the daemon reads it at admission to charge the request's memory, and its
-    decode, reduced scale and source size come from the same reading."""
+    """Encoded image bytes and their :class:`Header`, read once: the daemon reads it at
+    admission to charge the request's memory, and its decode, reduced scale and source
+    size come from the same reading. Made by :func:`encoded` only: the decoder trusts the
+    header to describe these bytes. ``header`` is None for an unknown format or a header
+    that cannot be read (the decoder refuses both)."""
 
-    data: bytes
+    data: bytes = field(repr=False)
     header: Optional[Header]
 
 
-def encoded(data: Union[bytes, bytearray, memoryview, Encoded]) -> Encoded:
+Image = Union[bytes, bytearray, memoryview, Encoded]  # bytes: the decoder reads the header
+
+
+def encoded(data: Image) -> Encoded:
     """``data`` with its header read (as it is when already :class:`Encoded`)."""
     if isinstance(data, Encoded):
         return data
-    data = bytes(data)
+    data = bytes(data)  # the same object when it is bytes already: no copy
     return Encoded(data, image_header(data))
 
 
@@ -242,18 +247,16 @@ def use_threads(count: int) -> None:
     cv2.setNumThreads(count if count > 0 else -1)
 
 
-Image = Union[bytes, Encoded]  # plain bytes: the decoder reads their header itself
-
-
 def decode_image(data: Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` RGB. The pixel limit is checked before decoding."""
+    """JPEG/PNG/BMP bytes (or :class:`Encoded`) → ``HxWx3 uint8`` RGB. The pixel limit is
+    checked before decoding."""
     bgr = decode_bgr(data, max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second copy
 
 
 def decode_bgr(source: Image, max_pixels: int = MAX_PIXELS, factor: int = 1) -> np.ndarray:
-    """JPEG/PNG/BMP bytes → ``HxWx3 uint8`` in OpenCV's BGR order (convert the colours after
-    shrinking: fewer pixels). ``factor`` 2, 4 or 8 decodes a JPEG at that fraction of its
+    """JPEG/PNG/BMP bytes (or :class:`Encoded`) → ``HxWx3 uint8`` in OpenCV's BGR order
+    (convert the colours after shrinking: fewer pixels). ``factor`` 2, 4 or 8 decodes a JPEG at that fraction of its
     size in libjpeg's DCT (``ceil(side / factor)`` pixels a side, each the average of its
     block); other formats ignore it. The pixel limit is checked before decoding."""
     read = encoded(source)

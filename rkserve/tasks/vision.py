@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from ..backends import Backend
     from ..spec import ModelSpec, SpecReader
 
-ImageInput = Union[bytes, bytearray, memoryview, image.Encoded, np.ndarray]
 RESIZE_MODES = ("stretch", "letterbox")  # every image task
 CROP_MODES = (*RESIZE_MODES, "crop")  # tasks whose result does not map back onto the image
 MAX_SIDE = 8192  # a model input side, and a crop's shorter side, in pixels

@@ -322,10 +322,11 @@ def test_an_image_header_is_read_once_per_request(
     read = image.image_header
     counted = lambda d: reads.append(len(d)) or read(d)  # noqa: E731
     monkeypatch.setattr(image, "image_header", counted)
+    # where the pipeline once imported it by name (so that the old reading counts too)
     monkeypatch.setattr(pipeline_module, "image_header", counted, raising=False)
     try:
         request = protocol.Request(id=1, op="infer", model="cls", image=data)
-        pipeline.admit([b"peer"], request, {"cls": host})
+        job = pipeline.admit([b"peer"], request, {"cls": host})
         (reply,) = replies.wait(1)
     finally:
         pipeline.stop()
@@ -333,3 +334,5 @@ def test_an_image_header_is_read_once_per_request(
     assert reply["ok"], reply
     assert reply["result"] == expected
     assert reads == [len(data)]
+    header = read(data)  # read at admission: the memory charge comes from it
+    assert header is not None and job.cost == header.working_bytes()
