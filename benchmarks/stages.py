@@ -47,13 +47,35 @@ STAGES = (
         "rkserve.engine",
         "Engine",
         "prepare",
-        "of which prepare: header, decode, resize, colour swap",
+        "of which prepare: decode, resize, colour swap",
     ),
     ("rkserve.engine", "Engine", "run", "of which the NPU call (the fake backend)"),
     ("rkserve.engine", "Engine", "finish", "of which finish: the task's post-processing"),
     ("rkserve.pipeline", "Pipeline", "_answer", "of which the answer: metrics, the send"),
     ("rkserve.frontend", "Frontend", "send", "of the answer, the send: lock, outbox, ZeroMQ"),
 )
+
+
+# the steps inside those stages, timed in a second daemon: their timers, inside a timed
+# stage, would add to it (each wrapped call ~1 µs more, and they run several a request)
+DETAIL = (
+    ("rkserve.frontend", "Frontend", "_recv_frames", "frontend: reading the message's frames"),
+    ("rkserve.protocol", "", "check_message", "parsing: the msgpack structure check"),
+    ("rkserve.pipeline", "", "encoded", "admission: reading the image's header"),
+    ("rkserve.engine", "Engine", "parse_params", "admission: the task's params"),
+    ("rkserve.modelhost", "ModelHost", "enqueue", "admission: the hand-off to the runner"),
+    ("rkserve.modelhost", "Door", "ok", "runner: the reply's msgpack"),
+    ("rkserve.metrics", "Metrics", "observe", "answer: the metrics"),
+    ("rkserve.outbox", "Outbox", "send", "answer: the outbox and ZeroMQ's send"),
+    (
+        "rkserve.frontend",
+        "Frontend",
+        "_requests_waiting",
+        "a look at the socket's events (the frontend's, after a send)",
+    ),
+)
+SETS = {"stages": STAGES, "detail": DETAIL}
+WHICH = "RKSERVE_STAGES_SET"  # which set the daemon times
 
 
 def timed(function: Callable[..., Any], spent: List[int]) -> Callable[..., Any]:
@@ -76,7 +98,7 @@ def serve(argv: List[str]) -> int:
     from rkserve.cli import main as rkserve_main
 
     spent: Dict[str, List[int]] = collections.defaultdict(lambda: [0, 0])
-    for module_name, owner, name, label in STAGES:
+    for module_name, owner, name, label in SETS[os.environ.get(WHICH, "stages")]:
         holder: Any = importlib.import_module(module_name)
         holder = getattr(holder, owner) if owner else holder
         setattr(holder, name, timed(getattr(holder, name), spent[label]))
@@ -88,14 +110,16 @@ def serve(argv: List[str]) -> int:
     return rkserve_main(argv)
 
 
-def measure(work: Path, name: str, data: bytes) -> Dict[str, List[int]]:
-    """The stage costs of one daemon serving ``REQUESTS`` requests for ``data``."""
-    out = work / f"stages-{name}.json"
+def measure(work: Path, name: str, data: bytes, which: str = "stages") -> Dict[str, List[int]]:
+    """The costs of the set ``which`` in one daemon serving ``REQUESTS`` requests for
+    ``data``."""
+    out = work / f"{which}-{name}.json"
     daemon = rkserve_daemon(
         demo_repository(work, ["shapes"]), "--backend", "fake", "--fake-latency-ms", "0"
     )
     daemon.args[1:3] = ["-m", "benchmarks.stages"]  # python -m benchmarks.stages serve ...
     daemon.env[OUT] = str(out)
+    daemon.env[WHICH] = which
     daemon.start(timeout=120.0)
     try:
         load(daemon.endpoint, data, 1, REQUESTS)
@@ -107,18 +131,24 @@ def measure(work: Path, name: str, data: bytes) -> Dict[str, List[int]]:
 def run(work: Path) -> Section:
     section = Section("9b. The daemon's CPU per request by stage")
     pictures = images(work)
-    found = {name: measure(work, name, pictures[name]) for name in ("160x161", "640x480")}
-    rows = [
-        [label, *(_per_call(found[name].get(label)) for name in found)] for _, _, _, label in STAGES
-    ]
-    section.body += [
-        f"CPU time of the calling thread per call (µs), {REQUESTS} requests at concurrency 1 "
-        'per image; the demo classifier on the fake backend. A row "of which" is part of '
-        "the turn above it.",
-        "",
-        *table(["stage", *(f"{name}, µs" for name in found)], rows),
-    ]
-    section.figures = found
+    names = ("160x161", "640x480")
+    for which, note in (
+        ("stages", 'A row "of which" is part of the turn above it.'),
+        ("detail", "Steps inside those stages, from a second daemon of each."),
+    ):
+        found = {name: measure(work, name, pictures[name], which) for name in names}
+        rows = [
+            [label, *(_per_call(found[name].get(label)) for name in names)]
+            for _, _, _, label in SETS[which]
+        ]
+        section.body += [
+            f"CPU time of the calling thread per call (µs), {REQUESTS} requests at "
+            f"concurrency 1 per image; the demo classifier on the fake backend. {note}",
+            "",
+            *table(["stage" if which == "stages" else "step", *(f"{n}, µs" for n in names)], rows),
+            "",
+        ]
+        section.figures[which] = found
     return section
 
 
