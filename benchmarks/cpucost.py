@@ -200,9 +200,11 @@ def _empty() -> Dict[str, Any]:
 
 
 def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
+    """Medians; every server's ratio is the median of its rounds' ratios, each over the
+    bare work of the same round (the machine's pace drifts between rounds)."""
     out = {}
     for key, entry in found.items():
-        ratios = [d / b for d, b in zip(entry["daemon"], entry["bare"])]
+        ratios = _ratios(entry["daemon"], entry["bare"])
         out[key] = {
             "bare_ms": statistics.median(entry["bare"]),
             "daemon_ms": statistics.median(entry["daemon"]),
@@ -210,10 +212,16 @@ def summarise(found: Dict[str, Any]) -> Dict[str, Any]:
             "ratios": ratios,
             "rps": statistics.median(entry["rps"]),
             "threads": {k: statistics.median(v) for k, v in entry["threads"].items()},
-            "serial_ms": statistics.median(entry["serial"]) if entry["serial"] else None,
-            **{shape: statistics.median(entry[shape]) for shape in SHAPES if entry[shape]},
         }
+        for server in ("serial", *SHAPES):
+            if entry[server]:
+                out[key][f"{server}_ms"] = statistics.median(entry[server])
+                out[key][server] = statistics.median(_ratios(entry[server], entry["bare"]))
     return out
+
+
+def _ratios(spent: List[float], bare: List[float]) -> List[float]:
+    return [s / b for s, b in zip(spent, bare)]
 
 
 def run(work: Path) -> Section:
@@ -238,10 +246,8 @@ def run(work: Path) -> Section:
                 f"{f['daemon_ms']:.2f}",
                 ratio(f["ratio"]),
                 " / ".join(f"{r:.2f}" for r in f["ratios"]),
-                f"{f['serial_ms']:.2f} ({f['serial_ms'] / f['bare_ms']:.2f}x)"
-                if f["serial_ms"]
-                else "",
-                " / ".join(ratio(f[shape] / f["bare_ms"]) for shape in SHAPES if shape in f),
+                f"{f['serial_ms']:.2f} ({ratio(f['serial'])})" if "serial" in f else "",
+                " / ".join(ratio(f[shape]) for shape in SHAPES if shape in f),
                 f"{f['rps']:.0f}",
                 threads,
             ]
