@@ -60,7 +60,7 @@ class Job:
         self.door = door  # how it is answered (None: the pipeline's own)
         self.envelope = envelope
         self.request = request
-        self.input = data  # what the task prepares: request.input, an image with its header read
+        self.data = data  # what the task prepares: request.input, an image with its header read
         self.host = host
         self.params = params
         self.deadline = deadline  # time.monotonic() value

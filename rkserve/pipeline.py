@@ -154,7 +154,7 @@ class Pipeline:
             if job.expired():
                 raise job.deadline_error("the NPU" if on_runner else "a CPU worker")
             assert host.engine is not None
-            job.prepared = host.engine.prepare(job.input, job.params)
+            job.prepared = host.engine.prepare(job.data, job.params)
             return True
         except Exception as exc:
             if not on_runner:

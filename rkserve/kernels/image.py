@@ -256,9 +256,10 @@ def decode_image(data: Image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def decode_bgr(source: Image, max_pixels: int = MAX_PIXELS, factor: int = 1) -> np.ndarray:
     """JPEG/PNG/BMP bytes (or :class:`Encoded`) → ``HxWx3 uint8`` in OpenCV's BGR order
-    (convert the colours after shrinking: fewer pixels). ``factor`` 2, 4 or 8 decodes a JPEG at that fraction of its
-    size in libjpeg's DCT (``ceil(side / factor)`` pixels a side, each the average of its
-    block); other formats ignore it. The pixel limit is checked before decoding."""
+    (convert the colours after shrinking: fewer pixels). ``factor`` 2, 4 or 8 decodes a
+    JPEG at that fraction of its size in libjpeg's DCT (``ceil(side / factor)`` pixels a
+    side, each the average of its block); other formats ignore it. The pixel limit is
+    checked before decoding."""
     read = encoded(source)
     data, header = read.data, read.header
     if not data:
